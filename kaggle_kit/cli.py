@@ -1,0 +1,126 @@
+"""kaggle-kit: argparse subcommands, each parsed into one config and handed to one function."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import KitError
+
+
+def _predict(args):
+    from .config import PredictConfig
+    from .jobs import predict
+
+    cfg = PredictConfig(args.competition, args.data, model=args.model, adapter=args.adapter, out=args.out,
+                        budget=args.budget, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, dtype=args.dtype,
+                        device=args.device, progress=not args.no_progress)
+    res = predict(cfg)
+    print(f"{res.submission}: {res.rows} rows, {res.predicted} predicted, {res.fallback} fallback, "
+          f"{res.rows_per_s:.2f} rows/s, {res.seconds:.1f}s")
+    return 0
+
+
+def _score(args):
+    from .config import ScoreConfig
+    from .jobs import score
+
+    value = score(ScoreConfig(args.competition, args.submission, args.truth, embedder=args.embedder))
+    from .competitions import get
+
+    print(f"{get(args.competition).metric}: {value:.6f}")
+    return 0
+
+
+def _validate(args):
+    from .config import ValidateConfig
+    from .jobs import validate
+
+    problems = validate(ValidateConfig(args.competition, args.submission, args.test))
+    for p in problems:
+        print(p)
+    print("valid" if not problems else f"INVALID: {len(problems)} problem(s)")
+    return 0 if not problems else 1
+
+
+def _demo(args):
+    from .demo import print_demo, run_demo
+
+    print_demo(run_demo(args.data_dir, args.out_dir, model=args.model, budget=args.budget,
+                        names=args.competition or None, progress=not args.no_progress))
+    return 0
+
+
+def _add_predict(p):
+    p.add_argument("competition", help="science_exam | lmsys | prompt_recovery")
+    p.add_argument("--data", required=True, help="the competition's test.csv")
+    p.add_argument("--model", default="demo", help="local model folder or 'demo' (default)")
+    p.add_argument("--adapter", help="peft LoRA adapter folder")
+    p.add_argument("--out", default="submission.csv", help="submission path (default submission.csv)")
+    p.add_argument("--budget", help="wall clock for the run, e.g. 9h, 30m, 45s")
+    p.add_argument("--max-length", type=int, default=2048, help="prompt tokens kept (default 2048)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default: GPU 16384, CPU 2048)")
+    p.add_argument("--max-new-tokens", type=int, help="generation length (default: competition's)")
+    p.add_argument("--temperature", type=float, default=1.0, help="choice-logit temperature (default 1.0)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: hardware profile")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_score(p):
+    p.add_argument("competition")
+    p.add_argument("--submission", required=True)
+    p.add_argument("--truth", required=True, help="labelled CSV (train format)")
+    p.add_argument("--embedder", help="prompt_recovery: 'minilm' or a sentence-transformers folder")
+
+
+def _add_validate(p):
+    p.add_argument("competition")
+    p.add_argument("submission")
+    p.add_argument("--test", help="test.csv whose ids must all appear once")
+
+
+def _add_demo(p):
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--out-dir", default="runs/demo")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--budget", help="per-competition budget")
+    p.add_argument("--competition", action="append", help="only this one (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+# name -> (help, add arguments, run)
+COMMANDS = {
+    "predict": ("write a submission CSV for a competition's test file", _add_predict, _predict),
+    "score": ("score a submission against a labelled file", _add_score, _score),
+    "validate": ("check a submission's format and ids", _add_validate, _validate),
+    "demo": ("predict and score every competition on data/ and print a table", _add_demo, _demo),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per COMMANDS entry."""
+    parser = argparse.ArgumentParser(prog="kaggle-kit", description="LLM Kaggle competition kit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_, add, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit 0 on success, 1 for an invalid submission, 2 with one line for user errors."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.run(args)
+    except KitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

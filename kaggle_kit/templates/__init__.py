@@ -1,0 +1,46 @@
+"""Prompt templates: how a user message becomes model input (chat formats), and the task prompt bodies.
+
+CHAT_FORMATS is the one dict of chat formats. "auto" uses the tokenizer's own chat template (every
+instruct model on Kaggle ships one) and falls back to "plain" for base models without a template.
+"""
+from __future__ import annotations
+
+from .prompts import PROMPTS
+
+
+def _tokenizer_template(tokenizer, user: str, system: str | None = None) -> str:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _plain(tokenizer, user: str, system: str | None = None) -> str:
+    head = f"{system}\n\n" if system else ""
+    return f"{head}{user}\n\nAnswer: "
+
+
+def _alpaca(tokenizer, user: str, system: str | None = None) -> str:
+    # Seed 004's instruction format; also what Kaiwu-SIAT wrapped zero-shot prompts in.
+    head = system or "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    return f"{head}\n\n### Instruction:\n{user}\n\n### Response:\n"
+
+
+CHAT_FORMATS = {
+    "tokenizer": _tokenizer_template,
+    "plain": _plain,
+    "alpaca": _alpaca,
+}
+
+
+def render(tokenizer, user: str, system: str | None = None, chat_format: str = "auto",
+           assistant_prefix: str = "") -> str:
+    """The full model input for one user message, ending where the model's answer starts."""
+    if chat_format == "auto":
+        chat_format = "tokenizer" if getattr(tokenizer, "chat_template", None) else "plain"
+    if chat_format not in CHAT_FORMATS:
+        from ..errors import ConfigError
+
+        raise ConfigError("chat_format", f"{chat_format!r} is not one of {['auto', *CHAT_FORMATS]}")
+    return CHAT_FORMATS[chat_format](tokenizer, user, system) + assistant_prefix
+
+
+__all__ = ["CHAT_FORMATS", "PROMPTS", "render"]
