@@ -1,0 +1,61 @@
+"""Inference primitives on the real SmolLM2: batching and padding do not change the answers."""
+import numpy as np
+import torch
+
+from kaggle_kit.infer import generate, label_token_ids, perplexity, score_choices
+from kaggle_kit.templates import render
+
+QUESTIONS = [
+    "Which planet is known as the Red Planet? A) Venus B) Mars C) Jupiter D) Saturn E) Mercury",
+    "What is 2 + 2? A) 3 B) 5 C) 4 D) 22 E) 0",
+    "Water boils at what temperature at sea level, in Celsius? A) 50 B) 90 C) 100 D) 120 E) 0. "
+    "Answer with the letter only, please, and think about standard atmospheric pressure first.",
+]
+
+
+def test_score_choices_matches_unbatched_full_softmax(demo_model):
+    model, tok = demo_model
+    prompts = [render(tok, q) for q in QUESTIONS]
+    labels = ["A", "B", "C", "D", "E"]
+    probs, stats = score_choices(model, tok, prompts, labels, batch_tokens=4096, progress=False)
+    assert stats.rows_done == 3 and stats.batches == 1  # one left-padded batch
+    ids = label_token_ids(tok, labels)
+    for i, p in enumerate(prompts):
+        x = tok(p, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            logits = model(**x).logits[0, -1].float()
+        expected = torch.softmax(logits[ids], -1).numpy()
+        np.testing.assert_allclose(probs[i], expected, atol=2e-3)
+    assert np.allclose(probs.sum(axis=1), 1)
+
+
+def test_temperature_flattens(demo_model):
+    model, tok = demo_model
+    prompts = [render(tok, QUESTIONS[0])]
+    p1, _ = score_choices(model, tok, prompts, ["A", "B", "C"], progress=False)
+    p5, _ = score_choices(model, tok, prompts, ["A", "B", "C"], temperature=5.0, progress=False)
+    assert p5.max() < p1.max()
+
+
+def test_generate_batched_equals_one_by_one(demo_model):
+    model, tok = demo_model
+    prompts = [render(tok, q) for q in ("Name a color.", "Say hello in French.", "What is 3 times 3?")]
+    batched, _ = generate(model, tok, prompts, max_new_tokens=10, batch_tokens=4096, progress=False)
+    single = [generate(model, tok, [p], max_new_tokens=10, progress=False)[0][0] for p in prompts]
+    assert batched == single
+    assert all(isinstance(t, str) and t for t in batched)
+
+
+def test_perplexity_matches_manual_nll(demo_model):
+    model, tok = demo_model
+    prompts = [render(tok, "Translate to French: cat"), render(tok, "Say something.")]
+    outputs = ["chat", "Hello there, how are you today?"]
+    nlls, _ = perplexity(model, tok, prompts, outputs, progress=False)
+    for p, o, got in zip(prompts, outputs, nlls):
+        pi = tok(p, add_special_tokens=False)["input_ids"]
+        oi = tok(o, add_special_tokens=False)["input_ids"]
+        x = torch.tensor([pi + oi])
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(input_ids=x).logits[0].float(), -1)
+        manual = [-logp[len(pi) - 1 + k, t].item() for k, t in enumerate(oi)]
+        np.testing.assert_allclose(got, manual, atol=2e-3)

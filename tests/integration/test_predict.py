@@ -1,0 +1,62 @@
+"""predict end to end on the real SmolLM2: valid submissions, and every id under a tiny budget."""
+import pandas as pd
+import pytest
+
+from kaggle_kit import competitions
+from kaggle_kit.config import PredictConfig, ScoreConfig, ValidateConfig
+from kaggle_kit.jobs import predict, score, validate
+
+from ..conftest import DATA, write_subset
+
+
+@pytest.mark.parametrize("name,n", [("science_exam", 12), ("lmsys", 6), ("prompt_recovery", 6)])
+def test_predict_writes_valid_scored_submission(name, n, tmp_path):
+    data = write_subset(name, tmp_path, n, labelled=True)
+    out = tmp_path / "submission.csv"
+    res = predict(PredictConfig(name, str(data), out=str(out), max_length=768, progress=False))
+    assert (res.rows, res.predicted, res.fallback) == (n, n, 0)
+    assert validate(ValidateConfig(name, str(out), str(data))) == []
+    value = score(ScoreConfig(name, str(out), str(data)))
+    assert -1.0 <= value <= 1.0 if name != "lmsys" else 0 < value < 10
+    comp = competitions.get(name)
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert tuple(sub.columns) == comp.submission_columns and sub["id"].tolist() == pd.read_csv(data, dtype=str)["id"].tolist()
+
+
+def test_lmsys_real_test_file(tmp_path):
+    out = tmp_path / "submission.csv"
+    res = predict(PredictConfig("lmsys", str(DATA / "lmsys" / "test.csv"), out=str(out), max_length=512,
+                                progress=False))
+    assert res.predicted == 3
+    sub = pd.read_csv(out)
+    assert sub["id"].tolist() == [136060, 211333, 1233961]
+    assert (sub[["winner_model_a", "winner_model_b", "winner_tie"]].sum(axis=1) - 1).abs().max() < 1e-9
+
+
+def test_tiny_budget_on_200_rows_keeps_every_id(tmp_path):
+    """A budget that runs out mid-run: every id is still written, and the fallback count is reported."""
+    data = write_subset("science_exam", tmp_path, 200)
+    out = tmp_path / "submission.csv"
+    # the model load (~1 s from the cache) and the first batches fit; 200 rows (~25 s) do not
+    res = predict(PredictConfig("science_exam", str(data), out=str(out), budget="6s", progress=False))
+    assert res.rows == 200 and res.predicted + res.fallback == 200
+    assert res.fallback > 0
+    assert validate(ValidateConfig("science_exam", str(out), str(data))) == []
+    sub = pd.read_csv(out, dtype=str)
+    assert (sub["prediction"] == "A B C").sum() >= res.fallback
+
+
+def test_cli_predict_reports_fallback_count(tmp_path):
+    import subprocess
+    import sys
+
+    data = write_subset("prompt_recovery", tmp_path, 200)
+    out = tmp_path / "submission.csv"
+    r = subprocess.run([sys.executable, "-m", "kaggle_kit", "predict", "prompt_recovery", "--data", str(data),
+                        "--out", str(out), "--budget", "5s", "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    assert "200 rows" in line and "fallback" in line
+    n_fallback = int(line.split(" predicted, ")[1].split(" fallback")[0])
+    assert n_fallback > 0
+    assert validate(ValidateConfig("prompt_recovery", str(out), str(data))) == []
