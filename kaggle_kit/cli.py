@@ -15,10 +15,38 @@ def _predict(args):
     cfg = PredictConfig(args.competition, args.data, model=args.model, adapter=args.adapter, out=args.out,
                         budget=args.budget, max_length=args.max_length, batch_tokens=args.batch_tokens,
                         max_new_tokens=args.max_new_tokens, temperature=args.temperature, dtype=args.dtype,
-                        device=args.device, progress=not args.no_progress)
+                        device=args.device, progress=not args.no_progress, workers=args.workers, shard=args.shard,
+                        checkpoint=args.checkpoint, plan=not args.no_plan)
     res = predict(cfg)
-    print(f"{res.submission}: {res.rows} rows, {res.predicted} predicted, {res.fallback} fallback, "
-          f"{res.rows_per_s:.2f} rows/s, {res.seconds:.1f}s")
+    print(f"{res.submission}: {res.rows} rows, {res.predicted} predicted ({res.resumed} resumed), "
+          f"{res.fallback} fallback, {res.rows_per_s:.2f} rows/s, {res.seconds:.1f}s")
+    return 0
+
+
+def _merge(args):
+    from .config import MergeConfig
+    from .jobs import merge
+
+    res = merge(MergeConfig(args.competition, args.data, args.parts, out=args.out))
+    print(f"{res.submission}: {res.rows} rows, {res.predicted} predicted, {res.fallback} fallback")
+    return 0
+
+
+def _rehearse(args):
+    from .config import RehearseConfig
+    from .jobs import rehearse
+
+    rep = rehearse(RehearseConfig(args.competition, args.data, rows=args.rows, model=args.model, adapter=args.adapter,
+                                  budget=args.budget, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                                  max_new_tokens=args.max_new_tokens, workers=args.workers, dtype=args.dtype,
+                                  device=args.device))
+    speeds = ", ".join(f"{k} tok: {v:.0f} tok/s" for k, v in rep["throughput"].items())
+    print(f"measured: {speeds}")
+    print(f"predicted inference time for {rep['rows']} rows (mean {rep['mean_tokens']:.0f} tokens): "
+          f"{rep['predicted_s'] / 3600:.2f} h ({rep['predicted_s']:.0f} s)")
+    if "budget_s" in rep:
+        verdict = "fits" if rep["fits"] else f"does NOT fit; max_length {rep['max_length_to_fit']} would"
+        print(f"budget {rep['budget_s'] / 3600:.2f} h: {verdict}")
     return 0
 
 
@@ -66,6 +94,32 @@ def _add_predict(p):
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: hardware profile")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=1, help="processes over shards; one per GPU (T4 x2: 2)")
+    p.add_argument("--shard", help="I/N: compute shard I of N into --out (join with 'merge')")
+    p.add_argument("--checkpoint", help="resumable results file (default OUT.ckpt.jsonl)")
+    p.add_argument("--no-plan", action="store_true", help="with --budget: skip the runtime planner")
+
+
+def _add_merge(p):
+    p.add_argument("competition")
+    p.add_argument("--data", required=True, help="the test.csv the shards were computed on")
+    p.add_argument("--parts", nargs="+", required=True, help="shard files from predict --shard I/N")
+    p.add_argument("--out", default="submission.csv")
+
+
+def _add_rehearse(p):
+    p.add_argument("competition")
+    p.add_argument("--data", required=True, help="rows like the hidden test's")
+    p.add_argument("--rows", type=int, default=25000, help="hidden test size (default 25000)")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--adapter")
+    p.add_argument("--budget", default="9h")
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--batch-tokens", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--workers", type=int, default=1, help="GPUs the run will use")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", choices=["cpu", "cuda"])
 
 
 def _add_score(p):
@@ -95,6 +149,8 @@ COMMANDS = {
     "predict": ("write a submission CSV for a competition's test file", _add_predict, _predict),
     "score": ("score a submission against a labelled file", _add_score, _score),
     "validate": ("check a submission's format and ids", _add_validate, _validate),
+    "merge": ("join shard files of predict --shard I/N into one submission", _add_merge, _merge),
+    "rehearse": ("predict the runtime of a hidden test set before pushing", _add_rehearse, _rehearse),
     "demo": ("predict and score every competition on data/ and print a table", _add_demo, _demo),
 }
 

@@ -31,10 +31,39 @@ class PredictConfig:
     dtype: str | None = None  # float16 / bfloat16 / float32; None = hardware profile (T4: float16)
     device: str | None = None  # cpu / cuda; None = cuda when present
     progress: bool = True  # progress bar with rate and ETA
+    workers: int = 1  # processes over shards of the rows; one per GPU (Kaggle T4 x2: 2)
+    shard: str | None = None  # 'I/N': compute shard I of N into `out` (a results file for `merge`)
+    checkpoint: str | None = None  # resumable results file; None = '<out>.ckpt.jsonl'
+    plan: bool = True  # with a budget: measure throughput, predict the run, lower max_length to fit
 
     def __post_init__(self):
-        _check_positive(self, "max_length", "batch_tokens", "max_new_tokens", "temperature")
+        _check_positive(self, "max_length", "batch_tokens", "max_new_tokens", "temperature", "workers")
         parse_duration(self.budget, "budget")
+        if self.shard is not None:
+            parse_shard(self.shard)
+            if self.workers != 1:
+                raise ConfigError("workers", "use either --shard or --workers, not both")
+
+    def shard_tuple(self) -> tuple[int, int]:
+        """(I, N) from 'I/N'; (0, 1) when not sharded."""
+        return parse_shard(self.shard) if self.shard else (0, 1)
+
+    def checkpoint_path(self) -> str:
+        """Where finished batches are kept: `checkpoint`, the shard file itself, or '<out>.ckpt.jsonl'."""
+        if self.shard:
+            return self.out
+        return self.checkpoint or f"{self.out}.ckpt.jsonl"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'0/2' -> (0, 2); shards count from 0."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError("shard", f"{text!r} is not I/N (e.g. 0/2)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError("shard", f"{text!r}: need 0 <= I < N")
+    return i, n
 
 
 @dataclass
@@ -45,6 +74,38 @@ class ScoreConfig:
     submission: str  # submission CSV
     truth: str  # labelled CSV with the competition's answer columns
     embedder: str | None = None  # SCS only: 'minilm' or a sentence-transformers folder (sentence-t5-base)
+
+
+@dataclass
+class MergeConfig:
+    """Join shard results (`predict --shard I/N`) into one submission."""
+
+    competition: str  # a key of COMPETITIONS
+    data: str  # the test.csv the shards were computed on
+    parts: list[str]  # shard result files
+    out: str = "submission.csv"  # written atomically
+
+
+@dataclass
+class RehearseConfig:
+    """Predict the runtime of a hidden test set of `rows` rows like those in `data`."""
+
+    competition: str  # a key of COMPETITIONS
+    data: str  # rows like the hidden test's (the public test or train file)
+    rows: int = 25000  # hidden test size (LMSYS ~25k, Science Exam ~4k, Prompt Recovery ~1.4k)
+    model: str = "demo"  # as in PredictConfig
+    adapter: str | None = None
+    budget: str | None = "9h"  # Kaggle's limit for code competitions
+    max_length: int = 2048
+    batch_tokens: int | None = None
+    max_new_tokens: int | None = None
+    workers: int = 1  # the run's workers (GPUs); the time divides among them
+    dtype: str | None = None
+    device: str | None = None
+
+    def __post_init__(self):
+        _check_positive(self, "rows", "max_length", "batch_tokens", "max_new_tokens", "workers")
+        parse_duration(self.budget, "budget")
 
 
 @dataclass

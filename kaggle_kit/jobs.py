@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import competitions
 from .budget import Deadline
-from .config import PredictConfig, ScoreConfig, ValidateConfig
-from .errors import InputError
+from .config import MergeConfig, PredictConfig, RehearseConfig, ScoreConfig, ValidateConfig
+from .errors import InputError, KitError
 from .io import write_csv_atomic
 
 log = logging.getLogger("kaggle_kit")
@@ -25,44 +25,202 @@ class PredictResult:
     fallback: int
     seconds: float
     rows_per_s: float
-    model_seconds: float = 0.0
+    resumed: int = 0
+    max_length: int = 0  # what the planner let the run use
+    planned_seconds: float | None = None  # the planner's prediction for the inference part
     stats: dict = field(default_factory=dict)
+
+
+def _task(comp, model, tok, df, cfg, max_length: int):
+    """The inference Task for a competition's rows."""
+    from .infer import choice_task, generation_task
+
+    prompts = comp.examples(df, tok, max_length)
+    if comp.task == "choices":
+        return choice_task(model, tok, prompts, list(comp.labels), temperature=cfg.temperature, max_length=max_length)
+    return generation_task(model, tok, prompts, max_new_tokens=cfg.max_new_tokens or comp.max_new_tokens,
+                           stop=list(comp.stop), max_length=max_length)
+
+
+def _load(cfg):
+    from .hardware import detect
+    from .models import load_model
+
+    profile = detect(cfg.dtype, cfg.device)
+    model, tok = load_model(cfg.model, profile, cfg.adapter)
+    return model, tok, cfg.batch_tokens or profile.batch_tokens
+
+
+def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[int, int]):
+    """Load the model and compute one shard (all rows when (0, 1)): (outputs, stats, max_length, planned)."""
+    from .infer import run_task
+    from .infer.planner import fit_max_length, measure, predict_seconds
+
+    model, tok, batch_tokens = _load(cfg)
+    task = _task(comp, model, tok, df, cfg, cfg.max_length)
+    max_length, planned = cfg.max_length, None
+    # Plan only when the budget is large enough for three timing batches to be noise.
+    if cfg.plan and deadline.seconds is not None and deadline.remaining() > 60:
+        tp = measure(task.step, task.lengths, batch_tokens)
+        lengths = task.lengths
+        share = deadline.remaining() * shard[1]  # shards run side by side
+        planned = predict_seconds(lengths, batch_tokens, tp)
+        log.info("planner: %d rows predicted to take %.0fs (budget left %.0fs)", len(lengths), planned / shard[1],
+                 deadline.remaining())
+        if planned > share:
+            max_length, planned = fit_max_length(lengths, batch_tokens, tp, share, cfg.max_length)
+            log.warning("planner: lowering max_length %d -> %d to fit the budget (predicted %.0fs)",
+                        cfg.max_length, max_length, planned / shard[1])
+            task = _task(comp, model, tok, df, cfg, max_length)
+        planned /= shard[1]
+    outputs, stats = run_task(task, model, batch_tokens=batch_tokens, deadline=deadline, progress=cfg.progress,
+                              shard=shard, checkpoint=cfg.checkpoint_path())
+    return outputs, stats, max_length, planned
+
+
+def _worker(cfg: PredictConfig, shard: tuple[int, int], seconds_left: float | None, threads: int) -> dict:
+    """One worker process: its own GPU (or CPU threads), one shard, results into its checkpoint file."""
+    if os.environ.get("KAGGLE_KIT_WORKER_GPUS", "0") != "0":
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(shard[0])
+    import torch
+
+    torch.set_num_threads(threads)
+    comp = competitions.get(cfg.competition)
+    df = comp.read(cfg.data)
+    _, stats, max_length, planned = _run_shard(cfg, comp, df, Deadline(seconds_left, margin=0.0), shard)
+    return {**asdict(stats), "max_length": max_length, "planned": planned}
+
+
+def _run_workers(cfg: PredictConfig, n_rows: int, deadline: Deadline):
+    """cfg.workers processes, one shard each; returns ({row: output}, summed stats, max_length, planned)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .infer.checkpoint import read_results
+
+    gpus = _gpu_count()
+    if gpus and cfg.workers > gpus:
+        raise KitError(f"--workers {cfg.workers} but {gpus} GPU(s): use one worker per GPU")
+    os.environ["KAGGLE_KIT_WORKER_GPUS"] = str(gpus)
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    seconds = None if deadline.seconds is None else deadline.remaining()
+    shards = [(i, cfg.workers) for i in range(cfg.workers)]
+    parts = [PredictConfig(**{**asdict(cfg), "workers": 1, "checkpoint": f"{cfg.checkpoint_path()}.{i}of{n}"})
+             for i, n in shards]
+    with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+        stats = list(pool.map(_worker, parts, shards, [seconds] * cfg.workers, [threads] * cfg.workers))
+    results = {}
+    for part in parts:
+        results.update(read_results(part.checkpoint_path()) or {})
+    total = {k: sum(s[k] for s in stats) for k in ("rows_done", "rows_resumed", "tokens", "padded_tokens",
+                                                    "batches", "oom_splits")}
+    total["seconds"] = max(s["seconds"] for s in stats)
+    planned = [s["planned"] for s in stats if s["planned"] is not None]
+    return results, total, min(s["max_length"] for s in stats), max(planned) if planned else None, parts
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def outputs_from_results(comp, n_rows: int, results: dict):
+    """Outputs in input order from {row: output}: a probability array (NaN rows) or a list (None rows)."""
+    from .infer.primitives import probs_from_results
+
+    ordered = [results.get(i) for i in range(n_rows)]
+    return probs_from_results(ordered, len(comp.labels)) if comp.task == "choices" else ordered
 
 
 def predict(cfg: PredictConfig) -> PredictResult:
     """Read and check the test file, write a complete fallback submission, then predict and replace it.
 
     Rows the budget does not reach keep the competition's fallback row, so the output is always valid.
+    A rerun after a kill resumes from the checkpoint file and writes the same bytes.
     """
     deadline = Deadline.parse(cfg.budget)
     comp = competitions.get(cfg.competition)
     df = comp.read(cfg.data)  # every cell checked before any model loads
     ids = df["id"].tolist()
-    out = write_csv_atomic(comp.fallback(ids), cfg.out)
-    log.info("%s: %d rows read; fallback submission written to %s", comp.name, len(df), out)
-
-    from .hardware import detect
-    from .infer import generate, score_choices
-    from .models import load_model
-
-    t0 = time.perf_counter()
-    profile = detect(cfg.dtype, cfg.device)
-    model, tok = load_model(cfg.model, profile, cfg.adapter)
-    model_seconds = time.perf_counter() - t0
-    prompts = comp.examples(df, tok, cfg.max_length)
-    common = dict(max_length=cfg.max_length, batch_tokens=cfg.batch_tokens or profile.batch_tokens,
-                  deadline=deadline, progress=cfg.progress)
-    if comp.task == "choices":
-        outputs, stats = score_choices(model, tok, prompts, list(comp.labels), temperature=cfg.temperature, **common)
+    shard = cfg.shard_tuple()
+    if cfg.shard is None:
+        write_csv_atomic(comp.fallback(ids), cfg.out)
+        log.info("%s: %d rows read; fallback submission written to %s", comp.name, len(df), cfg.out)
+    if cfg.workers > 1:
+        results, stats, max_length, planned, parts = _run_workers(cfg, len(df), deadline)
+        outputs = outputs_from_results(comp, len(df), results)
+        rows_done, leftovers = len(results), [p.checkpoint_path() for p in parts]
     else:
-        outputs, stats = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens or comp.max_new_tokens,
-                                  stop=list(comp.stop), **common)
-    write_csv_atomic(comp.to_submission(df, outputs), out)
-    result = PredictResult(out, len(df), stats.rows_done, len(df) - stats.rows_done, deadline.elapsed(),
-                           stats.rows_per_s, model_seconds, vars(stats))
-    log.info("%s: %d predicted, %d fallback, %.1f rows/s, %.1fs", comp.name, result.predicted, result.fallback,
-             result.rows_per_s, result.seconds)
+        outputs, st, max_length, planned = _run_shard(cfg, comp, df, deadline, shard)
+        stats, rows_done, leftovers = asdict(st), st.rows_done, [cfg.checkpoint_path()]
+    rows = len(df) if cfg.shard is None else stats["rows"]
+    if cfg.shard is None:
+        write_csv_atomic(comp.to_submission(df, outputs), cfg.out)
+        if rows_done == len(df):  # complete: the checkpoint has served its purpose
+            for path in leftovers:
+                Path(path).unlink(missing_ok=True)
+    ran = stats["rows_done"] - stats["rows_resumed"]
+    result = PredictResult(Path(cfg.out), rows, rows_done, rows - rows_done, deadline.elapsed(),
+                           ran / stats["seconds"] if stats["seconds"] else 0.0, stats["rows_resumed"], max_length,
+                           planned, stats)
+    log.info("%s: %d rows, %d predicted (%d resumed), %d fallback, %.2f rows/s; inference %.1fs%s; total %.1fs",
+             comp.name, result.rows, result.predicted, result.resumed, result.fallback, result.rows_per_s,
+             stats["seconds"], f" (planned {planned:.1f}s)" if planned else "", result.seconds)
     return result
+
+
+def merge(cfg: MergeConfig) -> PredictResult:
+    """Join the shard files of `predict --shard I/N` into one submission (identical to a single run)."""
+    from .infer.checkpoint import read_header, read_results
+
+    comp = competitions.get(cfg.competition)
+    df = comp.read(cfg.data)
+    results, runs, shards = {}, set(), set()
+    for part in cfg.parts:
+        if not Path(part).is_file():
+            raise InputError(part, "shard file not found")
+        header = read_header(part)
+        runs.add(header["run"].rsplit("-", 1)[0])
+        shards.add(tuple(header["shard"]))
+        if header.get("rows") != len(df):
+            raise InputError(part, f"computed on {header.get('rows')} rows, but {cfg.data} has {len(df)}")
+        results.update(read_results(part) or {})
+    if len(runs) != 1:
+        raise KitError(f"shard files come from different runs (settings or inputs differ): {sorted(runs)}")
+    n = next(iter(shards))[1]
+    missing = sorted(set(range(n)) - {s[0] for s in shards})
+    if missing:
+        log.warning("merge: shards %s of %d missing; their rows get the fallback", missing, n)
+    write_csv_atomic(comp.to_submission(df, outputs_from_results(comp, len(df), results)), cfg.out)
+    return PredictResult(Path(cfg.out), len(df), len(results), len(df) - len(results), 0.0, 0.0)
+
+
+def rehearse(cfg: RehearseConfig) -> dict:
+    """Predict the inference time of a hidden test of cfg.rows rows from timings on rows like `data`'s."""
+    from .budget import parse_duration
+    from .infer.planner import fit_max_length, measure, predict_seconds, tile_lengths
+
+    comp = competitions.get(cfg.competition)
+    df = comp.read(cfg.data)
+    pcfg = PredictConfig(cfg.competition, cfg.data, model=cfg.model, adapter=cfg.adapter, max_length=cfg.max_length,
+                         batch_tokens=cfg.batch_tokens, max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype,
+                         device=cfg.device)
+    model, tok, batch_tokens = _load(pcfg)
+    task = _task(comp, model, tok, df, pcfg, cfg.max_length)
+    tp = measure(task.step, task.lengths, batch_tokens)
+    lengths = tile_lengths(task.lengths, cfg.rows)
+    seconds = predict_seconds(lengths, batch_tokens, tp) / cfg.workers
+    report = {"rows": cfg.rows, "mean_tokens": sum(lengths) / len(lengths), "predicted_s": seconds,
+              "throughput": {int(k): 1.0 / v for k, v in zip(tp.lengths, tp.sec_per_token)}}
+    budget = parse_duration(cfg.budget)
+    if budget:
+        report["budget_s"] = budget
+        report["fits"] = seconds <= budget
+        if seconds > budget:
+            report["max_length_to_fit"], _ = fit_max_length(lengths, batch_tokens, tp, budget * cfg.workers,
+                                                            cfg.max_length)
+    return report
 
 
 def score(cfg: ScoreConfig) -> float:

@@ -1,9 +1,10 @@
 """The batched, time-budgeted engine under score_choices, generate and perplexity.
 
-Rows are tokenised once, sorted by length (longest first, so an out-of-memory shows up on the first
-batch), packed into batches under a token budget, and results are put back in input order. Before each
-batch the Deadline is asked whether that batch still fits; rows never reached stay None and the caller
-fills them with its fallback.
+Rows are tokenised once and packed by one deterministic plan: sorted by length (longest first, so an
+out-of-memory shows on the first batch), batches under a padded-token budget. The plan is the same for a
+single run, for each worker or `--shard I/N`, and for a resumed run, so every batch holds the same rows
+every time and the numbers come out bit-identical. Before each batch the Deadline is asked whether it
+still fits; rows never reached stay None and the caller gives them its fallback.
 """
 from __future__ import annotations
 
@@ -23,17 +24,20 @@ class RunStats:
     """What one engine run did."""
 
     rows: int = 0
-    rows_done: int = 0
-    tokens: int = 0  # real tokens processed
+    rows_done: int = 0  # rows with a result, resumed ones included
+    rows_resumed: int = 0  # results taken from a checkpoint
+    tokens: int = 0  # real tokens processed in this run
     padded_tokens: int = 0  # tokens including left padding
     seconds: float = 0.0
     batches: int = 0
+    oom_splits: int = 0  # batches split in two after an out-of-memory error
+    oom_rows: list = field(default_factory=list)  # rows that failed alone: they get the fallback
     stopped_by_deadline: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
-        return self.rows_done / self.seconds if self.seconds else 0.0
+        ran = self.rows_done - self.rows_resumed
+        return ran / self.seconds if self.seconds else 0.0
 
 
 def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -64,6 +68,25 @@ def plan_batches(lengths: list[int], batch_tokens: int, max_rows: int = 256) -> 
     return batches
 
 
+def padded_tokens(batch: list[int], lengths: list[int]) -> int:
+    """Tokens a batch costs once left-padded to its longest row."""
+    return max(lengths[i] for i in batch) * len(batch)
+
+
+def shard_batches(batches: list[list[int]], lengths: list[int], shard: int, n_shards: int) -> list[list[int]]:
+    """The batches of shard `shard` of `n_shards`, balanced by padded tokens (not rows), in plan order."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} not in 0..{n_shards - 1}")
+    load = [0] * n_shards
+    mine = []
+    for batch in batches:
+        k = min(range(n_shards), key=lambda j: (load[j], j))
+        load[k] += padded_tokens(batch, lengths)
+        if k == shard:
+            mine.append(batch)
+    return mine
+
+
 def left_pad(rows: list[list[int]], pad_id: int, device):
     """(input_ids, attention_mask, position_ids) tensors for left-padded rows."""
     import torch
@@ -79,37 +102,83 @@ def left_pad(rows: list[list[int]], pad_id: int, device):
     return ids.to(device), mask.to(device), pos.to(device)
 
 
+def is_oom(exc: BaseException) -> bool:
+    """An out-of-memory error from torch (CUDA or CPU allocator)."""
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def _step_with_backoff(step, batch: list[int], stats: RunStats) -> list:
+    """step(batch); on out-of-memory split the batch in two and retry, down to one row (-> None)."""
+    try:
+        return step(batch)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_oom(exc):
+            raise
+    _free_cuda_cache()
+    if len(batch) == 1:
+        log.warning("row %d is out of memory on its own; it gets the fallback", batch[0])
+        stats.oom_rows.append(batch[0])
+        return [None]
+    stats.oom_splits += 1
+    half = len(batch) // 2
+    return _step_with_backoff(step, batch[:half], stats) + _step_with_backoff(step, batch[half:], stats)
+
+
+def _free_cuda_cache():
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_batches(ids: list[list[int]], step: Callable[[list[int]], list], *, batch_tokens: int,
                 deadline: Deadline | None = None, desc: str = "rows", progress: bool = True,
-                extra_tokens: int = 0) -> tuple[list, RunStats]:
-    """Call `step(batch_indices)` per batch under the deadline; results in input order, None if not reached.
+                extra_tokens: int = 0, shard: tuple[int, int] = (0, 1), checkpoint=None,
+                ) -> tuple[list, RunStats]:
+    """Call `step(batch_indices)` per planned batch under the deadline; results in input order.
 
-    `extra_tokens` is added to every row's length when planning (generated tokens need room too).
+    `extra_tokens` is added to each row's length when planning (generated tokens need room too).
+    `shard=(i, n)` runs only shard i's batches. `checkpoint` (a Checkpoint) supplies results of an
+    earlier run, which are not computed again, and receives new ones as batches finish.
     """
     deadline = deadline or Deadline(None)
     lengths = [len(r) + extra_tokens for r in ids]
-    batches = plan_batches(lengths, batch_tokens)
+    batches = shard_batches(plan_batches(lengths, batch_tokens), lengths, *shard)
     results: list = [None] * len(ids)
-    stats = RunStats(rows=len(ids))
+    stats = RunStats(rows=sum(len(b) for b in batches))
+    if checkpoint is not None:
+        for i, out in checkpoint.load().items():
+            results[i] = out
+        todo = [b for b in batches if any(results[i] is None for i in b)]
+        stats.rows_resumed = stats.rows - sum(len(b) for b in todo)
+        stats.rows_done = stats.rows_resumed
+        batches = todo
     start = time.perf_counter()
     sec_per_token = 0.0
-    with bar(len(ids), desc, disable=not progress) as pbar:
+    with bar(stats.rows, desc, disable=not progress) as pbar:
+        pbar.update(stats.rows_resumed)
         for batch in batches:
-            cost = sec_per_token * sum(lengths[i] for i in batch)
+            cost = sec_per_token * padded_tokens(batch, lengths)
             if deadline.expired(cost):
                 stats.stopped_by_deadline = True
                 break
             t0 = deadline.clock()
-            for i, out in zip(batch, step(batch)):
-                results[i] = out
+            outs = _step_with_backoff(step, batch, stats)
             took = deadline.clock() - t0
-            n_tokens = sum(lengths[i] for i in batch)
+            for i, out in zip(batch, outs):
+                results[i] = out
+            if checkpoint is not None:
+                checkpoint.add({i: out for i, out in zip(batch, outs) if out is not None})
+            n_padded = padded_tokens(batch, lengths)
             # Longest-first order: later batches cost at most this much per token, a safe estimate.
-            sec_per_token = max(sec_per_token * 0.5, took / max(n_tokens, 1))
-            stats.tokens += n_tokens
-            stats.padded_tokens += max(lengths[i] for i in batch) * len(batch)
-            stats.rows_done += len(batch)
+            sec_per_token = max(sec_per_token * 0.5, took / max(n_padded, 1))
+            stats.tokens += sum(lengths[i] for i in batch)
+            stats.padded_tokens += n_padded
+            stats.rows_done += sum(out is not None for out in outs)
             stats.batches += 1
             pbar.update(len(batch))
+    if checkpoint is not None:
+        checkpoint.flush()
     stats.seconds = time.perf_counter() - start
     return results, stats

@@ -1,10 +1,15 @@
-"""score_choices, generate and perplexity: each a `step` function handed to engine.run_batches."""
+"""score_choices, generate and perplexity. Each is a Task (token ids + a batch `step` + how to assemble
+outputs) run by engine.run_batches, so planning, sharding, checkpoints and OOM back-off are shared."""
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..budget import Deadline
 from ..errors import ConfigError
+from .checkpoint import Checkpoint, fingerprint
 from .engine import RunStats, encode, left_pad, run_batches
 
 MAX_LENGTH = 2048
@@ -14,6 +19,37 @@ def default_batch_tokens(model) -> int:
     """16k padded tokens a batch on a GPU (T4 + 9B 4-bit: activations ~2-3 GB); 2k on a CPU, where big
     batches fall out of cache (SmolLM2 on 2 cores: 233 tok/s at 16k, 551 at 2k)."""
     return 16384 if model.device.type == "cuda" else 2048
+
+
+@dataclass
+class Task:
+    """One inference job over rows: what to feed, how to run a batch, how to assemble the outputs."""
+
+    kind: str
+    ids: list[list[int]]
+    step: Callable[[list[int]], list]
+    finish: Callable[[list], object]  # results in input order (None = not reached) -> outputs
+    settings: dict = field(default_factory=dict)
+    extra_tokens: int = 0  # planned room per row beyond its prompt (generated tokens)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(r) + self.extra_tokens for r in self.ids]
+
+
+def run_task(task: Task, model, *, batch_tokens: int | None = None, deadline: Deadline | None = None,
+             progress: bool = True, shard: tuple[int, int] = (0, 1), checkpoint=None) -> tuple[object, RunStats]:
+    """Run a Task: `shard=(i, n)` computes shard i of n; `checkpoint` (a path) makes it resumable."""
+    batch_tokens = batch_tokens or default_batch_tokens(model)
+    ckpt = None
+    if checkpoint is not None:
+        run = fingerprint(task.kind, task.settings, batch_tokens, str(getattr(model, "name_or_path", "")), task.ids)
+        ckpt = Checkpoint(checkpoint, f"{run}-{shard[0]}of{shard[1]}", every=1,
+                          meta={"kind": task.kind, "shard": list(shard), "rows": len(task.ids)})
+    results, stats = run_batches(task.ids, task.step, batch_tokens=batch_tokens, deadline=deadline,
+                                 desc=task.kind, progress=progress, extra_tokens=task.extra_tokens, shard=shard,
+                                 checkpoint=ckpt)
+    return task.finish(results), stats
 
 
 def label_token_ids(tokenizer, labels: list[str]) -> list[int]:
@@ -29,13 +65,18 @@ def label_token_ids(tokenizer, labels: list[str]) -> list[int]:
     return ids
 
 
-def score_choices(model, tokenizer, prompts: list[str], labels: list[str], *, temperature: float = 1.0,
-                  max_length: int = MAX_LENGTH, batch_tokens: int | None = None,
-                  deadline: Deadline | None = None, progress: bool = True) -> tuple[np.ndarray, RunStats]:
-    """Probabilities over `labels` for the next token after each prompt: (N, K) array, NaN rows not reached.
+def probs_from_results(results: list, n_labels: int) -> np.ndarray:
+    """(N, K) probabilities; NaN rows where a result is missing."""
+    probs = np.full((len(results), n_labels), np.nan)
+    for i, r in enumerate(results):
+        if r is not None:
+            probs[i] = r
+    return probs
 
-    Only the last position's logits are computed (logits_to_keep=1); temperature divides the label logits.
-    """
+
+def choice_task(model, tokenizer, prompts: list[str], labels: list[str], *, temperature: float = 1.0,
+                max_length: int = MAX_LENGTH) -> Task:
+    """Next-token probabilities over `labels`; only the last position's logits are computed."""
     import torch
 
     if temperature <= 0:
@@ -51,23 +92,17 @@ def score_choices(model, tokenizer, prompts: list[str], labels: list[str], *, te
         chosen = logits.float()[:, label_ids.to(logits.device)] / temperature
         return list(torch.softmax(chosen, dim=-1).cpu().numpy())
 
-    results, stats = run_batches(ids, step, batch_tokens=batch_tokens or default_batch_tokens(model), deadline=deadline, desc="score",
-                                 progress=progress)
-    probs = np.full((len(prompts), len(labels)), np.nan)
-    for i, r in enumerate(results):
-        if r is not None:
-            probs[i] = r
-    return probs, stats
+    return Task("score", ids, step, lambda results: probs_from_results(results, len(labels)),
+                {"labels": labels, "temperature": temperature})
 
 
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, stop: list[str] | None = None,
-             max_length: int = MAX_LENGTH, batch_tokens: int | None = None, deadline: Deadline | None = None,
-             progress: bool = True) -> tuple[list[str | None], RunStats]:
-    """Greedy continuations (KV cache, stop at EOS, then cut at the first stop string); None if not reached."""
+def generation_task(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, stop: list[str] | None = None,
+                    max_length: int = MAX_LENGTH) -> Task:
+    """Greedy continuations with the KV cache, stopping at EOS, cut at the first stop string."""
     import torch
 
     ids = encode(tokenizer, prompts, max_length)
-    stop = stop or []
+    stop = list(stop or [])
 
     @torch.inference_mode()
     def step(batch):
@@ -78,8 +113,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, 
         texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
         return [_cut(t, stop) for t in texts]
 
-    return run_batches(ids, step, batch_tokens=batch_tokens or default_batch_tokens(model), deadline=deadline, desc="generate",
-                       progress=progress, extra_tokens=max_new_tokens)
+    return Task("generate", ids, step, list, {"max_new_tokens": max_new_tokens, "stop": stop},
+                extra_tokens=max_new_tokens)
 
 
 def _cut(text: str, stop: list[str]) -> str:
@@ -90,19 +125,16 @@ def _cut(text: str, stop: list[str]) -> str:
     return text.strip()
 
 
-def perplexity(model, tokenizer, prompts: list[str], outputs: list[str], *, max_length: int = MAX_LENGTH,
-               batch_tokens: int | None = None, deadline: Deadline | None = None,
-               progress: bool = True) -> tuple[list[np.ndarray | None], RunStats]:
+def perplexity_task(model, tokenizer, prompts: list[str], outputs: list[str], *, max_length: int = MAX_LENGTH) -> Task:
     """Per example, the NLL of each output token given prompt + earlier output tokens (seed 003)."""
     import torch
 
     prompt_ids = encode(tokenizer, prompts, max_length)
-    out_ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in outputs]
     rows, n_out = [], []
-    for p, o in zip(prompt_ids, out_ids):
+    for p, o in zip(prompt_ids, outputs):
+        o = tokenizer(o, add_special_tokens=False)["input_ids"][:max_length - 1]
         if not o:
             raise ConfigError("outputs", "an output is empty; perplexity needs at least one token")
-        o = o[:max_length - 1]
         rows.append((p + o)[-max_length:])
         n_out.append(len(o))
 
@@ -114,5 +146,27 @@ def perplexity(model, tokenizer, prompts: list[str], outputs: list[str], *, max_
         nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
         return [nll[j, -n_out[i]:].cpu().numpy() for j, i in enumerate(batch)]
 
-    return run_batches(rows, step, batch_tokens=batch_tokens or default_batch_tokens(model), deadline=deadline, desc="perplexity",
-                       progress=progress)
+    return Task("perplexity", rows, step, list, {"n_out": n_out})
+
+
+def score_choices(model, tokenizer, prompts, labels, *, temperature=1.0, max_length=MAX_LENGTH,
+                  **run) -> tuple[np.ndarray, RunStats]:
+    """Probabilities over `labels` for the next token after each prompt: (N, K), NaN rows not reached.
+
+    `run` takes run_task's options: batch_tokens, deadline, progress, shard, checkpoint.
+    """
+    return run_task(choice_task(model, tokenizer, prompts, labels, temperature=temperature,
+                                max_length=max_length), model, **run)
+
+
+def generate(model, tokenizer, prompts, *, max_new_tokens=32, stop=None, max_length=MAX_LENGTH,
+             **run) -> tuple[list[str | None], RunStats]:
+    """Greedy continuations, None where not reached; `run` as for score_choices."""
+    return run_task(generation_task(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop,
+                                    max_length=max_length), model, **run)
+
+
+def perplexity(model, tokenizer, prompts, outputs, *, max_length=MAX_LENGTH,
+               **run) -> tuple[list[np.ndarray | None], RunStats]:
+    """Per-example arrays of output-token NLLs (None where not reached); `run` as for score_choices."""
+    return run_task(perplexity_task(model, tokenizer, prompts, outputs, max_length=max_length), model, **run)

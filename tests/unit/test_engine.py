@@ -34,3 +34,75 @@ def test_run_batches_stops_at_deadline_and_leaves_none():
     assert stats.stopped_by_deadline
     assert results.count("done") == stats.rows_done == 2  # a third batch would end at 12 s > 9.8 s
     assert results.count(None) == 4
+
+
+def test_shards_partition_the_plan_balanced_by_tokens():
+    from kaggle_kit.infer.engine import padded_tokens, shard_batches
+
+    lengths = [300, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20]
+    batches = plan_batches(lengths, batch_tokens=100)
+    parts = [shard_batches(batches, lengths, i, 2) for i in range(2)]
+    assert sorted(map(tuple, parts[0] + parts[1])) == sorted(map(tuple, batches))
+    load = [sum(padded_tokens(b, lengths) for b in p) for p in parts]
+    assert load == [300, 300]  # one long row balances fifteen short ones: rows 1 vs 15
+    assert [len(b) for b in parts[0]] == [1]
+
+
+def test_oom_splits_batch_and_isolates_the_failing_row():
+    """An out-of-memory batch is halved and retried; a row failing alone gets None (its fallback)."""
+    ids = [[1] * 4 for _ in range(8)]
+
+    def step(batch):
+        if len(batch) > 2 or 5 in batch:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [i * 10 for i in batch]
+
+    results, stats = run_batches(ids, step, batch_tokens=32, progress=False)
+    assert results == [0, 10, 20, 30, 40, None, 60, 70]
+    assert stats.oom_rows == [5] and stats.oom_splits > 0 and stats.rows_done == 7
+
+
+def test_other_errors_are_not_swallowed():
+    import pytest
+
+    def step(batch):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_batches([[1, 2]], step, batch_tokens=8, progress=False)
+
+
+def test_checkpoint_resume_skips_done_batches(tmp_path):
+    from kaggle_kit.infer.checkpoint import Checkpoint
+
+    ids = [[1] * n for n in (5, 4, 3, 2, 1)]
+    calls = []
+
+    def step(batch):
+        calls.append(list(batch))
+        return [f"out{i}" for i in batch]
+
+    path = tmp_path / "c.jsonl"
+    first, _ = run_batches(ids, step, batch_tokens=5, progress=False, checkpoint=Checkpoint(path, "run1", every=1))
+    # simulate a kill that cut the last line short
+    text = path.read_text()
+    path.write_text(text[:-10])
+    calls.clear()
+    again, stats = run_batches(ids, step, batch_tokens=5, progress=False, checkpoint=Checkpoint(path, "run1"))
+    assert again == first and stats.rows_resumed == 3 and calls == [[3, 4]]  # the cut line held batch [3, 4]
+    # another run's file is not used
+    calls.clear()
+    run_batches(ids, step, batch_tokens=5, progress=False, checkpoint=Checkpoint(path, "run2"))
+    assert len(calls) == 4  # every batch again
+
+
+def test_planner_predicts_and_fits_max_length():
+    from kaggle_kit.infer.planner import Throughput, fit_max_length, predict_seconds
+
+    tp = Throughput([100, 1000], [0.001, 0.002])
+    lengths = [1000] * 10
+    # one row a batch at 1000 tokens (batch_tokens 1000): 10 x 1000 x 0.002
+    assert predict_seconds(lengths, 1000, tp) == 20.0
+    length, need = fit_max_length(lengths, 1000, tp, seconds=10.0, max_length=1000)
+    assert need <= 10.0 and length < 1000 and length >= 256
+    assert fit_max_length(lengths, 1000, tp, seconds=1e-6, max_length=1000)[0] == 256

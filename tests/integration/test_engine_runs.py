@@ -1,0 +1,110 @@
+"""The engine's promises on the real model: resume after kill -9, OOM back-off, workers, shards."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kaggle_kit import jobs
+from kaggle_kit.config import MergeConfig, PredictConfig, RehearseConfig, ValidateConfig
+
+from ..conftest import write_subset
+
+
+def cli(*args):
+    return [sys.executable, "-m", "kaggle_kit", "predict", *args, "--no-progress"]
+
+
+def test_kill_minus_9_then_rerun_gives_identical_submission(tmp_path):
+    data = write_subset("lmsys", tmp_path, 40, split="train")
+    ref, out = tmp_path / "ref.csv", tmp_path / "sub.csv"
+    common = ["lmsys", "--data", str(data), "--max-length", "256", "--batch-tokens", "512"]
+    subprocess.run(cli(*common, "--out", str(ref)), check=True, capture_output=True)
+    proc = subprocess.Popen(cli(*common, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "sub.csv.ckpt.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < 120 and (not ckpt.exists() or ckpt.read_text().count("\n") < 4):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run was killed before its first checkpoint"
+    # killed mid-run: the submission on disk is already complete (the fallback written first)
+    assert jobs.validate(ValidateConfig("lmsys", str(out), str(data))) == []
+    r = subprocess.run(cli(*common, "--out", str(out)), check=True, capture_output=True, text=True)
+    resumed = int(r.stdout.split("(")[1].split(" resumed")[0])
+    assert 0 < resumed < 40
+    assert out.read_bytes() == ref.read_bytes()
+    assert not ckpt.exists()  # a complete run removes its checkpoint
+
+
+def test_injected_oom_gives_the_same_submission(tmp_path, monkeypatch):
+    data = write_subset("science_exam", tmp_path, 16)
+    cfg = dict(max_length=512, batch_tokens=4096, progress=False)
+    ref = jobs.predict(PredictConfig("science_exam", str(data), out=str(tmp_path / "ref.csv"), **cfg))
+    real_task = jobs._task
+
+    def task_that_ooms(*args, **kw):
+        task = real_task(*args, **kw)
+        step = task.step
+
+        def oom_step(batch):
+            if len(batch) > 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB (injected)")
+            return step(batch)
+
+        task.step = oom_step
+        return task
+
+    monkeypatch.setattr(jobs, "_task", task_that_ooms)
+    res = jobs.predict(PredictConfig("science_exam", str(data), out=str(tmp_path / "oom.csv"), **cfg))
+    assert res.stats["oom_splits"] > 0 and res.fallback == 0 and ref.fallback == 0
+    assert (tmp_path / "oom.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+
+
+def test_two_workers_equal_one_worker(tmp_path):
+    data = write_subset("lmsys", tmp_path, 10, split="train")
+    cfg = dict(max_length=256, batch_tokens=512, progress=False)
+    one = jobs.predict(PredictConfig("lmsys", str(data), out=str(tmp_path / "one.csv"), **cfg))
+    two = jobs.predict(PredictConfig("lmsys", str(data), out=str(tmp_path / "two.csv"), workers=2, **cfg))
+    assert one.predicted == two.predicted == 10
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    assert not list(tmp_path.glob("two.csv.ckpt*"))
+
+
+def test_shards_then_merge_equal_a_single_run(tmp_path):
+    data = write_subset("prompt_recovery", tmp_path, 6)
+    cfg = dict(max_length=512, progress=False)
+    jobs.predict(PredictConfig("prompt_recovery", str(data), out=str(tmp_path / "single.csv"), **cfg))
+    parts = []
+    for i in range(2):
+        part = tmp_path / f"part{i}.jsonl"
+        res = jobs.predict(PredictConfig("prompt_recovery", str(data), out=str(part), shard=f"{i}/2", **cfg))
+        assert res.fallback == 0 and 0 < res.rows < 6
+        parts.append(str(part))
+    merged = jobs.merge(MergeConfig("prompt_recovery", str(data), parts, out=str(tmp_path / "merged.csv")))
+    assert merged.predicted == 6
+    assert (tmp_path / "merged.csv").read_bytes() == (tmp_path / "single.csv").read_bytes()
+    # a missing shard leaves its rows to the fallback, still a complete submission
+    jobs.merge(MergeConfig("prompt_recovery", str(data), parts[:1], out=str(tmp_path / "half.csv")))
+    assert jobs.validate(ValidateConfig("prompt_recovery", str(tmp_path / "half.csv"), str(data))) == []
+
+
+def test_rehearse_predicts_a_runtime():
+    from ..conftest import DATA
+
+    rep = jobs.rehearse(RehearseConfig("science_exam", str(DATA / "science_exam" / "test.csv"), rows=4000,
+                                       budget="60s", max_length=512))
+    assert rep["predicted_s"] > 60 and rep["fits"] is False
+    assert 256 <= rep["max_length_to_fit"] <= 512
+    assert all(v > 0 for v in rep["throughput"].values())
+
+
+@pytest.mark.parametrize("bad", ["2", "2/2", "a/b"])
+def test_bad_shard_names_the_field(bad):
+    from kaggle_kit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="shard"):
+        PredictConfig("lmsys", "x.csv", shard=bad)
