@@ -1,0 +1,146 @@
+"""Inference benchmark: the kit's engine against plain-transformers peers, in one process, same rows.
+
+Peers are what public notebooks do: (1) one row at a time in fp32 with full logits, (2) a fixed batch
+of 8 rows in file order, padded, full logits. Rows are real: Science Exam questions from ../shared/data
+(data/ when absent) for choice scoring, Prompt Recovery rows for generation. Prints a table and writes
+bench/results/infer_<device>.json.
+
+    python bench/infer_bench.py [--rows 100] [--gen-rows 16] [--device cpu|cuda] [--dtype ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from matmul_peak import peak_gflops  # noqa: E402
+
+from kaggle_kit import competitions  # noqa: E402
+from kaggle_kit.hardware import detect  # noqa: E402
+from kaggle_kit.infer import generate, score_choices  # noqa: E402
+from kaggle_kit.models import load_model  # noqa: E402
+from kaggle_kit.progress import format_table  # noqa: E402
+
+
+def rows_file(comp: str, shared_name: str) -> Path:
+    shared = ROOT.parent / "shared" / "data" / comp / shared_name
+    return shared if shared.exists() else ROOT / "data" / comp / "train.csv"
+
+
+def peer_one_row(model, tok, prompts, label_ids):
+    """The public-notebook loop: one prompt at a time, full logits, last position."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            x = tok(p, return_tensors="pt", add_special_tokens=False).to(model.device)
+            logits = model(**x).logits[0, -1].float()
+            out.append(torch.softmax(logits[label_ids], -1).cpu().numpy())
+    return np.array(out)
+
+
+def peer_batch8(model, tok, prompts, label_ids):
+    """Fixed batches of 8 in file order, padded to the batch's longest, full logits."""
+    import torch
+
+    out = []
+    tok.padding_side = "left"
+    with torch.no_grad():
+        for k in range(0, len(prompts), 8):
+            x = tok(prompts[k:k + 8], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            logits = model(**x).logits[:, -1].float()
+            out += list(torch.softmax(logits[:, label_ids], -1).cpu().numpy())
+    return np.array(out)
+
+
+def peer_generate_one_row(model, tok, prompts, max_new_tokens):
+    import torch
+
+    texts = []
+    with torch.no_grad():
+        for p in prompts:
+            x = tok(p, return_tensors="pt", add_special_tokens=False).to(model.device)
+            y = model.generate(**x, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            texts.append(tok.decode(y[0, x["input_ids"].shape[1]:], skip_special_tokens=True))
+    return texts
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100)
+    ap.add_argument("--gen-rows", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None, help="the kit's dtype (default: hardware profile)")
+    args = ap.parse_args()
+
+    profile = detect(args.dtype, args.device)
+    kit_model, tok = load_model("demo", profile)
+    fp32_model, _ = load_model("demo", detect("float32", profile.device))
+    comp = competitions.get("science_exam")
+    df = comp.read(rows_file("science_exam", "train.csv"), labelled=True).head(args.rows)
+    prompts = comp.examples(df, tok, 2048)
+    from kaggle_kit.infer import label_token_ids
+
+    label_ids = label_token_ids(tok, list(comp.labels))
+    n_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    non_emb = sum(p.numel() for n, p in kit_model.named_parameters() if "embed" not in n)
+
+    kit_model_warm = score_choices(kit_model, tok, prompts[:2], list(comp.labels), progress=False)  # noqa: F841
+    (kit_probs, _), t_kit = timed(lambda: score_choices(kit_model, tok, prompts, list(comp.labels), progress=False))
+    one, t_one = timed(lambda: peer_one_row(fp32_model, tok, prompts, label_ids))
+    b8, t_b8 = timed(lambda: peer_batch8(fp32_model, tok, prompts, label_ids))
+    agree = float(np.mean(kit_probs.argmax(1) == one.argmax(1)))
+    peak = peak_gflops(profile.dtype, device=profile.device)
+    limit_tok_s = peak * 1e9 / (2 * non_emb)
+
+    pr = competitions.get("prompt_recovery")
+    pdf = pr.read(rows_file("prompt_recovery", "pedromb_gemma7b_kaggle_format.csv"), labelled=True).head(args.gen_rows)
+    gprompts = pr.examples(pdf, tok, 2048)
+    (gen_kit, _), t_gkit = timed(lambda: generate(kit_model, tok, gprompts, max_new_tokens=args.max_new_tokens,
+                                                  progress=False))
+    gen_one, t_gone = timed(lambda: peer_generate_one_row(fp32_model, tok, gprompts, args.max_new_tokens))
+    gen_agree = float(np.mean([a == b.strip() for a, b in zip(gen_kit, gen_one)]))
+
+    rows = [
+        {"run": f"kit score_choices ({profile.dtype})", "rows/s": len(prompts) / t_kit, "tok/s": n_tokens / t_kit,
+         "vs one-row": t_one / t_kit, "top1 agree fp32": agree},
+        {"run": "peer one row fp32", "rows/s": len(prompts) / t_one, "tok/s": n_tokens / t_one, "vs one-row": 1.0,
+         "top1 agree fp32": 1.0},
+        {"run": "peer batch 8 fp32", "rows/s": len(prompts) / t_b8, "tok/s": n_tokens / t_b8, "vs one-row": t_one / t_b8,
+         "top1 agree fp32": float(np.mean(b8.argmax(1) == one.argmax(1)))},
+        {"run": f"kit generate ({profile.dtype})", "rows/s": len(gprompts) / t_gkit, "tok/s": None,
+         "vs one-row": t_gone / t_gkit, "top1 agree fp32": gen_agree},
+        {"run": "peer generate one row fp32", "rows/s": len(gprompts) / t_gone, "tok/s": None, "vs one-row": 1.0,
+         "top1 agree fp32": 1.0},
+    ]
+    print(format_table(rows))
+    print(f"\nmatmul peak ({profile.dtype}, {profile.device}): {peak:.1f} GFLOP/s -> limit "
+          f"{limit_tok_s:.0f} tok/s for {non_emb / 1e6:.1f}M non-embedding params; kit reaches "
+          f"{100 * n_tokens / t_kit / limit_tok_s:.1f}%")
+    print(f"{len(prompts)} choice rows ({n_tokens} tokens), {len(gprompts)} generation rows x {args.max_new_tokens} "
+          "new tokens; generation 'agree' = identical text")
+    out = ROOT / "bench" / "results" / f"infer_{profile.device}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "profile": profile.dtype,
+                               "peak_gflops": peak, "limit_tok_s": limit_tok_s, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

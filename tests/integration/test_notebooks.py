@@ -1,0 +1,44 @@
+"""Every shipped notebook runs headless (nbclient) on data/ with the demo model and leaves a valid submission."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from kaggle_kit import competitions
+from kaggle_kit.config import ValidateConfig
+from kaggle_kit.jobs import validate
+
+from ..conftest import DATA, ROOT
+
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def test_one_notebook_folder_per_competition():
+    assert {p.name for p in NOTEBOOKS.iterdir() if p.is_dir()} == set(competitions.COMPETITIONS)
+
+
+@pytest.mark.parametrize("name", list(competitions.COMPETITIONS))
+def test_notebook_runs_locally_and_writes_valid_submission(name):
+    path = NOTEBOOKS / name / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    assert len(nb.cells) <= 6, "notebooks stay thin: the work lives in the package"
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    sub = ROOT / "runs" / "notebooks" / name / "submission.csv"
+    assert validate(ValidateConfig(name, str(sub), str(DATA / name / "test.csv"))) == []
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "fallback" in printed
+
+
+@pytest.mark.parametrize("name", list(competitions.COMPETITIONS))
+def test_kernel_metadata_points_at_its_notebook(name):
+    meta = json.loads((NOTEBOOKS / name / "kernel-metadata.json").read_text())
+    assert (NOTEBOOKS / name / meta["code_file"]).is_file()
+    assert meta["enable_internet"] is False and meta["competition_sources"] == [competitions.get(name).slug]
+
+
+def test_top_level_kernel_metadata_points_at_a_notebook():
+    meta = json.loads((ROOT / "kernel-metadata.json").read_text())
+    assert (ROOT / meta["code_file"]).is_file()
+    assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_internet"] is False
