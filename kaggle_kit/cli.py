@@ -83,8 +83,8 @@ def _demo(args):
 def _add_predict(p):
     p.add_argument("competition", help="science_exam | lmsys | prompt_recovery")
     p.add_argument("--data", required=True, help="the competition's test.csv")
-    p.add_argument("--model", default="demo", help="local model folder or 'demo' (default)")
-    p.add_argument("--adapter", help="peft LoRA adapter folder")
+    p.add_argument("--model", help="local model folder or 'demo' (default: the adapter's base, else demo)")
+    p.add_argument("--adapter", help="LoRA adapter folder (a kit checkpoint names its base model)")
     p.add_argument("--out", default="submission.csv", help="submission path (default submission.csv)")
     p.add_argument("--budget", help="wall clock for the run, e.g. 9h, 30m, 45s")
     p.add_argument("--max-length", type=int, default=2048, help="prompt tokens kept (default 2048)")
@@ -98,6 +98,37 @@ def _add_predict(p):
     p.add_argument("--shard", help="I/N: compute shard I of N into --out (join with 'merge')")
     p.add_argument("--checkpoint", help="resumable results file (default OUT.ckpt.jsonl)")
     p.add_argument("--no-plan", action="store_true", help="with --budget: skip the runtime planner")
+
+
+def _train(args):
+    from .config import TrainConfig, load_yaml_config
+    from .train import train
+
+    cfg = load_yaml_config(TrainConfig, args.config, args.set or [], competition=args.competition)
+    res = train(cfg)
+    print(f"{res.out}: {res.steps} steps ({res.stopped}); best {cfg.best_by} "
+          f"{res.best_value:.4f} at step {res.best_step} -> {res.best}")
+    return 0
+
+
+def _merge_adapter(args):
+    from .models import merge_adapter
+
+    print(merge_adapter(args.adapter, args.out, model=args.model, dtype=args.dtype))
+    return 0
+
+
+def _add_train(p):
+    p.add_argument("competition", help="science_exam | lmsys | prompt_recovery | alpaca")
+    p.add_argument("--config", help="YAML config (configs/<competition>.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+
+
+def _add_merge_adapter(p):
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--out", required=True, help="folder for the merged model")
+    p.add_argument("--model", help="base model (default: the one the adapter names)")
+    p.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
 
 
 def _add_merge(p):
@@ -149,6 +180,8 @@ COMMANDS = {
     "predict": ("write a submission CSV for a competition's test file", _add_predict, _predict),
     "score": ("score a submission against a labelled file", _add_score, _score),
     "validate": ("check a submission's format and ids", _add_validate, _validate),
+    "train": ("train a LoRA / QLoRA adapter from a YAML config", _add_train, _train),
+    "merge-adapter": ("merge a LoRA adapter into its base model and save it", _add_merge_adapter, _merge_adapter),
     "merge": ("join shard files of predict --shard I/N into one submission", _add_merge, _merge),
     "rehearse": ("predict the runtime of a hidden test set before pushing", _add_rehearse, _rehearse),
     "demo": ("predict and score every competition on data/ and print a table", _add_demo, _demo),

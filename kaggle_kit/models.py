@@ -114,27 +114,71 @@ def load_tokenizer(path: Path):
     return tok
 
 
-def load_model(name: str | os.PathLike, profile=None, adapter: str | os.PathLike | None = None):
+def adapter_base(adapter: str | os.PathLike) -> str | None:
+    """The base model a kit-trained adapter folder names in its kit_config.json (None if it names none)."""
+    import json
+
+    path = Path(adapter) / "kit_config.json"
+    return json.loads(path.read_text()).get("base_model") if path.is_file() else None
+
+
+def _check_adapter(adapter: Path) -> Path:
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelNotFound(str(adapter), [str(p.parent) for p in adapter.parent.glob("*/adapter_config.json")])
+    return adapter
+
+
+def load_model(name: str | os.PathLike | None, profile=None, adapter=None):
     """(model, tokenizer) from a local folder or 'demo', in the profile's device and dtype, eval mode.
 
-    `adapter` is a peft adapter folder applied on top (kept unmerged).
+    `adapter` is a peft adapter folder applied unmerged, or {name: folder} for several adapters loaded
+    side by side (the first active; switch with model.set_adapter(name)). `name=None` takes the base
+    model the adapter's kit_config.json names, else the demo model.
     """
     from transformers import AutoModelForCausalLM
 
     from .hardware import detect
 
+    adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
+    if name is None:
+        name = next((b for b in map(adapter_base, adapters.values()) if b), DEMO)
     profile = profile or detect()
     path = resolve_model(name)
     tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=profile.torch_dtype(), local_files_only=True,
                                                  attn_implementation="sdpa")
-    if adapter is not None:
+    if adapters:
         from peft import PeftModel
 
-        adapter = Path(adapter)
-        if not (adapter / "adapter_config.json").is_file():
-            raise ModelNotFound(str(adapter), [str(p.parent) for p in adapter.parent.glob("*/adapter_config.json")])
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+        items = [(n, _check_adapter(Path(a))) for n, a in adapters.items()]
+        model = PeftModel.from_pretrained(model, items[0][1], adapter_name=items[0][0], is_trainable=False)
+        for n, a in items[1:]:
+            model.load_adapter(a, adapter_name=n, is_trainable=False)
+        model.set_adapter(items[0][0])
     model.to(profile.device)
     model.eval()
     return model, tok
+
+
+def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None = None,
+                  dtype: str = "float16") -> Path:
+    """Merge a LoRA adapter into an unquantised copy of its base model and save it (for serving or vLLM).
+
+    Merging into a 4-bit model changes its outputs; this loads the base in `dtype` instead.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = resolve_model(model or adapter_base(adapter) or DEMO)
+    tok = load_tokenizer(base)
+    plain = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), local_files_only=True)
+    merged = PeftModel.from_pretrained(plain, _check_adapter(Path(adapter))).merge_and_unload()
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out

@@ -25,6 +25,8 @@ class Competition:
     fallback: Callable  # (ids) -> submission DataFrame of fallback rows
     score: Callable  # (submission_df, truth_df, **kw) -> float
     check_row: Callable  # (row dict) -> problem text or None
+    completions: Callable  # (labelled df) -> the answer text per row, for training
+    group_column: str  # rows sharing this column's (normalised) text stay on one side of a split
     max_new_tokens: int = 0
     stop: tuple[str, ...] = ()
 

@@ -115,8 +115,15 @@ def check_row(row):
     return None
 
 
+def completions(df) -> list[str]:
+    """A (model A), B (model B) or C (tie) per row, as in seed 001's prompt."""
+    y = df[list(TARGETS)].astype(int).to_numpy().argmax(axis=1)
+    return ["ABC"[k] for k in y]
+
+
 COMPETITION = Competition(
     name="lmsys", slug="lmsys-chatbot-arena", metric="log loss", higher_is_better=False,
     task="choices", labels=("A", "B", "C"), submission_columns=("id", *TARGETS), read=read,
     examples=examples, to_submission=to_submission, fallback=fallback, score=score, check_row=check_row,
+    completions=completions, group_column="prompt",
 )

@@ -67,9 +67,14 @@ def check_row(row):
     return None if str(row["rewrite_prompt"]).strip() else "empty rewrite_prompt"
 
 
+def completions(df) -> list[str]:
+    """The true rewrite prompt per row."""
+    return df["rewrite_prompt"].tolist()
+
+
 COMPETITION = Competition(
     name="prompt_recovery", slug="llm-prompt-recovery", metric="SCS", higher_is_better=True, task="generate",
     labels=(), submission_columns=("id", "rewrite_prompt"), read=read, examples=examples,
     to_submission=to_submission, fallback=fallback, score=score, check_row=check_row,
-    max_new_tokens=32, stop=("\n",),
+    completions=completions, group_column="original_text", max_new_tokens=32, stop=("\n",),
 )

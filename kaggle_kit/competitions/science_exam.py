@@ -64,8 +64,14 @@ def check_row(row):
     return f"letters {bad} not in A-E" if bad else None
 
 
+def completions(df) -> list[str]:
+    """The answer letter per row."""
+    return df["answer"].tolist()
+
+
 COMPETITION = Competition(
     name="science_exam", slug="kaggle-llm-science-exam", metric="MAP@3", higher_is_better=True,
     task="choices", labels=LETTERS, submission_columns=("id", "prediction"), read=read, examples=examples,
     to_submission=to_submission, fallback=fallback, score=score, check_row=check_row,
+    completions=completions, group_column="prompt",
 )

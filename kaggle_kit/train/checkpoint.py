@@ -1,0 +1,84 @@
+"""Self-describing checkpoint folders: the adapter, the resolved config, tokenizer, metrics, curve,
+and (for resuming) the optimizer, scheduler, RNG and data position. Written through a temp folder."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+STATE = "trainer_state.pt"
+KIT_CONFIG = "kit_config.json"
+
+
+def save(folder, model, tokenizer, cfg, state: dict | None = None, extra_files: list | None = None,
+         optimizer=None, scheduler=None) -> Path:
+    """Write a checkpoint folder atomically (temp folder, then rename over the old one)."""
+    import torch
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / KIT_CONFIG).write_text(json.dumps({
+        "base_model": cfg.model, "competition": cfg.competition, "chat_format": "auto",
+        "train_config": asdict(cfg)}, indent=2))
+    for f in extra_files or []:
+        if Path(f).exists():
+            shutil.copy(f, tmp / Path(f).name)
+    if state is not None:
+        torch.save({"state": state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state()}, tmp / STATE)
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load_state(folder, model, optimizer, scheduler) -> dict | None:
+    """Restore adapter weights, optimizer, scheduler and RNG from `folder`; the saved loop state, or None."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / STATE).is_file():
+        return None
+    saved = torch.load(folder / STATE, weights_only=False)
+    set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    return saved["state"]
+
+
+def saved_config(folder) -> dict | None:
+    """The train config stored in a checkpoint folder."""
+    path = Path(folder) / KIT_CONFIG
+    return json.loads(path.read_text())["train_config"] if path.is_file() else None
+
+
+def rng_state() -> dict:
+    import torch
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    import torch
+
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])

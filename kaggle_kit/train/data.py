@@ -1,0 +1,125 @@
+"""Training data: (prompt, completion) pairs, token ids with masked labels, length-grouped batches."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from ..templates import render
+
+log = logging.getLogger("kaggle_kit")
+IGNORE = -100  # label value the loss skips
+
+
+@dataclass
+class Example:
+    """One tokenised training row: input ids and labels (IGNORE where no loss is taken)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def read_alpaca(path) -> list[dict]:
+    """Alpaca records (instruction, optional input, output) from a JSON array or JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not JSON / JSONL: {exc.msg}", row=exc.lineno) from None
+    for i, rec in enumerate(records, start=1):
+        for key in ("instruction", "output"):
+            if not isinstance(rec, dict) or not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise InputError(path, "bad record", row=i, column=key, expected="a non-empty string",
+                                 got=rec.get(key) if isinstance(rec, dict) else rec)
+    if not records:
+        raise InputError(path, "no records")
+    return records
+
+
+def alpaca_pairs(records: list[dict], tokenizer) -> tuple[list[str], list[str]]:
+    """(rendered prompts, outputs) for alpaca records; `input`, when present, follows the instruction."""
+    prompts = [render(tokenizer, r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")) for r in records]
+    return prompts, [r["output"] for r in records]
+
+
+def group_split(keys: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, valid) row indices; rows whose normalised key is equal land on the same side.
+
+    Keys are hashed after lower-casing and collapsing whitespace, so duplicates never straddle the split
+    (seed 001's "great CV split").
+    """
+    def bucket(key: str) -> float:
+        norm = re.sub(r"\s+", " ", str(key).strip().lower())
+        digest = hashlib.sha256(f"{seed}:{norm}".encode()).hexdigest()
+        return int(digest[:8], 16) / 0xFFFFFFFF
+
+    train, valid = [], []
+    for i, key in enumerate(keys):
+        (valid if bucket(key) < fraction else train).append(i)
+    if not valid or not train:  # tiny data: fall back to the last rows
+        cut = max(1, int(len(keys) * fraction))
+        train, valid = list(range(len(keys) - cut)), list(range(len(keys) - cut, len(keys)))
+    return train, valid
+
+
+def tokenize(tokenizer, prompts: list[str], completions: list[str], max_length: int,
+             loss: str = "completion") -> tuple[list[Example], int]:
+    """Examples with labels on the completion only; returns (examples, rows dropped).
+
+    Labels are placed by token positions computed here (never by searching for a response template,
+    which silently drops rows when it tokenises differently in context). A long prompt keeps its end.
+    loss='completion': every completion token and EOS; loss='answer': the first completion token only.
+    A row is dropped (and counted) only when its completion alone does not fit.
+    """
+    examples, dropped = [], 0
+    bos = tokenizer.bos_token
+    for prompt, completion in zip(prompts, completions):
+        p_ids = tokenizer(prompt, add_special_tokens=bool(bos) and not prompt.startswith(bos))["input_ids"]
+        c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if loss == "completion":
+            c_ids = c_ids + [tokenizer.eos_token_id]
+        else:
+            c_ids = c_ids[:1]
+        room = max_length - len(c_ids)
+        if room < 8 or not c_ids:
+            dropped += 1
+            continue
+        p_ids = p_ids[-room:]
+        examples.append(Example(p_ids + c_ids, [IGNORE] * len(p_ids) + c_ids))
+    if dropped:
+        log.warning("%d of %d rows dropped: their completion does not fit max_length=%d", dropped, len(prompts),
+                    max_length)
+    return examples, dropped
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Length-grouped batches (sorted, chunked) whose order is shuffled with a seed per epoch."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    random.Random(seed * 1_000_003 + epoch).shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], pad_id: int):
+    """Right-padded (input_ids, attention_mask, labels) tensors."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for j, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[j, :n] = torch.tensor(e.input_ids)
+        mask[j, :n] = 1
+        labels[j, :n] = torch.tensor(e.labels)
+    return ids, mask, labels

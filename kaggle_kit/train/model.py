@@ -1,0 +1,79 @@
+"""The model being trained: a base model (4-bit NF4 for QLoRA, or plain) with a peft LoRA adapter."""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("kaggle_kit")
+
+
+def build(cfg, profile):
+    """(peft model, tokenizer) for a TrainConfig; trainable (LoRA) parameters are fp32.
+
+    fp32 trainable parameters are what lets fp16 training on a T4 unscale its gradients (Kaggle's
+    "Attempting to unscale FP16 gradients" error comes from fp16 trainable parameters).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from ..models import load_tokenizer, resolve_model
+
+    path = resolve_model(cfg.model)
+    tok = load_tokenizer(path)
+    compute = getattr(torch, profile.compute_dtype)
+    kw = dict(dtype=compute, local_files_only=True, attn_implementation="sdpa")
+    if cfg.quant == "nf4":
+        settings = {**profile.bnb_4bit(), "bnb_4bit_compute_dtype": compute}
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=BitsAndBytesConfig(**settings),
+                                                     device_map={"": profile.device}, **kw)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kw).to(profile.device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+    model.config.use_cache = False
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log.info("model %s (%s), LoRA r=%d on %s: %.2fM trainable of %.1fM", path.name, cfg.quant, cfg.lora_r,
+             cfg.target_modules, n_train / 1e6, n_all / 1e6)
+    return model, tok
+
+
+def optimizer(model, cfg, profile):
+    """AdamW over the trainable parameters: bitsandbytes paged 8-bit on CUDA, plain torch on a CPU."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if profile.device == "cuda":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def schedule(cfg, total_steps: int):
+    """lr multiplier per optimizer step: linear warmup, then constant / linear decay / cosine decay."""
+    import math
+
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if cfg.scheduler == "constant":
+            return 1.0
+        done = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.scheduler == "linear":
+            return max(0.0, 1.0 - done)
+        return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+
+    return factor
