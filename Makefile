@@ -28,6 +28,7 @@ demo: install
 	$(BIN)/kaggle-kit demo --data-dir data --out-dir runs/demo
 
 test: install
+	$(BIN)/ruff check kaggle_kit tests bench
 	$(BIN)/python -m pytest -q tests
 
 test-unit: install

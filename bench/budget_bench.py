@@ -5,6 +5,7 @@ reports the wall time of the whole call (model load and writes included) against
 
     python bench/budget_bench.py [--budget 90s] [--rows 3000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,13 +38,16 @@ def main():
         data = Path(tmp) / "test.csv"
         df.to_csv(data, index=False)
         t0 = time.perf_counter()
-        res = predict(PredictConfig(args.competition, str(data), out=str(Path(tmp) / "s.csv"), budget=args.budget,
-                                    progress=False))
+        res = predict(
+            PredictConfig(args.competition, str(data), out=str(Path(tmp) / "s.csv"), budget=args.budget, progress=False)
+        )
         wall = time.perf_counter() - t0
     budget = parse_duration(args.budget)
-    print(f"budget {budget:.0f}s, wall {wall:.1f}s ({100 * (wall - budget) / budget:+.1f}% of budget), "
-          f"{res.predicted} predicted, {res.fallback} fallback, max_length used {res.max_length}, "
-          f"planned {res.planned_seconds}")
+    print(
+        f"budget {budget:.0f}s, wall {wall:.1f}s ({100 * (wall - budget) / budget:+.1f}% of budget), "
+        f"{res.predicted} predicted, {res.fallback} fallback, max_length used {res.max_length}, "
+        f"planned {res.planned_seconds}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ bench/results/infer_<device>.json.
 
     python bench/infer_bench.py [--rows 100] [--gen-rows 16] [--device cpu|cuda] [--dtype ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,7 @@ def peer_batch8(model, tok, prompts, label_ids):
     tok.padding_side = "left"
     with torch.no_grad():
         for k in range(0, len(prompts), 8):
-            x = tok(prompts[k:k + 8], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            x = tok(prompts[k : k + 8], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             logits = model(**x).logits[:, -1].float()
             out += list(torch.softmax(logits[:, label_ids], -1).cpu().numpy())
     return np.array(out)
@@ -71,7 +72,7 @@ def peer_generate_one_row(model, tok, prompts, max_new_tokens):
         for p in prompts:
             x = tok(p, return_tensors="pt", add_special_tokens=False).to(model.device)
             y = model.generate(**x, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-            texts.append(tok.decode(y[0, x["input_ids"].shape[1]:], skip_special_tokens=True))
+            texts.append(tok.decode(y[0, x["input_ids"].shape[1] :], skip_special_tokens=True))
     return texts
 
 
@@ -113,33 +114,73 @@ def main():
     pr = competitions.get("prompt_recovery")
     pdf = pr.read(rows_file("prompt_recovery", "pedromb_gemma7b_kaggle_format.csv"), labelled=True).head(args.gen_rows)
     gprompts = pr.examples(pdf, tok, 2048)
-    (gen_kit, _), t_gkit = timed(lambda: generate(kit_model, tok, gprompts, max_new_tokens=args.max_new_tokens,
-                                                  progress=False))
+    (gen_kit, _), t_gkit = timed(
+        lambda: generate(kit_model, tok, gprompts, max_new_tokens=args.max_new_tokens, progress=False)
+    )
     gen_one, t_gone = timed(lambda: peer_generate_one_row(fp32_model, tok, gprompts, args.max_new_tokens))
     gen_agree = float(np.mean([a == b.strip() for a, b in zip(gen_kit, gen_one)]))
 
     rows = [
-        {"run": f"kit score_choices ({profile.dtype})", "rows/s": len(prompts) / t_kit, "tok/s": n_tokens / t_kit,
-         "vs one-row": t_one / t_kit, "top1 agree fp32": agree},
-        {"run": "peer one row fp32", "rows/s": len(prompts) / t_one, "tok/s": n_tokens / t_one, "vs one-row": 1.0,
-         "top1 agree fp32": 1.0},
-        {"run": "peer batch 8 fp32", "rows/s": len(prompts) / t_b8, "tok/s": n_tokens / t_b8, "vs one-row": t_one / t_b8,
-         "top1 agree fp32": float(np.mean(b8.argmax(1) == one.argmax(1)))},
-        {"run": f"kit generate ({profile.dtype})", "rows/s": len(gprompts) / t_gkit, "tok/s": None,
-         "vs one-row": t_gone / t_gkit, "top1 agree fp32": gen_agree},
-        {"run": "peer generate one row fp32", "rows/s": len(gprompts) / t_gone, "tok/s": None, "vs one-row": 1.0,
-         "top1 agree fp32": 1.0},
+        {
+            "run": f"kit score_choices ({profile.dtype})",
+            "rows/s": len(prompts) / t_kit,
+            "tok/s": n_tokens / t_kit,
+            "vs one-row": t_one / t_kit,
+            "top1 agree fp32": agree,
+        },
+        {
+            "run": "peer one row fp32",
+            "rows/s": len(prompts) / t_one,
+            "tok/s": n_tokens / t_one,
+            "vs one-row": 1.0,
+            "top1 agree fp32": 1.0,
+        },
+        {
+            "run": "peer batch 8 fp32",
+            "rows/s": len(prompts) / t_b8,
+            "tok/s": n_tokens / t_b8,
+            "vs one-row": t_one / t_b8,
+            "top1 agree fp32": float(np.mean(b8.argmax(1) == one.argmax(1))),
+        },
+        {
+            "run": f"kit generate ({profile.dtype})",
+            "rows/s": len(gprompts) / t_gkit,
+            "tok/s": None,
+            "vs one-row": t_gone / t_gkit,
+            "top1 agree fp32": gen_agree,
+        },
+        {
+            "run": "peer generate one row fp32",
+            "rows/s": len(gprompts) / t_gone,
+            "tok/s": None,
+            "vs one-row": 1.0,
+            "top1 agree fp32": 1.0,
+        },
     ]
     print(format_table(rows))
-    print(f"\nmatmul peak ({profile.dtype}, {profile.device}): {peak:.1f} GFLOP/s -> limit "
-          f"{limit_tok_s:.0f} tok/s for {non_emb / 1e6:.1f}M non-embedding params; kit reaches "
-          f"{100 * n_tokens / t_kit / limit_tok_s:.1f}%")
-    print(f"{len(prompts)} choice rows ({n_tokens} tokens), {len(gprompts)} generation rows x {args.max_new_tokens} "
-          "new tokens; generation 'agree' = identical text")
+    print(
+        f"\nmatmul peak ({profile.dtype}, {profile.device}): {peak:.1f} GFLOP/s -> limit "
+        f"{limit_tok_s:.0f} tok/s for {non_emb / 1e6:.1f}M non-embedding params; kit reaches "
+        f"{100 * n_tokens / t_kit / limit_tok_s:.1f}%"
+    )
+    print(
+        f"{len(prompts)} choice rows ({n_tokens} tokens), {len(gprompts)} generation rows x {args.max_new_tokens} "
+        "new tokens; generation 'agree' = identical text"
+    )
     out = ROOT / "bench" / "results" / f"infer_{profile.device}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "profile": profile.dtype,
-                               "peak_gflops": peak, "limit_tok_s": limit_tok_s, "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "profile": profile.dtype,
+                "peak_gflops": peak,
+                "limit_tok_s": limit_tok_s,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """This machine's matmul peak (GFLOP/s) per dtype: the ceiling for the inference benchmark.
 
-    python bench/matmul_peak.py
+python bench/matmul_peak.py
 """
+
 from __future__ import annotations
 
 import time

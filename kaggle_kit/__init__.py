@@ -2,6 +2,7 @@
 
 Importing the package loads no torch: the public functions below are imported on first use.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -10,15 +11,29 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "KitError": "errors", "ConfigError": "errors", "InputError": "errors", "ModelNotFound": "errors",
+    "KitError": "errors",
+    "ConfigError": "errors",
+    "InputError": "errors",
+    "ModelNotFound": "errors",
     "Deadline": "budget",
-    "PredictConfig": "config", "ScoreConfig": "config", "ValidateConfig": "config",
-    "predict": "jobs", "score": "jobs", "validate": "jobs", "PredictResult": "jobs",
+    "PredictConfig": "config",
+    "ScoreConfig": "config",
+    "ValidateConfig": "config",
+    "predict": "jobs",
+    "score": "jobs",
+    "validate": "jobs",
+    "PredictResult": "jobs",
     "COMPETITIONS": "competitions",
-    "map_at_k": "metrics", "log_loss": "metrics", "sharpened_cosine_similarity": "metrics", "perplexity": "metrics",
-    "load_model": "models", "resolve_model": "models", "demo_model_dir": "models",
+    "map_at_k": "metrics",
+    "log_loss": "metrics",
+    "sharpened_cosine_similarity": "metrics",
+    "perplexity": "metrics",
+    "load_model": "models",
+    "resolve_model": "models",
+    "demo_model_dir": "models",
     "detect": "hardware",
-    "score_choices": "infer", "generate": "infer",
+    "score_choices": "infer",
+    "generate": "infer",
     "load_embedder": "embed",
     "run_demo": "demo",
 }

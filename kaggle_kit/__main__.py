@@ -1,4 +1,5 @@
 """python -m kaggle_kit"""
+
 import sys
 
 from .cli import main

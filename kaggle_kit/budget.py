@@ -1,4 +1,5 @@
 """Deadline: one wall-clock budget shared by training and inference."""
+
 from __future__ import annotations
 
 import re
@@ -40,7 +41,7 @@ class Deadline:
         self.margin = 0.0 if seconds is None else min(seconds * margin, 600.0)
 
     @classmethod
-    def parse(cls, budget: str | float | None, **kw) -> "Deadline":
+    def parse(cls, budget: str | float | None, **kw) -> Deadline:
         """Deadline from a duration string such as '9h' (None: unlimited)."""
         return cls(parse_duration(budget), **kw)
 

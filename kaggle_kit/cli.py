@@ -1,4 +1,5 @@
 """kaggle-kit: argparse subcommands, each parsed into one config and handed to one function."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,14 +13,30 @@ def _predict(args):
     from .config import PredictConfig
     from .jobs import predict
 
-    cfg = PredictConfig(args.competition, args.data, model=args.model, adapter=args.adapter, out=args.out,
-                        budget=args.budget, max_length=args.max_length, batch_tokens=args.batch_tokens,
-                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, dtype=args.dtype,
-                        device=args.device, progress=not args.no_progress, workers=args.workers, shard=args.shard,
-                        checkpoint=args.checkpoint, plan=not args.no_plan)
+    cfg = PredictConfig(
+        args.competition,
+        args.data,
+        model=args.model,
+        adapter=args.adapter,
+        out=args.out,
+        budget=args.budget,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        dtype=args.dtype,
+        device=args.device,
+        progress=not args.no_progress,
+        workers=args.workers,
+        shard=args.shard,
+        checkpoint=args.checkpoint,
+        plan=not args.no_plan,
+    )
     res = predict(cfg)
-    print(f"{res.submission}: {res.rows} rows, {res.predicted} predicted ({res.resumed} resumed), "
-          f"{res.fallback} fallback, {res.rows_per_s:.2f} rows/s, {res.seconds:.1f}s")
+    print(
+        f"{res.submission}: {res.rows} rows, {res.predicted} predicted ({res.resumed} resumed), "
+        f"{res.fallback} fallback, {res.rows_per_s:.2f} rows/s, {res.seconds:.1f}s"
+    )
     return 0
 
 
@@ -36,14 +53,28 @@ def _rehearse(args):
     from .config import RehearseConfig
     from .jobs import rehearse
 
-    rep = rehearse(RehearseConfig(args.competition, args.data, rows=args.rows, model=args.model, adapter=args.adapter,
-                                  budget=args.budget, max_length=args.max_length, batch_tokens=args.batch_tokens,
-                                  max_new_tokens=args.max_new_tokens, workers=args.workers, dtype=args.dtype,
-                                  device=args.device))
+    rep = rehearse(
+        RehearseConfig(
+            args.competition,
+            args.data,
+            rows=args.rows,
+            model=args.model,
+            adapter=args.adapter,
+            budget=args.budget,
+            max_length=args.max_length,
+            batch_tokens=args.batch_tokens,
+            max_new_tokens=args.max_new_tokens,
+            workers=args.workers,
+            dtype=args.dtype,
+            device=args.device,
+        )
+    )
     speeds = ", ".join(f"{k} tok: {v:.0f} tok/s" for k, v in rep["throughput"].items())
     print(f"measured: {speeds}")
-    print(f"predicted inference time for {rep['rows']} rows (mean {rep['mean_tokens']:.0f} tokens): "
-          f"{rep['predicted_s'] / 3600:.2f} h ({rep['predicted_s']:.0f} s)")
+    print(
+        f"predicted inference time for {rep['rows']} rows (mean {rep['mean_tokens']:.0f} tokens): "
+        f"{rep['predicted_s'] / 3600:.2f} h ({rep['predicted_s']:.0f} s)"
+    )
     if "budget_s" in rep:
         verdict = "fits" if rep["fits"] else f"does NOT fit; max_length {rep['max_length_to_fit']} would"
         print(f"budget {rep['budget_s'] / 3600:.2f} h: {verdict}")
@@ -75,8 +106,16 @@ def _validate(args):
 def _demo(args):
     from .demo import print_demo, run_demo
 
-    print_demo(run_demo(args.data_dir, args.out_dir, model=args.model, budget=args.budget,
-                        names=args.competition or None, progress=not args.no_progress))
+    print_demo(
+        run_demo(
+            args.data_dir,
+            args.out_dir,
+            model=args.model,
+            budget=args.budget,
+            names=args.competition or None,
+            progress=not args.no_progress,
+        )
+    )
     return 0
 
 
@@ -106,8 +145,10 @@ def _train(args):
 
     cfg = load_yaml_config(TrainConfig, args.config, args.set or [], competition=args.competition)
     res = train(cfg)
-    print(f"{res.out}: {res.steps} steps ({res.stopped}); best {cfg.best_by} "
-          f"{res.best_value:.4f} at step {res.best_step} -> {res.best}")
+    print(
+        f"{res.out}: {res.steps} steps ({res.stopped}); best {cfg.best_by} "
+        f"{res.best_value:.4f} at step {res.best_step} -> {res.best}"
+    )
     return 0
 
 
@@ -203,8 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 1 for an invalid submission, 2 with one line for user errors."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         return args.run(args)
     except KitError as exc:

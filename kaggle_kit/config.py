@@ -1,4 +1,5 @@
 """Dataclass configs: YAML keys, CLI flags and Python arguments are spellings of these fields."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -171,10 +172,26 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        _check_positive(self, "lora_r", "lora_alpha", "max_length", "batch_size", "grad_accum", "lr", "epochs",
-                        "max_steps", "log_every", "eval_every", "patience")
-        for name, allowed in (("scheduler", SCHEDULERS), ("loss", LOSSES), ("quant", QUANTS),
-                              ("best_by", ("eval_loss", "metric"))):
+        _check_positive(
+            self,
+            "lora_r",
+            "lora_alpha",
+            "max_length",
+            "batch_size",
+            "grad_accum",
+            "lr",
+            "epochs",
+            "max_steps",
+            "log_every",
+            "eval_every",
+            "patience",
+        )
+        for name, allowed in (
+            ("scheduler", SCHEDULERS),
+            ("loss", LOSSES),
+            ("quant", QUANTS),
+            ("best_by", ("eval_loss", "metric")),
+        ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{getattr(self, name)!r} is not one of {list(allowed)}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -183,9 +200,14 @@ class TrainConfig:
             raise ConfigError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ConfigError("valid_fraction", f"must be in (0, 1), got {self.valid_fraction}")
-        if not (self.target_modules == "all-linear" or
-                (isinstance(self.target_modules, list) and self.target_modules
-                 and all(isinstance(m, str) for m in self.target_modules))):
+        if not (
+            self.target_modules == "all-linear"
+            or (
+                isinstance(self.target_modules, list)
+                and self.target_modules
+                and all(isinstance(m, str) for m in self.target_modules)
+            )
+        ):
             raise ConfigError("target_modules", f"'all-linear' or a list of module names, got {self.target_modules!r}")
         parse_duration(self.budget, "budget")
 

@@ -1,4 +1,5 @@
 """The demo: predict and score every competition on data/ with a model, one summary table."""
+
 from __future__ import annotations
 
 import time
@@ -11,8 +12,14 @@ from .jobs import predict, score
 from .progress import format_table
 
 
-def run_demo(data_dir: str = "data", out_dir: str = "runs/demo", model: str = "demo", budget: str | None = None,
-             names: list[str] | None = None, progress: bool = True) -> list[dict]:
+def run_demo(
+    data_dir: str = "data",
+    out_dir: str = "runs/demo",
+    model: str = "demo",
+    budget: str | None = None,
+    names: list[str] | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """For each competition: predict data/<comp>/train.csv (labels unused), score it and the constant baseline."""
     rows = []
     for name in names or list(competitions.COMPETITIONS):
@@ -20,21 +27,26 @@ def run_demo(data_dir: str = "data", out_dir: str = "runs/demo", model: str = "d
         data = Path(data_dir) / name / "train.csv"
         out = Path(out_dir) / name
         t0 = time.perf_counter()
-        res = predict(PredictConfig(name, str(data), model=model, out=str(out / "submission.csv"), budget=budget,
-                                    progress=progress))
+        res = predict(
+            PredictConfig(
+                name, str(data), model=model, out=str(out / "submission.csv"), budget=budget, progress=progress
+            )
+        )
         truth = comp.read(data, labelled=True)
         baseline_path = write_csv_atomic(comp.fallback(truth["id"].tolist()), out / "constant_baseline.csv")
-        rows.append({
-            "competition": name,
-            "metric": comp.metric + (" (higher better)" if comp.higher_is_better else " (lower better)"),
-            "kit": score(ScoreConfig(name, str(res.submission), str(data))),
-            "constant": score(ScoreConfig(name, str(baseline_path), str(data))),
-            "rows": res.rows,
-            "predicted": res.predicted,
-            "fallback": res.fallback,
-            "rows/s": res.rows_per_s,
-            "wall s": time.perf_counter() - t0,
-        })
+        rows.append(
+            {
+                "competition": name,
+                "metric": comp.metric + (" (higher better)" if comp.higher_is_better else " (lower better)"),
+                "kit": score(ScoreConfig(name, str(res.submission), str(data))),
+                "constant": score(ScoreConfig(name, str(baseline_path), str(data))),
+                "rows": res.rows,
+                "predicted": res.predicted,
+                "fallback": res.fallback,
+                "rows/s": res.rows_per_s,
+                "wall s": time.perf_counter() - t0,
+            }
+        )
     return rows
 
 

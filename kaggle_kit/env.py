@@ -3,6 +3,7 @@
 Notebooks ask this module instead of testing paths themselves, so one notebook runs unchanged on Kaggle
 and in local Jupyter.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,10 +41,16 @@ def predict_config(competition: str, kaggle_model: str, local_model: str = "demo
 
     comp = get(competition)
     if on_kaggle():
-        paths = dict(data=str(KAGGLE_INPUT / comp.slug / "test.csv"), model=kaggle_model,
-                     out=str(KAGGLE_WORKING / "submission.csv"))
+        paths = dict(
+            data=str(KAGGLE_INPUT / comp.slug / "test.csv"),
+            model=kaggle_model,
+            out=str(KAGGLE_WORKING / "submission.csv"),
+        )
     else:
         data = repo_data_dir()
-        paths = dict(data=str(data / competition / "test.csv"), model=local_model,
-                     out=str(data.parent / "runs" / "notebooks" / competition / "submission.csv"))
+        paths = dict(
+            data=str(data / competition / "test.csv"),
+            model=local_model,
+            out=str(data.parent / "runs" / "notebooks" / competition / "submission.csv"),
+        )
     return PredictConfig(competition, **{**paths, **overrides})

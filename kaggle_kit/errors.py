@@ -1,4 +1,5 @@
 """Errors the kit raises on purpose. The CLI turns any KitError into one line and exit code 2."""
+
 from __future__ import annotations
 
 
@@ -17,8 +18,16 @@ class ConfigError(KitError):
 class InputError(KitError):
     """Bad input data, located by file, 1-based data row and column."""
 
-    def __init__(self, path, message: str = "", *, row: int | None = None, column: str | None = None,
-                 expected: str | None = None, got: object = None):
+    def __init__(
+        self,
+        path,
+        message: str = "",
+        *,
+        row: int | None = None,
+        column: str | None = None,
+        expected: str | None = None,
+        got: object = None,
+    ):
         self.path, self.row, self.column = str(path), row, column
         self.expected, self.got = expected, got
         where = self.path

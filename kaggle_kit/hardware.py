@@ -4,6 +4,7 @@ T4 (sm_75) and P100 (sm_60) have no bf16 (it is emulated and slow there): fp16. 
 (sm_80+): bf16. CPU: bf16 only when the CPU really computes it fast (AVX512-BF16 / AMX); otherwise
 fp32, because emulated bf16 matmul runs ~100x slower than fp32 on an AVX2-only CPU (measured here).
 """
+
 from __future__ import annotations
 
 import functools
@@ -92,8 +93,16 @@ def detect(dtype: str | None = None, device: str | None = None) -> Profile:
         check_cuda_arch(major, minor, torch.cuda.get_arch_list())
         chosen = dtype_for_capability(major, minor)
         # 16k padded tokens a batch keeps a T4's activations ~2-3 GB beside a 9B 4-bit model.
-        return Profile("cuda", dtype or chosen, dtype or chosen, torch.cuda.get_device_name(0), (major, minor),
-                       torch.cuda.device_count(), batch_tokens=16384, reason=f"sm_{major}{minor} -> {chosen}")
+        return Profile(
+            "cuda",
+            dtype or chosen,
+            dtype or chosen,
+            torch.cuda.get_device_name(0),
+            (major, minor),
+            torch.cuda.device_count(),
+            batch_tokens=16384,
+            reason=f"sm_{major}{minor} -> {chosen}",
+        )
     fast = cpu_bf16_is_fast()
     chosen = "bfloat16" if fast else "float32"
     reason = "CPU with native bf16" if fast else "CPU without native bf16 (emulated bf16 is slow)"
@@ -108,5 +117,7 @@ def check_cuda_arch(major: int, minor: int, arch_list: list[str]) -> None:
     if have and major * 10 + minor not in have and not any(h // 10 == major and h <= major * 10 + minor for h in have):
         from .errors import KitError
 
-        raise KitError(f"this torch build has no kernels for sm_{major}{minor} (it has {sorted(have)}); "
-                       "on Kaggle's P100 pick the T4 x2 accelerator or install a torch build with sm_60")
+        raise KitError(
+            f"this torch build has no kernels for sm_{major}{minor} (it has {sorted(have)}); "
+            "on Kaggle's P100 pick the T4 x2 accelerator or install a torch build with sm_60"
+        )

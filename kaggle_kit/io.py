@@ -1,4 +1,5 @@
 """Schema-checked CSV reading and atomic writing (temp file + rename: no partial submission ever)."""
+
 from __future__ import annotations
 
 import csv
@@ -104,9 +105,13 @@ def read_csv(path, columns: list[Column], *, id_column: str = "id"):
     df.columns = [str(c).strip() for c in df.columns]
     for col in columns:
         if col.required and col.name not in df.columns:
-            raise InputError(path, "missing column", column=col.name,
-                             expected=f"columns {[c.name for c in columns if c.required]}",
-                             got=list(df.columns))
+            raise InputError(
+                path,
+                "missing column",
+                column=col.name,
+                expected=f"columns {[c.name for c in columns if c.required]}",
+                got=list(df.columns),
+            )
     if df.empty:
         raise InputError(path, "no data rows", expected="at least one row after the header")
     for col in columns:
@@ -125,8 +130,12 @@ def read_csv(path, columns: list[Column], *, id_column: str = "id"):
         dup = df[id_column][df[id_column].duplicated(keep=False)]
         if len(dup):
             rows = [i + 1 for i in dup.index[:5]]
-            raise InputError(path, f"duplicate ids {sorted(set(dup.tolist()))[:5]} at rows {rows}",
-                             column=id_column, expected="each id once")
+            raise InputError(
+                path,
+                f"duplicate ids {sorted(set(dup.tolist()))[:5]} at rows {rows}",
+                column=id_column,
+                expected="each id once",
+            )
     return df
 
 

@@ -1,4 +1,5 @@
 """One function per job, called the same way from notebooks, the CLI and tests."""
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,14 @@ def _task(comp, model, tok, df, cfg, max_length: int):
     prompts = comp.examples(df, tok, max_length)
     if comp.task == "choices":
         return choice_task(model, tok, prompts, list(comp.labels), temperature=cfg.temperature, max_length=max_length)
-    return generation_task(model, tok, prompts, max_new_tokens=cfg.max_new_tokens or comp.max_new_tokens,
-                           stop=list(comp.stop), max_length=max_length)
+    return generation_task(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=cfg.max_new_tokens or comp.max_new_tokens,
+        stop=list(comp.stop),
+        max_length=max_length,
+    )
 
 
 def _load(cfg):
@@ -65,16 +72,31 @@ def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[in
         lengths = task.lengths
         share = deadline.remaining() * shard[1]  # shards run side by side
         planned = predict_seconds(lengths, batch_tokens, tp)
-        log.info("planner: %d rows predicted to take %.0fs (budget left %.0fs)", len(lengths), planned / shard[1],
-                 deadline.remaining())
+        log.info(
+            "planner: %d rows predicted to take %.0fs (budget left %.0fs)",
+            len(lengths),
+            planned / shard[1],
+            deadline.remaining(),
+        )
         if planned > share:
             max_length, planned = fit_max_length(lengths, batch_tokens, tp, share, cfg.max_length)
-            log.warning("planner: lowering max_length %d -> %d to fit the budget (predicted %.0fs)",
-                        cfg.max_length, max_length, planned / shard[1])
+            log.warning(
+                "planner: lowering max_length %d -> %d to fit the budget (predicted %.0fs)",
+                cfg.max_length,
+                max_length,
+                planned / shard[1],
+            )
             task = _task(comp, model, tok, df, cfg, max_length)
         planned /= shard[1]
-    outputs, stats = run_task(task, model, batch_tokens=batch_tokens, deadline=deadline, progress=cfg.progress,
-                              shard=shard, checkpoint=cfg.checkpoint_path())
+    outputs, stats = run_task(
+        task,
+        model,
+        batch_tokens=batch_tokens,
+        deadline=deadline,
+        progress=cfg.progress,
+        shard=shard,
+        checkpoint=cfg.checkpoint_path(),
+    )
     return outputs, stats, max_length, planned
 
 
@@ -105,15 +127,19 @@ def _run_workers(cfg: PredictConfig, n_rows: int, deadline: Deadline):
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     seconds = None if deadline.seconds is None else deadline.remaining()
     shards = [(i, cfg.workers) for i in range(cfg.workers)]
-    parts = [PredictConfig(**{**asdict(cfg), "workers": 1, "checkpoint": f"{cfg.checkpoint_path()}.{i}of{n}"})
-             for i, n in shards]
+    parts = [
+        PredictConfig(**{**asdict(cfg), "workers": 1, "checkpoint": f"{cfg.checkpoint_path()}.{i}of{n}"})
+        for i, n in shards
+    ]
     with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
         stats = list(pool.map(_worker, parts, shards, [seconds] * cfg.workers, [threads] * cfg.workers))
     results = {}
     for part in parts:
         results.update(read_results(part.checkpoint_path()) or {})
-    total = {k: sum(s[k] for s in stats) for k in ("rows_done", "rows_resumed", "tokens", "padded_tokens",
-                                                    "batches", "oom_splits")}
+    total = {
+        k: sum(s[k] for s in stats)
+        for k in ("rows_done", "rows_resumed", "tokens", "padded_tokens", "batches", "oom_splits")
+    }
     total["seconds"] = max(s["seconds"] for s in stats)
     planned = [s["planned"] for s in stats if s["planned"] is not None]
     return results, total, min(s["max_length"] for s in stats), max(planned) if planned else None, parts
@@ -161,12 +187,30 @@ def predict(cfg: PredictConfig) -> PredictResult:
             for path in leftovers:
                 Path(path).unlink(missing_ok=True)
     ran = stats["rows_done"] - stats["rows_resumed"]
-    result = PredictResult(Path(cfg.out), rows, rows_done, rows - rows_done, deadline.elapsed(),
-                           ran / stats["seconds"] if stats["seconds"] else 0.0, stats["rows_resumed"], max_length,
-                           planned, stats)
-    log.info("%s: %d rows, %d predicted (%d resumed), %d fallback, %.2f rows/s; inference %.1fs%s; total %.1fs",
-             comp.name, result.rows, result.predicted, result.resumed, result.fallback, result.rows_per_s,
-             stats["seconds"], f" (planned {planned:.1f}s)" if planned else "", result.seconds)
+    result = PredictResult(
+        Path(cfg.out),
+        rows,
+        rows_done,
+        rows - rows_done,
+        deadline.elapsed(),
+        ran / stats["seconds"] if stats["seconds"] else 0.0,
+        stats["rows_resumed"],
+        max_length,
+        planned,
+        stats,
+    )
+    log.info(
+        "%s: %d rows, %d predicted (%d resumed), %d fallback, %.2f rows/s; inference %.1fs%s; total %.1fs",
+        comp.name,
+        result.rows,
+        result.predicted,
+        result.resumed,
+        result.fallback,
+        result.rows_per_s,
+        stats["seconds"],
+        f" (planned {planned:.1f}s)" if planned else "",
+        result.seconds,
+    )
     return result
 
 
@@ -203,23 +247,36 @@ def rehearse(cfg: RehearseConfig) -> dict:
 
     comp = competitions.get(cfg.competition)
     df = comp.read(cfg.data)
-    pcfg = PredictConfig(cfg.competition, cfg.data, model=cfg.model, adapter=cfg.adapter, max_length=cfg.max_length,
-                         batch_tokens=cfg.batch_tokens, max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype,
-                         device=cfg.device)
+    pcfg = PredictConfig(
+        cfg.competition,
+        cfg.data,
+        model=cfg.model,
+        adapter=cfg.adapter,
+        max_length=cfg.max_length,
+        batch_tokens=cfg.batch_tokens,
+        max_new_tokens=cfg.max_new_tokens,
+        dtype=cfg.dtype,
+        device=cfg.device,
+    )
     model, tok, batch_tokens = _load(pcfg)
     task = _task(comp, model, tok, df, pcfg, cfg.max_length)
     tp = measure(task.step, task.lengths, batch_tokens)
     lengths = tile_lengths(task.lengths, cfg.rows)
     seconds = predict_seconds(lengths, batch_tokens, tp) / cfg.workers
-    report = {"rows": cfg.rows, "mean_tokens": sum(lengths) / len(lengths), "predicted_s": seconds,
-              "throughput": {int(k): 1.0 / v for k, v in zip(tp.lengths, tp.sec_per_token)}}
+    report = {
+        "rows": cfg.rows,
+        "mean_tokens": sum(lengths) / len(lengths),
+        "predicted_s": seconds,
+        "throughput": {int(k): 1.0 / v for k, v in zip(tp.lengths, tp.sec_per_token)},
+    }
     budget = parse_duration(cfg.budget)
     if budget:
         report["budget_s"] = budget
         report["fits"] = seconds <= budget
         if seconds > budget:
-            report["max_length_to_fit"], _ = fit_max_length(lengths, batch_tokens, tp, budget * cfg.workers,
-                                                            cfg.max_length)
+            report["max_length_to_fit"], _ = fit_max_length(
+                lengths, batch_tokens, tp, budget * cfg.workers, cfg.max_length
+            )
     return report
 
 

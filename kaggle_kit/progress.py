@@ -1,4 +1,5 @@
 """Progress bars with rate and ETA, summary tables, loss curves."""
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,16 @@ def bar(total: int, desc: str, unit: str = "row", disable: bool | None = None):
     """A tqdm bar with rate and ETA on stderr (quiet when stderr is not a terminal unless forced)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=disable,
-                file=sys.stderr, mininterval=1.0, smoothing=0.1)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        dynamic_ncols=True,
+        disable=disable,
+        file=sys.stderr,
+        mininterval=1.0,
+        smoothing=0.1,
+    )
 
 
 def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -28,8 +37,7 @@ def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
-             "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
 """Shared fixtures: paths to data/, the real demo model (SmolLM2-135M-Instruct) loaded once."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,11 @@ def write_subset(comp_name: str, tmp_path: Path, n: int, labelled: bool = False,
     df = pd.concat([df] * reps, ignore_index=True).head(n)
     df["id"] = [str(1000 + i) for i in range(n)]
     if not labelled:
-        label_cols = {"science_exam": ["answer"], "prompt_recovery": ["rewrite_prompt"],
-                      "lmsys": ["model_a", "model_b", "winner_model_a", "winner_model_b", "winner_tie"]}
+        label_cols = {
+            "science_exam": ["answer"],
+            "prompt_recovery": ["rewrite_prompt"],
+            "lmsys": ["model_a", "model_b", "winner_model_a", "winner_model_b", "winner_tie"],
+        }
         df = df.drop(columns=[c for c in label_cols[comp_name] if c in df.columns])
     path = tmp_path / f"{comp_name}_{split}_{n}{'_labelled' if labelled else ''}.csv"
     df.to_csv(path, index=False)

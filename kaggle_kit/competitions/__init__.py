@@ -1,4 +1,5 @@
 """The competitions the kit knows: one file each, listed in one explicit dict."""
+
 from ..errors import KitError
 from . import lmsys, prompt_recovery, science_exam
 from .base import Competition, check_submission

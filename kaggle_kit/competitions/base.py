@@ -1,4 +1,5 @@
 """The protocol every competition file fills in: read / examples / to_submission / fallback / score."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """LMSYS Chatbot Arena: which of two responses did a person prefer? Three probabilities, log loss."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,9 +29,14 @@ def read(path, labelled: bool = False):
         sums = df[list(TARGETS)].sum(axis=1)
         bad = np.flatnonzero(sums.to_numpy() != 1)
         if len(bad):
-            raise InputError(path, "exactly one winner column must be 1", row=int(bad[0]) + 1,
-                             column="winner_model_a", expected="one of the three winner columns set",
-                             got=df.loc[df.index[bad[0]], list(TARGETS)].tolist())
+            raise InputError(
+                path,
+                "exactly one winner column must be 1",
+                row=int(bad[0]) + 1,
+                column="winner_model_a",
+                expected="one of the three winner columns set",
+                got=df.loc[df.index[bad[0]], list(TARGETS)].tolist(),
+            )
     return df
 
 
@@ -122,8 +128,19 @@ def completions(df) -> list[str]:
 
 
 COMPETITION = Competition(
-    name="lmsys", slug="lmsys-chatbot-arena", metric="log loss", higher_is_better=False,
-    task="choices", labels=("A", "B", "C"), submission_columns=("id", *TARGETS), read=read,
-    examples=examples, to_submission=to_submission, fallback=fallback, score=score, check_row=check_row,
-    completions=completions, group_column="prompt",
+    name="lmsys",
+    slug="lmsys-chatbot-arena",
+    metric="log loss",
+    higher_is_better=False,
+    task="choices",
+    labels=("A", "B", "C"),
+    submission_columns=("id", *TARGETS),
+    read=read,
+    examples=examples,
+    to_submission=to_submission,
+    fallback=fallback,
+    score=score,
+    check_row=check_row,
+    completions=completions,
+    group_column="prompt",
 )

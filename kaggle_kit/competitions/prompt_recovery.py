@@ -1,4 +1,5 @@
 """LLM Prompt Recovery: recover the rewrite instruction; sharpened cosine similarity of embeddings."""
+
 from __future__ import annotations
 
 import re
@@ -8,7 +9,9 @@ from ..templates import PROMPTS, render
 from .base import Competition, aligned
 
 # A constant prompt of the kind that scored ~0.60 on the leaderboard; the fallback for every row.
-MEAN_PROMPT = "Please improve this text using the writing style with maintaining the original meaning but altering the tone."
+MEAN_PROMPT = (
+    "Please improve this text using the writing style with maintaining the original meaning but altering the tone."
+)
 MAX_TEXT_CHARS = 1500  # ~375 tokens each for original and rewritten text
 
 
@@ -23,8 +26,10 @@ def read(path, labelled: bool = False):
 def examples(df, tokenizer, max_length: int = 2048) -> list[str]:
     """One chat prompt per row; each text cut to MAX_TEXT_CHARS so the instruction is never truncated."""
     body = PROMPTS["prompt_recovery"]
-    return [render(tokenizer, body.format(original_text=o[:MAX_TEXT_CHARS], rewritten_text=r[:MAX_TEXT_CHARS]))
-            for o, r in zip(df["original_text"], df["rewritten_text"])]
+    return [
+        render(tokenizer, body.format(original_text=o[:MAX_TEXT_CHARS], rewritten_text=r[:MAX_TEXT_CHARS]))
+        for o, r in zip(df["original_text"], df["rewritten_text"])
+    ]
 
 
 def clean(text: str | None) -> str:
@@ -73,8 +78,21 @@ def completions(df) -> list[str]:
 
 
 COMPETITION = Competition(
-    name="prompt_recovery", slug="llm-prompt-recovery", metric="SCS", higher_is_better=True, task="generate",
-    labels=(), submission_columns=("id", "rewrite_prompt"), read=read, examples=examples,
-    to_submission=to_submission, fallback=fallback, score=score, check_row=check_row,
-    completions=completions, group_column="original_text", max_new_tokens=32, stop=("\n",),
+    name="prompt_recovery",
+    slug="llm-prompt-recovery",
+    metric="SCS",
+    higher_is_better=True,
+    task="generate",
+    labels=(),
+    submission_columns=("id", "rewrite_prompt"),
+    read=read,
+    examples=examples,
+    to_submission=to_submission,
+    fallback=fallback,
+    score=score,
+    check_row=check_row,
+    completions=completions,
+    group_column="original_text",
+    max_new_tokens=32,
+    stop=("\n",),
 )

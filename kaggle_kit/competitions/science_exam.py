@@ -1,4 +1,5 @@
 """Kaggle LLM Science Exam: five options A-E, submit the top three letters, scored by MAP@3."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,8 +71,19 @@ def completions(df) -> list[str]:
 
 
 COMPETITION = Competition(
-    name="science_exam", slug="kaggle-llm-science-exam", metric="MAP@3", higher_is_better=True,
-    task="choices", labels=LETTERS, submission_columns=("id", "prediction"), read=read, examples=examples,
-    to_submission=to_submission, fallback=fallback, score=score, check_row=check_row,
-    completions=completions, group_column="prompt",
+    name="science_exam",
+    slug="kaggle-llm-science-exam",
+    metric="MAP@3",
+    higher_is_better=True,
+    task="choices",
+    labels=LETTERS,
+    submission_columns=("id", "prediction"),
+    read=read,
+    examples=examples,
+    to_submission=to_submission,
+    fallback=fallback,
+    score=score,
+    check_row=check_row,
+    completions=completions,
+    group_column="prompt",
 )

@@ -4,6 +4,7 @@ Line 1 is a header with the run's fingerprint (inputs and settings); each later 
 of some batches as {"rows": {index: output}}. Lines are written whole and fsync'd; a line cut short by a
 kill is ignored on reading. A file with another fingerprint belongs to another run and is not used.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ single run, for each worker or `--shard I/N`, and for a resumed run, so every ba
 every time and the numbers come out bit-identical. Before each batch the Deadline is asked whether it
 still fits; rows never reached stay None and the caller gives them its fallback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -95,8 +96,8 @@ def left_pad(rows: list[list[int]], pad_id: int, device):
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for j, r in enumerate(rows):
-        ids[j, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[j, width - len(r):] = 1
+        ids[j, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[j, width - len(r) :] = 1
     # Explicit positions: a left-padded row's first real token is position 0, as it was in training.
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), pos.to(device)
@@ -132,10 +133,18 @@ def _free_cuda_cache():
         torch.cuda.empty_cache()
 
 
-def run_batches(ids: list[list[int]], step: Callable[[list[int]], list], *, batch_tokens: int,
-                deadline: Deadline | None = None, desc: str = "rows", progress: bool = True,
-                extra_tokens: int = 0, shard: tuple[int, int] = (0, 1), checkpoint=None,
-                ) -> tuple[list, RunStats]:
+def run_batches(
+    ids: list[list[int]],
+    step: Callable[[list[int]], list],
+    *,
+    batch_tokens: int,
+    deadline: Deadline | None = None,
+    desc: str = "rows",
+    progress: bool = True,
+    extra_tokens: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    checkpoint=None,
+) -> tuple[list, RunStats]:
     """Call `step(batch_indices)` per planned batch under the deadline; results in input order.
 
     `extra_tokens` is added to each row's length when planning (generated tokens need room too).

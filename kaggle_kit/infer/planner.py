@@ -4,6 +4,7 @@ Cost model: a batch costs padded_tokens x s(L) seconds, where s(L) is the measur
 token for rows of length L (linear between measured lengths, flat beyond them). Attention makes s grow
 with L, which is why one number per length bucket beats one global rate.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,9 @@ def predict_seconds(lengths: list[int], batch_tokens: int, tp: Throughput) -> fl
     return total
 
 
-def fit_max_length(lengths: list[int], batch_tokens: int, tp: Throughput, seconds: float, max_length: int,
-                   floor: int = 256) -> tuple[int, float]:
+def fit_max_length(
+    lengths: list[int], batch_tokens: int, tp: Throughput, seconds: float, max_length: int, floor: int = 256
+) -> tuple[int, float]:
     """The largest max_length (steps of 10%, not below `floor`) whose predicted run fits `seconds`.
 
     Returns (max_length, predicted seconds); if even `floor` does not fit, (floor, its prediction):

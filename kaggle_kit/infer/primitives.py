@@ -1,5 +1,6 @@
 """score_choices, generate and perplexity. Each is a Task (token ids + a batch `step` + how to assemble
 outputs) run by engine.run_batches, so planning, sharding, checkpoints and OOM back-off are shared."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -37,18 +38,38 @@ class Task:
         return [len(r) + self.extra_tokens for r in self.ids]
 
 
-def run_task(task: Task, model, *, batch_tokens: int | None = None, deadline: Deadline | None = None,
-             progress: bool = True, shard: tuple[int, int] = (0, 1), checkpoint=None) -> tuple[object, RunStats]:
+def run_task(
+    task: Task,
+    model,
+    *,
+    batch_tokens: int | None = None,
+    deadline: Deadline | None = None,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    checkpoint=None,
+) -> tuple[object, RunStats]:
     """Run a Task: `shard=(i, n)` computes shard i of n; `checkpoint` (a path) makes it resumable."""
     batch_tokens = batch_tokens or default_batch_tokens(model)
     ckpt = None
     if checkpoint is not None:
         run = fingerprint(task.kind, task.settings, batch_tokens, str(getattr(model, "name_or_path", "")), task.ids)
-        ckpt = Checkpoint(checkpoint, f"{run}-{shard[0]}of{shard[1]}", every=1,
-                          meta={"kind": task.kind, "shard": list(shard), "rows": len(task.ids)})
-    results, stats = run_batches(task.ids, task.step, batch_tokens=batch_tokens, deadline=deadline,
-                                 desc=task.kind, progress=progress, extra_tokens=task.extra_tokens, shard=shard,
-                                 checkpoint=ckpt)
+        ckpt = Checkpoint(
+            checkpoint,
+            f"{run}-{shard[0]}of{shard[1]}",
+            every=1,
+            meta={"kind": task.kind, "shard": list(shard), "rows": len(task.ids)},
+        )
+    results, stats = run_batches(
+        task.ids,
+        task.step,
+        batch_tokens=batch_tokens,
+        deadline=deadline,
+        desc=task.kind,
+        progress=progress,
+        extra_tokens=task.extra_tokens,
+        shard=shard,
+        checkpoint=ckpt,
+    )
     return task.finish(results), stats
 
 
@@ -74,8 +95,9 @@ def probs_from_results(results: list, n_labels: int) -> np.ndarray:
     return probs
 
 
-def choice_task(model, tokenizer, prompts: list[str], labels: list[str], *, temperature: float = 1.0,
-                max_length: int = MAX_LENGTH) -> Task:
+def choice_task(
+    model, tokenizer, prompts: list[str], labels: list[str], *, temperature: float = 1.0, max_length: int = MAX_LENGTH
+) -> Task:
     """Next-token probabilities over `labels`; only the last position's logits are computed."""
     import torch
 
@@ -87,17 +109,30 @@ def choice_task(model, tokenizer, prompts: list[str], labels: list[str], *, temp
     @torch.inference_mode()
     def step(batch):
         input_ids, mask, pos = left_pad([ids[i] for i in batch], tokenizer.pad_token_id, model.device)
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
-                       use_cache=False).logits[:, -1, :]
+        logits = model(
+            input_ids=input_ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False
+        ).logits[:, -1, :]
         chosen = logits.float()[:, label_ids.to(logits.device)] / temperature
         return list(torch.softmax(chosen, dim=-1).cpu().numpy())
 
-    return Task("score", ids, step, lambda results: probs_from_results(results, len(labels)),
-                {"labels": labels, "temperature": temperature})
+    return Task(
+        "score",
+        ids,
+        step,
+        lambda results: probs_from_results(results, len(labels)),
+        {"labels": labels, "temperature": temperature},
+    )
 
 
-def generation_task(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, stop: list[str] | None = None,
-                    max_length: int = MAX_LENGTH) -> Task:
+def generation_task(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 32,
+    stop: list[str] | None = None,
+    max_length: int = MAX_LENGTH,
+) -> Task:
     """Greedy continuations with the KV cache, stopping at EOS, cut at the first stop string."""
     import torch
 
@@ -107,14 +142,20 @@ def generation_task(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     @torch.inference_mode()
     def step(batch):
         input_ids, mask, _ = left_pad([ids[i] for i in batch], tokenizer.pad_token_id, model.device)
-        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
         return [_cut(t, stop) for t in texts]
 
-    return Task("generate", ids, step, list, {"max_new_tokens": max_new_tokens, "stop": stop},
-                extra_tokens=max_new_tokens)
+    return Task(
+        "generate", ids, step, list, {"max_new_tokens": max_new_tokens, "stop": stop}, extra_tokens=max_new_tokens
+    )
 
 
 def _cut(text: str, stop: list[str]) -> str:
@@ -132,7 +173,7 @@ def perplexity_task(model, tokenizer, prompts: list[str], outputs: list[str], *,
     prompt_ids = encode(tokenizer, prompts, max_length)
     rows, n_out = [], []
     for p, o in zip(prompt_ids, outputs):
-        o = tokenizer(o, add_special_tokens=False)["input_ids"][:max_length - 1]
+        o = tokenizer(o, add_special_tokens=False)["input_ids"][: max_length - 1]
         if not o:
             raise ConfigError("outputs", "an output is empty; perplexity needs at least one token")
         rows.append((p + o)[-max_length:])
@@ -144,29 +185,36 @@ def perplexity_task(model, tokenizer, prompts: list[str], outputs: list[str], *,
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
-        return [nll[j, -n_out[i]:].cpu().numpy() for j, i in enumerate(batch)]
+        return [nll[j, -n_out[i] :].cpu().numpy() for j, i in enumerate(batch)]
 
     return Task("perplexity", rows, step, list, {"n_out": n_out})
 
 
-def score_choices(model, tokenizer, prompts, labels, *, temperature=1.0, max_length=MAX_LENGTH,
-                  **run) -> tuple[np.ndarray, RunStats]:
+def score_choices(
+    model, tokenizer, prompts, labels, *, temperature=1.0, max_length=MAX_LENGTH, **run
+) -> tuple[np.ndarray, RunStats]:
     """Probabilities over `labels` for the next token after each prompt: (N, K), NaN rows not reached.
 
     `run` takes run_task's options: batch_tokens, deadline, progress, shard, checkpoint.
     """
-    return run_task(choice_task(model, tokenizer, prompts, labels, temperature=temperature,
-                                max_length=max_length), model, **run)
+    return run_task(
+        choice_task(model, tokenizer, prompts, labels, temperature=temperature, max_length=max_length), model, **run
+    )
 
 
-def generate(model, tokenizer, prompts, *, max_new_tokens=32, stop=None, max_length=MAX_LENGTH,
-             **run) -> tuple[list[str | None], RunStats]:
+def generate(
+    model, tokenizer, prompts, *, max_new_tokens=32, stop=None, max_length=MAX_LENGTH, **run
+) -> tuple[list[str | None], RunStats]:
     """Greedy continuations, None where not reached; `run` as for score_choices."""
-    return run_task(generation_task(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop,
-                                    max_length=max_length), model, **run)
+    return run_task(
+        generation_task(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, max_length=max_length),
+        model,
+        **run,
+    )
 
 
-def perplexity(model, tokenizer, prompts, outputs, *, max_length=MAX_LENGTH,
-               **run) -> tuple[list[np.ndarray | None], RunStats]:
+def perplexity(
+    model, tokenizer, prompts, outputs, *, max_length=MAX_LENGTH, **run
+) -> tuple[list[np.ndarray | None], RunStats]:
     """Per-example arrays of output-token NLLs (None where not reached); `run` as for score_choices."""
     return run_task(perplexity_task(model, tokenizer, prompts, outputs, max_length=max_length), model, **run)

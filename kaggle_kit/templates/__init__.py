@@ -3,6 +3,7 @@
 CHAT_FORMATS is the one dict of chat formats. "auto" uses the tokenizer's own chat template (every
 instruct model on Kaggle ships one) and falls back to "plain" for base models without a template.
 """
+
 from __future__ import annotations
 
 from .prompts import PROMPTS
@@ -20,7 +21,9 @@ def _plain(tokenizer, user: str, system: str | None = None) -> str:
 
 def _alpaca(tokenizer, user: str, system: str | None = None) -> str:
     # Seed 004's instruction format; also what Kaiwu-SIAT wrapped zero-shot prompts in.
-    head = system or "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    head = system or (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    )
     return f"{head}\n\n### Instruction:\n{user}\n\n### Response:\n"
 
 
@@ -31,8 +34,9 @@ CHAT_FORMATS = {
 }
 
 
-def render(tokenizer, user: str, system: str | None = None, chat_format: str = "auto",
-           assistant_prefix: str = "") -> str:
+def render(
+    tokenizer, user: str, system: str | None = None, chat_format: str = "auto", assistant_prefix: str = ""
+) -> str:
     """The full model input for one user message, ending where the model's answer starts."""
     if chat_format == "auto":
         chat_format = "tokenizer" if getattr(tokenizer, "chat_template", None) else "plain"

@@ -1,5 +1,6 @@
 """Self-describing checkpoint folders: the adapter, the resolved config, tokenizer, metrics, curve,
 and (for resuming) the optimizer, scheduler, RNG and data position. Written through a temp folder."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,16 @@ STATE = "trainer_state.pt"
 KIT_CONFIG = "kit_config.json"
 
 
-def save(folder, model, tokenizer, cfg, state: dict | None = None, extra_files: list | None = None,
-         optimizer=None, scheduler=None) -> Path:
+def save(
+    folder,
+    model,
+    tokenizer,
+    cfg,
+    state: dict | None = None,
+    extra_files: list | None = None,
+    optimizer=None,
+    scheduler=None,
+) -> Path:
     """Write a checkpoint folder atomically (temp folder, then rename over the old one)."""
     import torch
 
@@ -26,15 +35,30 @@ def save(folder, model, tokenizer, cfg, state: dict | None = None, extra_files: 
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / KIT_CONFIG).write_text(json.dumps({
-        "base_model": cfg.model, "competition": cfg.competition, "chat_format": "auto",
-        "train_config": asdict(cfg)}, indent=2))
+    (tmp / KIT_CONFIG).write_text(
+        json.dumps(
+            {
+                "base_model": cfg.model,
+                "competition": cfg.competition,
+                "chat_format": "auto",
+                "train_config": asdict(cfg),
+            },
+            indent=2,
+        )
+    )
     for f in extra_files or []:
         if Path(f).exists():
             shutil.copy(f, tmp / Path(f).name)
     if state is not None:
-        torch.save({"state": state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state()}, tmp / STATE)
+        torch.save(
+            {
+                "state": state,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+            },
+            tmp / STATE,
+        )
     old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -70,8 +94,12 @@ def saved_config(folder) -> dict | None:
 def rng_state() -> dict:
     import torch
 
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(s: dict) -> None:

@@ -1,4 +1,5 @@
 """Training data: (prompt, completion) pairs, token ids with masked labels, length-grouped batches."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,15 +32,24 @@ def read_alpaca(path) -> list[dict]:
         raise InputError(path, "file not found")
     text = path.read_text(encoding="utf-8-sig")
     try:
-        records = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()]
+        records = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except json.JSONDecodeError as exc:
         raise InputError(path, f"not JSON / JSONL: {exc.msg}", row=exc.lineno) from None
     for i, rec in enumerate(records, start=1):
         for key in ("instruction", "output"):
             if not isinstance(rec, dict) or not isinstance(rec.get(key), str) or not rec[key].strip():
-                raise InputError(path, "bad record", row=i, column=key, expected="a non-empty string",
-                                 got=rec.get(key) if isinstance(rec, dict) else rec)
+                raise InputError(
+                    path,
+                    "bad record",
+                    row=i,
+                    column=key,
+                    expected="a non-empty string",
+                    got=rec.get(key) if isinstance(rec, dict) else rec,
+                )
     if not records:
         raise InputError(path, "no records")
     return records
@@ -57,6 +67,7 @@ def group_split(keys: list[str], fraction: float, seed: int) -> tuple[list[int],
     Keys are hashed after lower-casing and collapsing whitespace, so duplicates never straddle the split
     (seed 001's "great CV split").
     """
+
     def bucket(key: str) -> float:
         norm = re.sub(r"\s+", " ", str(key).strip().lower())
         digest = hashlib.sha256(f"{seed}:{norm}".encode()).hexdigest()
@@ -71,8 +82,9 @@ def group_split(keys: list[str], fraction: float, seed: int) -> tuple[list[int],
     return train, valid
 
 
-def tokenize(tokenizer, prompts: list[str], completions: list[str], max_length: int,
-             loss: str = "completion") -> tuple[list[Example], int]:
+def tokenize(
+    tokenizer, prompts: list[str], completions: list[str], max_length: int, loss: str = "completion"
+) -> tuple[list[Example], int]:
     """Examples with labels on the completion only; returns (examples, rows dropped).
 
     Labels are placed by token positions computed here (never by searching for a response template,
@@ -96,15 +108,16 @@ def tokenize(tokenizer, prompts: list[str], completions: list[str], max_length: 
         p_ids = p_ids[-room:]
         examples.append(Example(p_ids + c_ids, [IGNORE] * len(p_ids) + c_ids))
     if dropped:
-        log.warning("%d of %d rows dropped: their completion does not fit max_length=%d", dropped, len(prompts),
-                    max_length)
+        log.warning(
+            "%d of %d rows dropped: their completion does not fit max_length=%d", dropped, len(prompts), max_length
+        )
     return examples, dropped
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Length-grouped batches (sorted, chunked) whose order is shuffled with a seed per epoch."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     random.Random(seed * 1_000_003 + epoch).shuffle(batches)
     return batches
 

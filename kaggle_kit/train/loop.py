@@ -1,5 +1,6 @@
 """train(cfg): data, model, optimizer, then the fit() loop written out. accelerate supplies devices,
 mixed precision and distribution (DDP, DeepSpeed); the loop itself is ours and reads top to bottom."""
+
 from __future__ import annotations
 
 import contextlib
@@ -55,8 +56,9 @@ def prepare_data(cfg: TrainConfig, tok) -> Split:
         if cfg.valid:
             train_rec, valid_rec = records, data.read_alpaca(cfg.valid)
         else:
-            tr, va = data.group_split([r["instruction"] + r.get("input", "") for r in records], cfg.valid_fraction,
-                                      cfg.seed)
+            tr, va = data.group_split(
+                [r["instruction"] + r.get("input", "") for r in records], cfg.valid_fraction, cfg.seed
+            )
             train_rec, valid_rec = [records[i] for i in tr], [records[i] for i in va]
         train_ex, d1 = data.tokenize(tok, *data.alpaca_pairs(train_rec, tok), cfg.max_length, cfg.loss)
         v_pairs = data.alpaca_pairs(valid_rec, tok)
@@ -83,11 +85,12 @@ def evaluate(model, tok, split: Split, cfg: TrainConfig) -> dict:
     nll, n = 0.0, 0
     with torch.inference_mode():
         for k in range(0, len(split.valid), cfg.batch_size):
-            ids, mask, labels = data.collate(split.valid[k:k + cfg.batch_size], tok.pad_token_id)
+            ids, mask, labels = data.collate(split.valid[k : k + cfg.batch_size], tok.pad_token_id)
             dev = model.device
             n_items = int((labels[:, 1:] != data.IGNORE).sum())
-            out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev),
-                        num_items_in_batch=n_items)
+            out = model(
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev), num_items_in_batch=n_items
+            )
             nll += float(out.loss) * n_items
             n += n_items
     result = {"eval_loss": nll / max(n, 1), "perplexity": math.exp(min(nll / max(n, 1), 50))}
@@ -112,8 +115,15 @@ def _metric(model, tok, split: Split, cfg: TrainConfig) -> float:
         return comp.score(comp.to_submission(df, outputs), df)
     from ..embed import load_embedder
 
-    outputs, _ = generate(model, tok, prompts, max_new_tokens=comp.max_new_tokens, stop=list(comp.stop),
-                          max_length=cfg.max_length, progress=False)
+    outputs, _ = generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=comp.max_new_tokens,
+        stop=list(comp.stop),
+        max_length=cfg.max_length,
+        progress=False,
+    )
     return comp.score(comp.to_submission(df, outputs), df, embed=load_embedder())
 
 
@@ -143,8 +153,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     profile = detect(cfg.dtype, cfg.device)
     precision = {"float16": "fp16", "bfloat16": "bf16"}.get(profile.compute_dtype, "no")
     plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed) if cfg.deepspeed else None
-    accelerator = Accelerator(mixed_precision=precision if profile.device == "cuda" else "no",
-                              cpu=profile.device == "cpu", deepspeed_plugin=plugin)
+    accelerator = Accelerator(
+        mixed_precision=precision if profile.device == "cuda" else "no",
+        cpu=profile.device == "cpu",
+        deepspeed_plugin=plugin,
+    )
     model, tok = model_lib.build(cfg, profile)
     split = prepare_data(cfg, tok)
     if not split.train or not split.valid:
@@ -166,10 +179,19 @@ def train(cfg: TrainConfig) -> TrainResult:
     return fit(cfg, accelerator, model, tok, opt, sched, split, total, state, deadline)
 
 
-def fit(cfg, accelerator, model, tok, opt, sched, split: Split, total: int, state: dict,
-        deadline: Deadline) -> TrainResult:
-    """The loop: budget check, micro-batches with accumulation, clip, step, schedule, log, eval, save."""
+def _any_process(accelerator, flag: bool) -> bool:
+    """True when `flag` is true on any process (all stop together, or DDP hangs)."""
+    if accelerator.num_processes == 1:
+        return flag
     import torch
+
+    return bool(accelerator.reduce(torch.tensor([int(flag)], device=accelerator.device), "max").item())
+
+
+def fit(
+    cfg, accelerator, model, tok, opt, sched, split: Split, total: int, state: dict, deadline: Deadline
+) -> TrainResult:
+    """The loop: budget check, micro-batches with accumulation, clip, step, schedule, log, eval, save."""
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,23 +215,45 @@ def fit(cfg, accelerator, model, tok, opt, sched, split: Split, total: int, stat
         if not accelerator.is_main_process:
             return
         loss_curve(history, out / "loss_curve.png")
-        checkpoint.save(out / name, core, tok, cfg, state if with_state else None,
-                        [metrics_path, out / "loss_curve.png"], opt, sched)
+        checkpoint.save(
+            out / name,
+            core,
+            tok,
+            cfg,
+            state if with_state else None,
+            [metrics_path, out / "loss_curve.png"],
+            opt,
+            sched,
+        )
 
     def run_eval():
         result = {"step": state["step"], **evaluate(core, tok, split, cfg)}
         record(result)
         value = result["eval_loss" if cfg.best_by == "eval_loss" else "metric"]
         evals = [h for h in history if "eval_loss" in h]
-        if len(evals) >= 2 and window and evals[-1]["eval_loss"] > evals[-2]["eval_loss"] and \
-                np.mean(window) < state.get("last_train_loss", np.inf):
-            log.warning("step %d: eval loss rose (%.4f -> %.4f) while train loss fell: overfitting; the best "
-                        "checkpoint stays at step %s", state["step"], evals[-2]["eval_loss"], evals[-1]["eval_loss"],
-                        state["best_step"])
+        if (
+            len(evals) >= 2
+            and window
+            and evals[-1]["eval_loss"] > evals[-2]["eval_loss"]
+            and np.mean(window) < state.get("last_train_loss", np.inf)
+        ):
+            log.warning(
+                "step %d: eval loss rose (%.4f -> %.4f) while train loss fell: overfitting; the best "
+                "checkpoint stays at step %s",
+                state["step"],
+                evals[-2]["eval_loss"],
+                evals[-1]["eval_loss"],
+                state["best_step"],
+            )
         if window:
             state["last_train_loss"] = float(np.mean(window))
-        log.info("step %d: eval loss %.4f, perplexity %.3f%s", state["step"], result["eval_loss"],
-                 result["perplexity"], f", metric {result['metric']:.4f}" if "metric" in result else "")
+        log.info(
+            "step %d: eval loss %.4f, perplexity %.3f%s",
+            state["step"],
+            result["eval_loss"],
+            result["perplexity"],
+            f", metric {result['metric']:.4f}" if "metric" in result else "",
+        )
         if state["best"] is None or sign * (value - state["best"]) > 0:
             state.update(best=value, best_step=state["step"], stale=0)
             save("best", with_state=False)
@@ -222,12 +266,14 @@ def fit(cfg, accelerator, model, tok, opt, sched, split: Split, total: int, stat
     pbar = bar(total, "train", unit="step", disable=not cfg.progress)
     pbar.update(state["step"])
     while state["step"] < total:
-        batches = data.epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"])[rank::world]
-        micro = batches[state["pos"]:state["pos"] + cfg.grad_accum]
+        batches = data.epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"])
+        # every process takes the same number of micro-batches, or DDP's all-reduce would wait forever
+        batches = batches[: len(batches) // world * world][rank::world]
+        micro = batches[state["pos"] : state["pos"] + cfg.grad_accum]
         if not micro:
             state["epoch"], state["pos"] = state["epoch"] + 1, 0
             continue
-        if deadline.expired(step_seconds):
+        if _any_process(accelerator, deadline.expired(step_seconds)):
             stopped = "budget"
             break
         t0 = deadline.clock()
@@ -242,7 +288,7 @@ def fit(cfg, accelerator, model, tok, opt, sched, split: Split, total: int, stat
                 # and batch 1 x accum 4 take the same gradient
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items).loss
                 accelerator.backward(loss)
-            loss_sum += float(loss) * n_items
+            loss_sum += float(loss.detach()) * n_items
         grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
         opt.step()
         sched.step()
@@ -253,8 +299,16 @@ def fit(cfg, accelerator, model, tok, opt, sched, split: Split, total: int, stat
         step_seconds = deadline.clock() - t0
         pbar.update(1)
         if state["step"] % cfg.log_every == 0 or state["step"] == total:
-            record({"step": state["step"], "train_loss": float(np.mean(window)), "lr": sched.get_last_lr()[0],
-                    "grad_norm": grad_norm, "epoch": state["epoch"], "elapsed": deadline.elapsed()})
+            record(
+                {
+                    "step": state["step"],
+                    "train_loss": float(np.mean(window)),
+                    "lr": sched.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "epoch": state["epoch"],
+                    "elapsed": deadline.elapsed(),
+                }
+            )
         if state["step"] % cfg.eval_every == 0 or state["step"] == total:
             run_eval()
             window = []
@@ -269,6 +323,13 @@ def fit(cfg, accelerator, model, tok, opt, sched, split: Split, total: int, stat
         save("last", with_state=True)
     accelerator.wait_for_everyone()
     best = out / "best" if (out / "best").exists() else None
-    log.info("training %s after %d steps; best %s %.4f at step %s (%s)", stopped, state["step"], cfg.best_by,
-             state["best"], state["best_step"], best)
+    log.info(
+        "training %s after %d steps; best %s %.4f at step %s (%s)",
+        stopped,
+        state["step"],
+        cfg.best_by,
+        state["best"],
+        state["best_step"],
+        best,
+    )
     return TrainResult(out, best, state["step"], state["best_step"], state["best"], stopped, history)

@@ -1,4 +1,5 @@
 """The model being trained: a base model (4-bit NF4 for QLoRA, or plain) with a peft LoRA adapter."""
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,9 @@ def build(cfg, profile):
     kw = dict(dtype=compute, local_files_only=True, attn_implementation="sdpa")
     if cfg.quant == "nf4":
         settings = {**profile.bnb_4bit(), "bnb_4bit_compute_dtype": compute}
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=BitsAndBytesConfig(**settings),
-                                                     device_map={"": profile.device}, **kw)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=BitsAndBytesConfig(**settings), device_map={"": profile.device}, **kw
+        )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kw).to(profile.device)
@@ -35,16 +37,28 @@ def build(cfg, profile):
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
     model.config.use_cache = False
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
-    log.info("model %s (%s), LoRA r=%d on %s: %.2fM trainable of %.1fM", path.name, cfg.quant, cfg.lora_r,
-             cfg.target_modules, n_train / 1e6, n_all / 1e6)
+    log.info(
+        "model %s (%s), LoRA r=%d on %s: %.2fM trainable of %.1fM",
+        path.name,
+        cfg.quant,
+        cfg.lora_r,
+        cfg.target_modules,
+        n_train / 1e6,
+        n_all / 1e6,
+    )
     return model, tok
 
 

@@ -1,4 +1,5 @@
 """The demo model: converted once from the GGUF into the cache, atomically, and loaded from there."""
+
 import os
 import subprocess
 import sys
@@ -24,8 +25,10 @@ def test_conversion_into_fresh_cache_is_atomic(tmp_path):
     leftover = tmp_path / f".{DEMO_DIRNAME}.crashed"
     leftover.mkdir(parents=True)
     (leftover / "config.json").write_text("{half written")
-    code = ("from kaggle_kit.models import demo_model_dir; from transformers import AutoConfig; "
-            "print(AutoConfig.from_pretrained(demo_model_dir()).model_type)")
+    code = (
+        "from kaggle_kit.models import demo_model_dir; from transformers import AutoConfig; "
+        "print(AutoConfig.from_pretrained(demo_model_dir()).model_type)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "llama"
     assert (tmp_path / DEMO_DIRNAME / "model.safetensors").stat().st_size > 100_000_000
@@ -43,6 +46,5 @@ def test_greedy_answer_is_sensible(demo_model):
     from kaggle_kit.templates import render
 
     model, tok = demo_model
-    out, _ = generate(model, tok, [render(tok, "What is the capital of France?")], max_new_tokens=12,
-                      progress=False)
+    out, _ = generate(model, tok, [render(tok, "What is the capital of France?")], max_new_tokens=12, progress=False)
     assert "Paris" in out[0]

@@ -1,4 +1,5 @@
 """The engine's promises on the real model: resume after kill -9, OOM back-off, workers, shards."""
+
 import os
 import signal
 import subprocess
@@ -95,8 +96,9 @@ def test_shards_then_merge_equal_a_single_run(tmp_path):
 def test_rehearse_predicts_a_runtime():
     from ..conftest import DATA
 
-    rep = jobs.rehearse(RehearseConfig("science_exam", str(DATA / "science_exam" / "test.csv"), rows=4000,
-                                       budget="60s", max_length=512))
+    rep = jobs.rehearse(
+        RehearseConfig("science_exam", str(DATA / "science_exam" / "test.csv"), rows=4000, budget="60s", max_length=512)
+    )
     assert rep["predicted_s"] > 60 and rep["fits"] is False
     assert 256 <= rep["max_length_to_fit"] <= 512
     assert all(v > 0 for v in rep["throughput"].values())

@@ -1,4 +1,5 @@
 """Inference primitives on the real SmolLM2: batching and padding do not change the answers."""
+
 import numpy as np
 import torch
 

@@ -1,6 +1,6 @@
 """Every shipped notebook runs headless (nbclient) on data/ with the demo model and leaves a valid submission."""
+
 import json
-from pathlib import Path
 
 import nbformat
 import pytest

@@ -1,4 +1,5 @@
 """predict end to end on the real SmolLM2: valid submissions, and every id under a tiny budget."""
+
 import pandas as pd
 import pytest
 
@@ -20,13 +21,15 @@ def test_predict_writes_valid_scored_submission(name, n, tmp_path):
     assert -1.0 <= value <= 1.0 if name != "lmsys" else 0 < value < 10
     comp = competitions.get(name)
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
-    assert tuple(sub.columns) == comp.submission_columns and sub["id"].tolist() == pd.read_csv(data, dtype=str)["id"].tolist()
+    assert tuple(sub.columns) == comp.submission_columns
+    assert sub["id"].tolist() == pd.read_csv(data, dtype=str)["id"].tolist()
 
 
 def test_lmsys_real_test_file(tmp_path):
     out = tmp_path / "submission.csv"
-    res = predict(PredictConfig("lmsys", str(DATA / "lmsys" / "test.csv"), out=str(out), max_length=512,
-                                progress=False))
+    res = predict(
+        PredictConfig("lmsys", str(DATA / "lmsys" / "test.csv"), out=str(out), max_length=512, progress=False)
+    )
     assert res.predicted == 3
     sub = pd.read_csv(out)
     assert sub["id"].tolist() == [136060, 211333, 1233961]
@@ -52,8 +55,24 @@ def test_cli_predict_reports_fallback_count(tmp_path):
 
     data = write_subset("prompt_recovery", tmp_path, 200)
     out = tmp_path / "submission.csv"
-    r = subprocess.run([sys.executable, "-m", "kaggle_kit", "predict", "prompt_recovery", "--data", str(data),
-                        "--out", str(out), "--budget", "5s", "--no-progress"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kaggle_kit",
+            "predict",
+            "prompt_recovery",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--budget",
+            "5s",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
     assert "200 rows" in line and "fallback" in line

@@ -1,4 +1,5 @@
 """QLoRA training on the real SmolLM2 (CPU): what changes, what does not, equivalences, resume, configs."""
+
 import json
 import os
 import signal
@@ -23,10 +24,26 @@ VALID = DATA / "ntu_adl_hw3" / "public_test.json"
 
 
 def small(tmp_path, **kw):
-    base = dict(competition="alpaca", train=str(ALPACA), valid=str(VALID), out=str(tmp_path / "run"), lora_r=4,
-                lora_alpha=8, lora_dropout=0.0, max_length=160, batch_size=2, grad_accum=1, lr=1e-3,
-                scheduler="constant", warmup_ratio=0.0, max_steps=3, eval_every=3, log_every=1, eval_metric=False,
-                progress=False)
+    base = dict(
+        competition="alpaca",
+        train=str(ALPACA),
+        valid=str(VALID),
+        out=str(tmp_path / "run"),
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        max_length=160,
+        batch_size=2,
+        grad_accum=1,
+        lr=1e-3,
+        scheduler="constant",
+        warmup_ratio=0.0,
+        max_steps=3,
+        eval_every=3,
+        log_every=1,
+        eval_metric=False,
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -35,34 +52,36 @@ def test_qlora_steps_change_every_lora_param_and_no_base_weight(tmp_path):
     model, _ = model_lib.build(cfg, detect())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     res = train(cfg)
-    assert res.steps == 3 and all(torch.isfinite(torch.tensor(h["train_loss"])) for h in res.history if "train_loss" in h)
+    assert res.steps == 3
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in res.history if "train_loss" in h)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from kaggle_kit.models import demo_model_dir
 
     bnb = BitsAndBytesConfig(**{**detect().bnb_4bit(), "bnb_4bit_compute_dtype": torch.float32})
-    base = AutoModelForCausalLM.from_pretrained(demo_model_dir(), quantization_config=bnb, dtype=torch.float32,
-                                                device_map={"": "cpu"})
+    base = AutoModelForCausalLM.from_pretrained(
+        demo_model_dir(), quantization_config=bnb, dtype=torch.float32, device_map={"": "cpu"}
+    )
     trained = PeftModel.from_pretrained(base, res.out / "last")
     after = dict(trained.named_parameters())
     lora = [n for n in before if "lora_" in n]
     assert len(lora) > 100
     for n in lora:
-        key = n.replace(".default.", ".default.")
-        assert not torch.equal(before[n], after[key].detach()), f"{n} did not change"
+        assert not torch.equal(before[n], after[n].detach()), f"{n} did not change"
     frozen = [n for n in before if "lora_" not in n]
     for n in frozen:
         assert torch.equal(before[n], after[n].detach()), f"base weight {n} changed"
     assert (res.out / "loss_curve.png").stat().st_size > 1000
     assert {"adapter_model.safetensors", "kit_config.json", "tokenizer.json", "metrics.jsonl"} <= {
-        p.name for p in (res.out / "last").iterdir()}
+        p.name for p in (res.out / "last").iterdir()
+    }
 
 
 def test_lora_gradients_through_4bit_match_dequantised_fp32(tmp_path):
     """bitsandbytes 4-bit on CPU: LoRA gradients equal those of the same weights dequantised to fp32."""
     import bitsandbytes.functional as F
-    from peft import set_peft_model_state_dict, get_peft_model_state_dict
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     cfg = small(tmp_path, target_modules=["q_proj", "v_proj", "down_proj"])
     q_model, tok = model_lib.build(cfg, detect())
@@ -91,15 +110,15 @@ def test_lora_gradients_through_4bit_match_dequantised_fp32(tmp_path):
 
 def test_batch4_accum1_equals_batch1_accum4(tmp_path):
     """Token-weighted loss over the whole optimizer step: same loss and gradient norm either way."""
-    import pandas as pd
-
     recs = json.loads(ALPACA.read_text())[:4]
     four = tmp_path / "four.json"
     four.write_text(json.dumps(recs, ensure_ascii=False))
-    a = train(small(tmp_path, train=str(four), out=str(tmp_path / "a"), batch_size=4, grad_accum=1, max_steps=1,
-                    eval_every=1))
-    b = train(small(tmp_path, train=str(four), out=str(tmp_path / "b"), batch_size=1, grad_accum=4, max_steps=1,
-                    eval_every=1))
+    a = train(
+        small(tmp_path, train=str(four), out=str(tmp_path / "a"), batch_size=4, grad_accum=1, max_steps=1, eval_every=1)
+    )
+    b = train(
+        small(tmp_path, train=str(four), out=str(tmp_path / "b"), batch_size=1, grad_accum=4, max_steps=1, eval_every=1)
+    )
     la = [h for h in a.history if "train_loss" in h][0]
     lb = [h for h in b.history if "train_loss" in h][0]
     assert la["train_loss"] == pytest.approx(lb["train_loss"], rel=1e-4)
@@ -107,16 +126,39 @@ def test_batch4_accum1_equals_batch1_accum4(tmp_path):
     ea = [h["eval_loss"] for h in a.history if "eval_loss" in h][-1]
     eb = [h["eval_loss"] for h in b.history if "eval_loss" in h][-1]
     assert ea == pytest.approx(eb, rel=1e-3)
-    del pd
 
 
 def test_kill_minus_9_then_resume_equals_uninterrupted(tmp_path):
     from safetensors.torch import load_file
 
-    args = ["--set", f"train={ALPACA}", "--set", f"valid={VALID}", "--set", "lora_r=4", "--set", "max_length=160",
-            "--set", "batch_size=2", "--set", "grad_accum=1", "--set", "max_steps=6", "--set", "eval_every=2",
-            "--set", "lora_dropout=0.1", "--set", "eval_metric=false", "--set", "progress=false",
-            "--set", "scheduler=cosine", "--set", "warmup_ratio=0.2"]
+    args = [
+        "--set",
+        f"train={ALPACA}",
+        "--set",
+        f"valid={VALID}",
+        "--set",
+        "lora_r=4",
+        "--set",
+        "max_length=160",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "grad_accum=1",
+        "--set",
+        "max_steps=6",
+        "--set",
+        "eval_every=2",
+        "--set",
+        "lora_dropout=0.1",
+        "--set",
+        "eval_metric=false",
+        "--set",
+        "progress=false",
+        "--set",
+        "scheduler=cosine",
+        "--set",
+        "warmup_ratio=0.2",
+    ]
     cmd = [sys.executable, "-m", "kaggle_kit", "train", "alpaca", *args]
     subprocess.run([*cmd, "--set", f"out={tmp_path / 'ref'}"], check=True, capture_output=True)
     out = tmp_path / "killed"
@@ -140,13 +182,39 @@ def test_kill_minus_9_then_resume_equals_uninterrupted(tmp_path):
 
 def test_trained_adapter_predicts_with_nothing_else(tmp_path):
     """predict --adapter DIR: the checkpoint names its base model; the submission is valid."""
-    cfg = small(tmp_path, competition="science_exam", train=str(DATA / "science_exam" / "train.csv"), valid=None,
-                valid_fraction=0.2, loss="answer", max_length=400, max_steps=1, eval_every=1)
+    cfg = small(
+        tmp_path,
+        competition="science_exam",
+        train=str(DATA / "science_exam" / "train.csv"),
+        valid=None,
+        valid_fraction=0.2,
+        loss="answer",
+        max_length=400,
+        max_steps=1,
+        eval_every=1,
+    )
     res = train(cfg)
     out = tmp_path / "sub.csv"
-    r = subprocess.run([sys.executable, "-m", "kaggle_kit", "predict", "science_exam", "--data",
-                        str(DATA / "science_exam" / "test.csv"), "--adapter", str(res.best), "--out", str(out),
-                        "--no-progress", "--max-length", "400"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kaggle_kit",
+            "predict",
+            "science_exam",
+            "--data",
+            str(DATA / "science_exam" / "test.csv"),
+            "--adapter",
+            str(res.best),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--max-length",
+            "400",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "40 predicted" in r.stdout
 
@@ -157,9 +225,17 @@ def test_shipped_configs_are_valid():
         assert cfg.competition in ("science_exam", "lmsys", "prompt_recovery", "alpaca"), path
 
 
-@pytest.mark.parametrize("override,field", [("lora_r=0", "lora_r"), ("scheduler=warp", "scheduler"),
-                                            ("lora_dropout=1.5", "lora_dropout"), ("colour=red", "colour"),
-                                            ("target_modules=7", "target_modules"), ("loss=all", "loss")])
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("lora_r=0", "lora_r"),
+        ("scheduler=warp", "scheduler"),
+        ("lora_dropout=1.5", "lora_dropout"),
+        ("colour=red", "colour"),
+        ("target_modules=7", "target_modules"),
+        ("loss=all", "loss"),
+    ],
+)
 def test_bad_config_names_the_field(override, field):
     with pytest.raises(ConfigError, match=f"'{field}'"):
         load_yaml_config(TrainConfig, str(ROOT / "configs" / "science_exam_demo.yaml"), [override])

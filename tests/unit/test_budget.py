@@ -4,8 +4,10 @@ from kaggle_kit.budget import Deadline, parse_duration
 from kaggle_kit.errors import ConfigError
 
 
-@pytest.mark.parametrize("text,seconds", [("9h", 32400), ("30m", 1800), ("45s", 45), ("1h30m", 5400),
-                                          ("90", 90), ("2.5s", 2.5), (12, 12.0), (None, None)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("9h", 32400), ("30m", 1800), ("45s", 45), ("1h30m", 5400), ("90", 90), ("2.5s", 2.5), (12, 12.0), (None, None)],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 

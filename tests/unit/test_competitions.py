@@ -34,10 +34,15 @@ def test_data_samples_read_in_both_formats(name):
     assert check_submission(comp, DATA / name / "sample_submission.csv", test["id"].tolist()) == []
 
 
-@pytest.mark.parametrize("name,path", [
-    ("science_exam", "science_exam/train.csv"), ("science_exam", "science_exam/extra_radek_6000_first3000.csv"),
-    ("lmsys", "lmsys/train_first100.csv"), ("prompt_recovery", "prompt_recovery/pedromb_gemma7b_kaggle_format.csv"),
-])
+@pytest.mark.parametrize(
+    "name,path",
+    [
+        ("science_exam", "science_exam/train.csv"),
+        ("science_exam", "science_exam/extra_radek_6000_first3000.csv"),
+        ("lmsys", "lmsys/train_first100.csv"),
+        ("prompt_recovery", "prompt_recovery/pedromb_gemma7b_kaggle_format.csv"),
+    ],
+)
 def test_real_public_files_read(name, path):
     if not (SHARED_DATA / path).exists():
         pytest.skip("../shared/data not present")
@@ -69,18 +74,24 @@ def test_lmsys_submission_rows_sum_to_one_and_nan_gets_prior():
 
 def test_lmsys_label_row_with_two_winners_is_named(tmp_path):
     p = tmp_path / "train.csv"
-    p.write_text('id,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n'
-                 '1,"[""q""]","[""a""]","[""b""]",1,0,0\n2,"[""q""]","[""a""]","[""b""]",1,1,0\n')
+    p.write_text(
+        "id,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n"
+        '1,"[""q""]","[""a""]","[""b""]",1,0,0\n2,"[""q""]","[""a""]","[""b""]",1,1,0\n'
+    )
     with pytest.raises(InputError) as e:
         lmsys.read(p, labelled=True)
     assert e.value.row == 2
 
 
 def test_prompt_recovery_never_empty():
-    sub = prompt_recovery.to_submission(pd.DataFrame({"id": ["1", "2", "3"]}),
-                                        ["Instruction: make it a poem", "  ", None])
-    assert sub["rewrite_prompt"].tolist() == ["make it a poem", prompt_recovery.MEAN_PROMPT,
-                                              prompt_recovery.MEAN_PROMPT]
+    sub = prompt_recovery.to_submission(
+        pd.DataFrame({"id": ["1", "2", "3"]}), ["Instruction: make it a poem", "  ", None]
+    )
+    assert sub["rewrite_prompt"].tolist() == [
+        "make it a poem",
+        prompt_recovery.MEAN_PROMPT,
+        prompt_recovery.MEAN_PROMPT,
+    ]
 
 
 def test_validate_lists_missing_and_bad_rows(tmp_path):

@@ -15,8 +15,7 @@ def test_plan_batches_covers_every_row_once_within_budget():
 
 def test_run_batches_restores_input_order():
     ids = [[1] * n for n in (3, 9, 1, 5)]
-    results, stats = run_batches(ids, lambda batch: [len(ids[i]) * 10 for i in batch], batch_tokens=10,
-                                 progress=False)
+    results, stats = run_batches(ids, lambda batch: [len(ids[i]) * 10 for i in batch], batch_tokens=10, progress=False)
     assert results == [30, 90, 10, 50]
     assert stats.rows_done == 4 and not stats.stopped_by_deadline
 

@@ -4,8 +4,10 @@ from kaggle_kit.errors import ConfigError, KitError
 from kaggle_kit.hardware import check_cuda_arch, detect, dtype_for_capability
 
 
-@pytest.mark.parametrize("cap,dtype", [((7, 5), "float16"), ((6, 0), "float16"), ((7, 0), "float16"),
-                                       ((8, 0), "bfloat16"), ((9, 0), "bfloat16")])
+@pytest.mark.parametrize(
+    "cap,dtype",
+    [((7, 5), "float16"), ((6, 0), "float16"), ((7, 0), "float16"), ((8, 0), "bfloat16"), ((9, 0), "bfloat16")],
+)
 def test_gpu_dtype_by_capability(cap, dtype):
     assert dtype_for_capability(*cap) == dtype
 

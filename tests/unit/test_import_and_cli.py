@@ -1,4 +1,5 @@
 """The package imports without torch; the CLI gives one-line errors (exit 2) for user mistakes."""
+
 import subprocess
 import sys
 
@@ -36,7 +37,8 @@ def test_unknown_competition_is_one_line_exit_2():
     r = run_cli("predict", "titanic", "--data", str(DATA / "science_exam" / "test.csv"))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "error: unknown competition 'titanic'; valid: science_exam, lmsys, prompt_recovery"]
+        "error: unknown competition 'titanic'; valid: science_exam, lmsys, prompt_recovery"
+    ]
     assert "Traceback" not in r.stderr
 
 
@@ -50,8 +52,17 @@ def test_bad_test_file_fails_before_model_load(tmp_path):
 
 
 def test_missing_model_lists_available(tmp_path):
-    r = run_cli("predict", "science_exam", "--data", str(DATA / "science_exam" / "test.csv"),
-                "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "s.csv"), "--no-progress")
+    r = run_cli(
+        "predict",
+        "science_exam",
+        "--data",
+        str(DATA / "science_exam" / "test.csv"),
+        "--model",
+        str(tmp_path / "no-such-model"),
+        "--out",
+        str(tmp_path / "s.csv"),
+        "--no-progress",
+    )
     assert r.returncode == 2
     assert "no-such-model' not found" in r.stderr and "Available: demo" in r.stderr
     # the fallback submission written before the model load is still there and complete
@@ -68,11 +79,22 @@ def test_validate_lists_missing_ids(tmp_path):
 
 
 def test_validate_and_score_good_files():
-    r = run_cli("validate", "science_exam", str(DATA / "science_exam" / "sample_submission.csv"),
-                "--test", str(DATA / "science_exam" / "test.csv"))
+    r = run_cli(
+        "validate",
+        "science_exam",
+        str(DATA / "science_exam" / "sample_submission.csv"),
+        "--test",
+        str(DATA / "science_exam" / "test.csv"),
+    )
     assert r.returncode == 0 and r.stdout.strip() == "valid"
-    r = run_cli("score", "science_exam", "--submission", str(DATA / "science_exam" / "sample_submission.csv"),
-                "--truth", str(DATA / "science_exam" / "train.csv"))
+    r = run_cli(
+        "score",
+        "science_exam",
+        "--submission",
+        str(DATA / "science_exam" / "sample_submission.csv"),
+        "--truth",
+        str(DATA / "science_exam" / "train.csv"),
+    )
     assert r.returncode == 0 and r.stdout.startswith("MAP@3: 0.")
 
 

@@ -52,7 +52,7 @@ def test_literal_na_is_text_not_missing(tmp_path):
 
 @pytest.mark.parametrize("cell", ['"not json"', '"{""a"": 1}"', '"[1, 2]"', '"[]"'])
 def test_json_list_errors_name_row_and_column(tmp_path, cell):
-    p = write(tmp_path, f'id,prompt,resp\n1,hi,{cell}\n')
+    p = write(tmp_path, f"id,prompt,resp\n1,hi,{cell}\n")
     with pytest.raises(InputError) as e:
         read_csv(p, COLS)
     assert (e.value.row, e.value.column) == (1, "resp")
@@ -69,8 +69,10 @@ def test_bom_and_crlf_are_fine(tmp_path):
     assert read_csv(p, COLS)["id"].tolist() == ["1"]
 
 
-@pytest.mark.parametrize("content,match", [(b"", "empty"), (b"id,prompt,resp\n", "no data rows"),
-                                           (b'id,prompt,resp\n1,caf\xe9,"[]"\n', "not UTF-8")])
+@pytest.mark.parametrize(
+    "content,match",
+    [(b"", "empty"), (b"id,prompt,resp\n", "no data rows"), (b'id,prompt,resp\n1,caf\xe9,"[]"\n', "not UTF-8")],
+)
 def test_empty_header_only_and_bad_encoding(tmp_path, content, match):
     p = write(tmp_path, content, mode="wb")
     with pytest.raises(InputError, match=match):

@@ -1,0 +1,204 @@
+"""Training benchmark: the kit's fit() against a plain transformers.Trainer + peft run, same data, same
+steps, each in its own process so peak RSS is its own. The peer is the usual notebook: random batches,
+each padded to its longest row, labels masked on the prompt.
+
+    python bench/train_bench.py [--steps 8] [--batch 4] [--quant nf4|none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rows_file() -> Path:
+    shared = ROOT.parent / "shared" / "data" / "science_exam" / "train.csv"
+    return shared if shared.exists() else ROOT / "data" / "science_exam" / "train.csv"
+
+
+def run_kit(args, out: Path) -> dict:
+    from kaggle_kit.config import TrainConfig
+    from kaggle_kit.train import train
+
+    cfg = TrainConfig(
+        "science_exam",
+        str(rows_file()),
+        out=str(out),
+        quant=args.quant,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        loss="completion",
+        max_length=512,
+        batch_size=args.batch,
+        grad_accum=1,
+        lr=2e-4,
+        scheduler="constant",
+        warmup_ratio=0.0,
+        max_steps=args.steps,
+        eval_every=10**6,
+        eval_metric=False,
+        log_every=1,
+        valid_fraction=0.1,
+        progress=False,
+    )
+    from kaggle_kit.hardware import detect
+    from kaggle_kit.train import model as model_lib
+    from kaggle_kit.train.loop import prepare_data
+
+    _, tok = model_lib.build(cfg, detect())
+    split = prepare_data(cfg, tok)
+    res = train(cfg)
+    # steps 2..N, timed from the per-step log lines (model load, step-0 eval and warm-up left out)
+    logs = [h for h in res.history if "train_loss" in h]
+    took = logs[-1]["elapsed"] - logs[0]["elapsed"]
+    from kaggle_kit.train.data import epoch_batches
+
+    lengths = [len(e.input_ids) for e in split.train]
+    batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, 0)[1 : args.steps]
+    tokens = sum(lengths[i] for b in batches for i in b)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return {"tokens": tokens, "padded": padded, "seconds": took}
+
+
+def run_trainer(args, out: Path) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (
+        AutoModelForCausalLM,
+        BitsAndBytesConfig,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from kaggle_kit.competitions import science_exam
+    from kaggle_kit.models import demo_model_dir, load_tokenizer
+
+    path = demo_model_dir()
+    tok = load_tokenizer(path)
+    df = science_exam.read(rows_file(), labelled=True)
+    prompts = science_exam.examples(df, tok, 512)
+    rows = []
+    for p, a in zip(prompts, df["answer"]):
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        c_ids = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        p_ids = p_ids[-(512 - len(c_ids)) :]
+        rows.append({"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_ids})
+    if args.quant == "nf4":
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=bnb, dtype=torch.float32, device_map={"": "cpu"}
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
+    targs = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=args.batch,
+        max_steps=args.steps,
+        learning_rate=2e-4,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=42,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model, args=targs, train_dataset=rows, data_collator=DataCollatorForSeq2Seq(tok, padding=True)
+    )
+    seen = []
+    real_collate = trainer.data_collator
+
+    def counting(features):
+        seen.append([len(f["input_ids"]) for f in features])
+        return real_collate(features)
+
+    trainer.data_collator = counting
+    from transformers import TrainerCallback
+
+    stamps = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    trainer.add_callback(Stamp())
+    trainer.train()
+    took = stamps[-1] - stamps[0]  # steps 2..N, as for the kit
+    tokens = sum(sum(b) for b in seen[1 : args.steps])
+    padded = sum(max(b) * len(b) for b in seen[1 : args.steps])
+    return {"tokens": tokens, "padded": padded, "seconds": took}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--quant", default="nf4", choices=["nf4", "none"])
+    ap.add_argument("--which", choices=["kit", "trainer"])
+    args = ap.parse_args()
+    if args.which:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = (run_kit if args.which == "kit" else run_trainer)(args, Path(tmp))
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(res))
+        return
+    results = {}
+    for which in ("kit", "trainer"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--which",
+            which,
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--quant",
+            args.quant,
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results[which] = json.loads(out)
+    from kaggle_kit.progress import format_table
+
+    rows = [
+        {
+            "run": k,
+            "train tok/s": v["tokens"] / v["seconds"],
+            "padding %": 100 * (1 - v["tokens"] / v["padded"]),
+            "seconds": v["seconds"],
+            "peak RSS MB": v["peak_rss_mb"],
+        }
+        for k, v in results.items()
+    ]
+    print(format_table(rows))
+    k, t = results["kit"], results["trainer"]
+    print(
+        f"kit / Trainer tokens/s: {(k['tokens'] / k['seconds']) / (t['tokens'] / t['seconds']):.2f}x; "
+        f"peak RSS {k['peak_rss_mb']:.0f} vs {t['peak_rss_mb']:.0f} MB ({args.steps} steps x batch {args.batch}, "
+        f"{args.quant}; steps 2..N timed)"
+    )
+
+
+if __name__ == "__main__":
+    main()
