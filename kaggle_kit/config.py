@@ -210,6 +210,8 @@ class TrainConfig:
         ):
             raise ConfigError("target_modules", f"'all-linear' or a list of module names, got {self.target_modules!r}")
         parse_duration(self.budget, "budget")
+        if self.best_by == "metric" and not self.eval_metric:
+            raise ConfigError("best_by", "'metric' needs eval_metric: true (or best_by: eval_loss)")
 
 
 def load_yaml_config(cls, path: str | None, overrides: list[str] = (), **required):

@@ -131,8 +131,6 @@ def metric_direction(cfg: TrainConfig) -> int:
     """+1 when larger values of the best_by quantity are better, -1 when smaller are."""
     if cfg.best_by == "eval_loss":
         return -1
-    if not cfg.eval_metric:
-        raise ConfigError("best_by", "'metric' needs eval_metric: true")
     if cfg.competition == "alpaca":
         return -1  # perplexity
     return 1 if competitions.get(cfg.competition).higher_is_better else -1
@@ -157,6 +155,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         mixed_precision=precision if profile.device == "cuda" else "no",
         cpu=profile.device == "cpu",
         deepspeed_plugin=plugin,
+    )
+    log.info(
+        "accelerate: %s, %d process(es), mixed precision %s",
+        accelerator.distributed_type,
+        accelerator.num_processes,
+        accelerator.mixed_precision,
     )
     model, tok = model_lib.build(cfg, profile)
     split = prepare_data(cfg, tok)

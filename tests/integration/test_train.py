@@ -180,6 +180,45 @@ def test_kill_minus_9_then_resume_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-6)
 
 
+def test_torchrun_two_cpu_processes_train_to_completion(tmp_path):
+    """accelerate MULTI_CPU (gloo) under torchrun: both processes finish, rank 0 writes the checkpoints."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    args = [
+        "--config",
+        str(ROOT / "configs" / "alpaca_demo.yaml"),
+        "--set",
+        f"out={tmp_path / 'ddp'}",
+        "--set",
+        f"train={ALPACA}",
+        "--set",
+        f"valid={VALID}",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "eval_every=2",
+        "--set",
+        "lora_r=4",
+        "--set",
+        "max_length=160",
+        "--set",
+        "eval_metric=false",
+        "--set",
+        "best_by=eval_loss",
+        "--set",
+        "progress=false",
+    ]
+    r = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "kaggle_kit", "train", "alpaca", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count("MULTI_CPU, 2 process(es)") == 2
+    assert r.stdout.count("2 steps (done)") == 2
+    assert (tmp_path / "ddp" / "last" / "adapter_model.safetensors").is_file()
+
+
 def test_trained_adapter_predicts_with_nothing_else(tmp_path):
     """predict --adapter DIR: the checkpoint names its base model; the submission is valid."""
     cfg = small(
