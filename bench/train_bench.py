@@ -51,12 +51,10 @@ def run_kit(args, out: Path) -> dict:
         valid_fraction=0.1,
         progress=False,
     )
-    from kaggle_kit.hardware import detect
-    from kaggle_kit.train import model as model_lib
+    from kaggle_kit.models import demo_model_dir, load_tokenizer
     from kaggle_kit.train.loop import prepare_data
 
-    _, tok = model_lib.build(cfg, detect())
-    split = prepare_data(cfg, tok)
+    split = prepare_data(cfg, load_tokenizer(demo_model_dir()))  # the rows train() will see
     res = train(cfg)
     # steps 2..N, timed from the per-step log lines (model load, step-0 eval and warm-up left out)
     logs = [h for h in res.history if "train_loss" in h]

@@ -257,6 +257,20 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "40 predicted" in r.stdout
 
+    # several adapters side by side, switched by name; and merging into an unquantised copy
+    from kaggle_kit.models import load_model, merge_adapter
+
+    model, tok = load_model(None, detect("float32"), adapter={"best": res.best, "last": res.out / "last"})
+    assert set(model.peft_config) == {"best", "last"} and model.active_adapter == "best"
+    model.set_adapter("last")
+    x = tok(["Which gas do plants take in?"], return_tensors="pt")
+    with torch.inference_mode():
+        unmerged = model(**x).logits
+    merged_dir = merge_adapter(res.out / "last", tmp_path / "merged", dtype="float32")
+    merged, _ = load_model(str(merged_dir), detect("float32"))
+    with torch.inference_mode():
+        torch.testing.assert_close(merged(**x).logits, unmerged, rtol=1e-3, atol=1e-3)
+
 
 def test_shipped_configs_are_valid():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
