@@ -119,19 +119,24 @@ def _demo(args):
     return 0
 
 
-def _add_predict(p):
-    p.add_argument("competition", help="science_exam | lmsys | prompt_recovery")
-    p.add_argument("--data", required=True, help="the competition's test.csv")
+def _add_model_args(p):
+    """Model and inference-shape flags shared by predict and rehearse."""
     p.add_argument("--model", help="local model folder or 'demo' (default: the adapter's base, else demo)")
     p.add_argument("--adapter", help="LoRA adapter folder (a kit checkpoint names its base model)")
-    p.add_argument("--out", default="submission.csv", help="submission path (default submission.csv)")
-    p.add_argument("--budget", help="wall clock for the run, e.g. 9h, 30m, 45s")
     p.add_argument("--max-length", type=int, default=2048, help="prompt tokens kept (default 2048)")
     p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default: GPU 16384, CPU 2048)")
     p.add_argument("--max-new-tokens", type=int, help="generation length (default: competition's)")
-    p.add_argument("--temperature", type=float, default=1.0, help="choice-logit temperature (default 1.0)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: hardware profile")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
+
+
+def _add_predict(p):
+    p.add_argument("competition", help="science_exam | lmsys | prompt_recovery")
+    p.add_argument("--data", required=True, help="the competition's test.csv")
+    _add_model_args(p)
+    p.add_argument("--out", default="submission.csv", help="submission path (default submission.csv)")
+    p.add_argument("--budget", help="wall clock for the run, e.g. 9h, 30m, 45s")
+    p.add_argument("--temperature", type=float, default=1.0, help="choice-logit temperature (default 1.0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1, help="processes over shards; one per GPU (T4 x2: 2)")
     p.add_argument("--shard", help="I/N: compute shard I of N into --out (join with 'merge')")
@@ -183,15 +188,9 @@ def _add_rehearse(p):
     p.add_argument("competition")
     p.add_argument("--data", required=True, help="rows like the hidden test's")
     p.add_argument("--rows", type=int, default=25000, help="hidden test size (default 25000)")
-    p.add_argument("--model", default="demo")
-    p.add_argument("--adapter")
-    p.add_argument("--budget", default="9h")
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--batch-tokens", type=int)
-    p.add_argument("--max-new-tokens", type=int)
+    _add_model_args(p)
+    p.add_argument("--budget", default="9h", help="the run's budget (default 9h, Kaggle's limit)")
     p.add_argument("--workers", type=int, default=1, help="GPUs the run will use")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--device", choices=["cpu", "cuda"])
 
 
 def _add_score(p):

@@ -94,7 +94,7 @@ class RehearseConfig:
     competition: str  # a key of COMPETITIONS
     data: str  # rows like the hidden test's (the public test or train file)
     rows: int = 25000  # hidden test size (LMSYS ~25k, Science Exam ~4k, Prompt Recovery ~1.4k)
-    model: str = "demo"  # as in PredictConfig
+    model: str | None = "demo"  # as in PredictConfig
     adapter: str | None = None
     budget: str | None = "9h"  # Kaggle's limit for code competitions
     max_length: int = 2048

@@ -110,3 +110,29 @@ def test_bad_shard_names_the_field(bad):
 
     with pytest.raises(ConfigError, match="shard"):
         PredictConfig("lmsys", "x.csv", shard=bad)
+
+
+def test_rehearse_cli_prints_prediction():
+    from ..conftest import DATA
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kaggle_kit",
+            "rehearse",
+            "lmsys",
+            "--data",
+            str(DATA / "lmsys" / "train.csv"),
+            "--rows",
+            "25000",
+            "--max-length",
+            "256",
+            "--budget",
+            "9h",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "predicted inference time for 25000 rows" in r.stdout and "budget 9.00 h:" in r.stdout
