@@ -76,6 +76,6 @@ def test_cli_predict_reports_fallback_count(tmp_path):
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
     assert "200 rows" in line and "fallback" in line
-    n_fallback = int(line.split(" predicted, ")[1].split(" fallback")[0])
+    n_fallback = int(line.split(" resumed), ")[1].split(" fallback")[0])
     assert n_fallback > 0
     assert validate(ValidateConfig("prompt_recovery", str(out), str(data))) == []
