@@ -9,29 +9,19 @@ import sys
 from .errors import KitError
 
 
+def _config(cls, args, **values):
+    """A config dataclass from the parsed flags of the same names (flags spell the fields), plus `values`."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)} - set(values)
+    return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)}, **values)
+
+
 def _predict(args):
     from .config import PredictConfig
     from .jobs import predict
 
-    cfg = PredictConfig(
-        args.competition,
-        args.data,
-        model=args.model,
-        adapter=args.adapter,
-        out=args.out,
-        budget=args.budget,
-        max_length=args.max_length,
-        batch_tokens=args.batch_tokens,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        dtype=args.dtype,
-        device=args.device,
-        progress=not args.no_progress,
-        workers=args.workers,
-        shard=args.shard,
-        checkpoint=args.checkpoint,
-        plan=not args.no_plan,
-    )
+    cfg = _config(PredictConfig, args, progress=not args.no_progress, plan=not args.no_plan)
     res = predict(cfg)
     print(
         f"{res.submission}: {res.rows} rows, {res.predicted} predicted ({res.resumed} resumed), "
@@ -53,22 +43,7 @@ def _rehearse(args):
     from .config import RehearseConfig
     from .jobs import rehearse
 
-    rep = rehearse(
-        RehearseConfig(
-            args.competition,
-            args.data,
-            rows=args.rows,
-            model=args.model,
-            adapter=args.adapter,
-            budget=args.budget,
-            max_length=args.max_length,
-            batch_tokens=args.batch_tokens,
-            max_new_tokens=args.max_new_tokens,
-            workers=args.workers,
-            dtype=args.dtype,
-            device=args.device,
-        )
-    )
+    rep = rehearse(_config(RehearseConfig, args))
     speeds = ", ".join(f"{k} tok: {v:.0f} tok/s" for k, v in rep["throughput"].items())
     print(f"measured: {speeds}")
     print(
