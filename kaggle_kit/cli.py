@@ -94,6 +94,27 @@ def _demo(args):
     return 0
 
 
+def _serve(args):
+    from .config import ServeConfig, parse_adapters
+    from .serve import serve
+
+    serve(_config(ServeConfig, args, adapters=parse_adapters(args.adapter)))
+    return 0
+
+
+def _add_serve(p):
+    p.add_argument("--model", default="demo", help="local model folder or 'demo'")
+    p.add_argument("--adapter", action="append", metavar="NAME=DIR", help="LoRA adapter to load (repeatable)")
+    p.add_argument("--routes", help="routes YAML: rules, embedding router, default adapter")
+    p.add_argument("--host", default="127.0.0.1", help="default loopback (the API has no authentication)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-prompt-tokens", type=int, default=2048)
+    p.add_argument("--max-new-tokens", type=int, default=512, help="cap on a request's max_new_tokens")
+    p.add_argument("--max-num-samples", type=int, default=4)
+    p.add_argument("--max-batch", type=int, default=8, help="requests for one adapter decoded together")
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond this get HTTP 503")
+
+
 def _add_model_args(p):
     """Model and inference-shape flags shared by predict and rehearse."""
     p.add_argument("--model", help="local model folder or 'demo' (default: the adapter's base, else demo)")
@@ -199,6 +220,7 @@ COMMANDS = {
     "merge-adapter": ("merge a LoRA adapter into its base model and save it", _add_merge_adapter, _merge_adapter),
     "merge": ("join shard files of predict --shard I/N into one submission", _add_merge, _merge),
     "rehearse": ("predict the runtime of a hidden test set before pushing", _add_rehearse, _rehearse),
+    "serve": ("HTTP API (NeurIPS challenge endpoints) routing requests to LoRA adapters", _add_serve, _serve),
     "demo": ("predict and score every competition on data/ and print a table", _add_demo, _demo),
 }
 

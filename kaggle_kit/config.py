@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from .budget import parse_duration
 from .errors import ConfigError
@@ -116,6 +116,47 @@ class ValidateConfig:
     competition: str  # a key of COMPETITIONS
     submission: str  # submission CSV
     test: str | None = None  # the test.csv whose ids must all appear
+
+
+@dataclass
+class ServeConfig:
+    """The HTTP API (seed 000's NeurIPS challenge endpoints) over a model and named LoRA adapters."""
+
+    model: str | None = "demo"  # a local model folder, 'demo', or None = the first adapter's base
+    adapters: dict[str, str] = field(default_factory=dict)  # name -> adapter folder, all loaded side by side
+    routes: str | None = None  # routes YAML (rules, embedding router, default); None = everything to 'base'
+    host: str = "127.0.0.1"  # loopback: the API has no authentication
+    port: int = 8080  # the challenge's evaluator talked to localhost:8080
+    max_prompt_tokens: int = 2048  # longer prompts get HTTP 400 naming this limit
+    max_new_tokens: int = 512  # cap on a request's max_new_tokens
+    max_num_samples: int = 4  # cap on a request's num_samples
+    max_batch: int = 8  # requests for one adapter decoded together
+    max_queue: int = 256  # requests waiting beyond this get HTTP 503 (queued, never dropped silently)
+    batch_wait_ms: float = 5.0  # how long the worker waits for more requests to fill a batch
+
+    def __post_init__(self):
+        _check_positive(
+            self, "port", "max_prompt_tokens", "max_new_tokens", "max_num_samples", "max_batch", "max_queue"
+        )
+        if self.batch_wait_ms < 0:
+            raise ConfigError("batch_wait_ms", f"must be >= 0, got {self.batch_wait_ms}")
+        if "base" in self.adapters:
+            raise ConfigError("adapter", "'base' names the model without adapters; pick another adapter name")
+
+
+def parse_adapters(items: list[str] | None) -> dict[str, str]:
+    """['math=runs/a', 'runs/b'] -> {'math': 'runs/a', 'b': 'runs/b'} (a bare folder is named after itself)."""
+    from pathlib import Path
+
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, _, path = item.partition("=") if "=" in item else (Path(item).name, "", item)
+        if not name or not path:
+            raise ConfigError("adapter", f"{item!r} is not NAME=DIR")
+        if name in out:
+            raise ConfigError("adapter", f"adapter name {name!r} given twice")
+        out[name] = path
+    return out
 
 
 def from_dict(cls, values: dict):

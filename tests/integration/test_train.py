@@ -273,7 +273,10 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
 
 
 def test_shipped_configs_are_valid():
+    """Every training config in configs/ loads (routes_*.yaml are serving routes, tested with the router)."""
     for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if path.name.startswith("routes_"):
+            continue
         cfg = load_yaml_config(TrainConfig, str(path))
         assert cfg.competition in ("science_exam", "lmsys", "prompt_recovery", "alpaca"), path
 
