@@ -21,7 +21,7 @@ setup(
     extras_require={
         "cuda": ["bitsandbytes>=0.48"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
-        "kaggle": ["kaggle>=2.0"],
+        "kaggle": ["kaggle>=2.0", "six>=1.16"],
     },
     entry_points={"console_scripts": ["kaggle-kit=kaggle_kit.cli:main"]},
 )

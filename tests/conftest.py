@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -42,3 +43,111 @@ def demo_model():
     from kaggle_kit.models import load_model
 
     return load_model("demo", detect())
+
+
+class KaggleDouble:
+    """A loopback stand-in for Kaggle's API, reached through the official client as its HTTP proxy.
+
+    The client is pointed at it the client's own way: KAGGLE_API_ENVIRONMENT=LOCALHOST makes it call
+    http://localhost/api/v1/<service>/<method>, and HTTP_PROXY routes that to 127.0.0.1:<port>. Every
+    request is recorded (method, path, JSON body, headers); `files` are served for downloads.
+    """
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.requests: list[dict] = []
+        self.files: dict[str, bytes] = {}
+        self.uploads: dict[str, bytes] = {}
+        self.replies: dict[str, object] = {}  # method name -> JSON reply or (status, JSON)
+        double = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _record(self):
+                from urllib.parse import urlsplit
+
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                path = urlsplit(self.path).path
+                double.requests.append(
+                    {"method": self.command, "path": path, "body": body, "headers": dict(self.headers)}
+                )
+                return path, body
+
+            def _send(self, status, payload=b"", ctype="application/json", headers=()):
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                path, _ = self._record()
+                name = path.rsplit("/", 1)[-1]
+                if name == "DownloadDataFiles":
+                    comp = json.loads(double.requests[-1]["body"])["competitionName"]
+                    return self._send(302, b"", "text/plain", [("Location", f"http://localhost/files/{comp}.zip")])
+                reply = double.replies.get(name, {})
+                status, reply = reply if isinstance(reply, tuple) else (200, reply)
+                self._send(status, reply)
+
+            def do_GET(self):
+                path, _ = self._record()
+                name = path.rsplit("/", 1)[-1]
+                if name in double.files:
+                    return self._send(200, double.files[name], "application/octet-stream")
+                self._send(404, {"code": 404, "message": f"no file {name}"})
+
+            def do_PUT(self):
+                path, body = self._record()
+                double.uploads[path.rsplit("/", 1)[-1]] = body
+                self._send(200, {})
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def env(self, tmp_path, **extra) -> dict:
+        """Environment for a `kaggle-kit` subprocess that talks to this double with fake credentials."""
+        proxy = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("KAGGLE_", "HTTP", "NO_PROXY"))}
+        env.update(
+            KAGGLE_API_ENVIRONMENT="LOCALHOST",
+            HTTP_PROXY=proxy,
+            http_proxy=proxy,
+            NO_PROXY="",
+            no_proxy="",
+            KAGGLE_USERNAME="kit-tester",
+            KAGGLE_KEY=FAKE_KAGGLE_KEY,
+            KAGGLE_CONFIG_DIR=str(tmp_path / "kaggle-config"),
+            **extra,
+        )
+        return env
+
+    def calls(self, name: str) -> list[dict]:
+        """The recorded requests whose path ends with /<name>, JSON bodies decoded."""
+        return [
+            {**r, "json": json.loads(r["body"]) if r["body"] else {}}
+            for r in self.requests
+            if r["path"].endswith("/" + name)
+        ]
+
+    def close(self):
+        self._server.shutdown()
+
+
+FAKE_KAGGLE_KEY = "f4k3k3y0123456789abcdef0123456789"
+
+
+@pytest.fixture
+def kaggle_double():
+    double = KaggleDouble()
+    yield double
+    double.close()

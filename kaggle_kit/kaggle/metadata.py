@@ -1,0 +1,234 @@
+"""kernel-metadata.json: check it before anything is pushed, and build push-ready kernel folders.
+
+The traps this catches are the ones competitors hit: a title whose slug differs from the id's slug (the
+push lands under another name), a GPU kernel without `machine_shape: NvidiaTeslaT4` (pushes without it
+have landed on a P100), internet left on in a code competition (the submission is refused), `code/` or
+URL prefixes copied from a pulled kernel or a browser, and model sources that are not
+owner/model/framework/variation/version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import ConfigError, KitError
+from .secrets import refuse_secrets
+
+log = logging.getLogger("kaggle_kit")
+
+METADATA = "kernel-metadata.json"
+# --accelerator -> (enable_gpu, machine_shape)
+ACCELERATORS = {
+    "t4x2": (True, "NvidiaTeslaT4"),  # two T4s, 15 GB each: the kit's default for 7-9B 4-bit models
+    "p100": (True, "NvidiaTeslaP100"),
+    "none": (False, None),
+}
+MACHINE_SHAPES = {"NvidiaTeslaT4", "NvidiaTeslaP100", "NvidiaL4", "NvidiaL4X1", "NvidiaH100", "Tpu1VmV38"}
+NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+SLUG = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+PATTERNS = {
+    "id": re.compile(rf"^{NAME}/{SLUG}$"),
+    "dataset_sources": re.compile(rf"^{NAME}/[A-Za-z0-9-]+$"),
+    "kernel_sources": re.compile(rf"^{NAME}/[A-Za-z0-9-]+$"),
+    "competition_sources": re.compile(r"^[a-z0-9-]+$"),
+    "model_sources": re.compile(rf"^{NAME}/[A-Za-z0-9_.-]+/[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+/\d+$"),
+}
+SOURCE_FIELDS = ("dataset_sources", "kernel_sources", "competition_sources", "model_sources")
+URL_PREFIXES = ("https://www.kaggle.com/", "https://kaggle.com/", "www.kaggle.com/", "kaggle.com/")
+KIND_PREFIXES = {
+    "id": ("code/",),
+    "kernel_sources": ("code/",),
+    "dataset_sources": ("datasets/",),
+    "competition_sources": ("competitions/", "c/"),
+    "model_sources": ("models/",),
+}
+
+
+def slugify(title: str) -> str:
+    """The slug Kaggle derives from a title (the official client's rule: python-slugify)."""
+    from slugify import slugify as _slugify
+
+    return _slugify(title)
+
+
+def normalise(meta: dict) -> dict:
+    """A copy with browser-URL and `code/`-style prefixes stripped from the id and sources (logged)."""
+    meta = dict(meta)
+    for field, kinds in KIND_PREFIXES.items():
+        values = meta.get(field)
+        if values is None:
+            continue
+        items = [values] if field == "id" else list(values)
+        fixed = []
+        for v in items:
+            new = v.strip() if isinstance(v, str) else v
+            if isinstance(new, str):
+                for prefix in URL_PREFIXES + kinds:
+                    if new.startswith(prefix):
+                        new = new[len(prefix) :]
+                new = new.rstrip("/")
+                if new != v:
+                    log.info("%s: %r -> %r (prefix removed)", field, v, new)
+            fixed.append(new)
+        meta[field] = fixed[0] if field == "id" else fixed
+    return meta
+
+
+def check(meta: dict, folder: str | Path | None = None) -> list[str]:
+    """Every problem of a kernel metadata dict as 'field: what is wrong; what would be valid'."""
+    problems = []
+    kid = meta.get("id")
+    if not isinstance(kid, str) or not PATTERNS["id"].match(kid):
+        problems.append(f"id: {kid!r} is not 'user/slug' (slug: lowercase letters, digits, hyphens)")
+        kid = None
+    elif not 5 <= len(kid.split("/")[1]) <= 50:
+        problems.append(f"id: slug {kid.split('/')[1]!r} must be 5-50 characters")
+    title = meta.get("title")
+    if not isinstance(title, str) or len(title) < 5:
+        problems.append(f"title: {title!r} must be a string of at least 5 characters")
+    elif kid and slugify(title) != kid.split("/")[1]:
+        problems.append(
+            f"title: {title!r} becomes slug {slugify(title)!r}, not the id's {kid.split('/')[1]!r}; "
+            f"Kaggle would push under the title's slug. Use a title like {kid.split('/')[1].replace('-', ' ')!r}"
+        )
+    code = meta.get("code_file")
+    if not code:
+        problems.append("code_file: missing (the notebook or script file in this folder)")
+    elif folder is not None and not (Path(folder) / code).is_file():
+        problems.append(f"code_file: {code!r} does not exist in {folder}")
+    if meta.get("language", "python") != "python":
+        problems.append(f"language: {meta.get('language')!r}; the kit's kernels are 'python'")
+    if meta.get("kernel_type") not in ("notebook", "script"):
+        problems.append(f"kernel_type: {meta.get('kernel_type')!r} is not 'notebook' or 'script'")
+    for flag in ("enable_gpu", "enable_internet", "is_private", "enable_tpu"):
+        if flag in meta and not isinstance(meta[flag], bool):
+            problems.append(f"{flag}: {meta[flag]!r} must be true or false")
+    problems += _check_accelerator(meta)
+    if meta.get("competition_sources") and meta.get("enable_internet", True) is not False:
+        problems.append("enable_internet: must be false for a code competition (competition_sources is set)")
+    for field in SOURCE_FIELDS:
+        values = meta.get(field, [])
+        if not isinstance(values, list):
+            problems.append(f"{field}: must be a list, got {values!r}")
+            continue
+        for v in values:
+            if not isinstance(v, str) or not PATTERNS[field].match(v):
+                problems.append(f"{field}: {v!r} is not {_FORMATS[field]}")
+    return problems
+
+
+_FORMATS = {
+    "dataset_sources": "'owner/dataset-slug'",
+    "kernel_sources": "'owner/kernel-slug'",
+    "competition_sources": "a competition slug such as 'lmsys-chatbot-arena'",
+    "model_sources": "'owner/model/framework/variation/version' (version a number), "
+    "e.g. 'google/gemma-2/transformers/gemma-2-9b-it/2'",
+}
+
+
+def _check_accelerator(meta: dict) -> list[str]:
+    shape, gpu = meta.get("machine_shape"), meta.get("enable_gpu", False)
+    if shape is not None and shape not in MACHINE_SHAPES:
+        return [f"machine_shape: {shape!r} is not one of {sorted(MACHINE_SHAPES)}"]
+    if gpu and shape is None:
+        return [
+            "machine_shape: missing with enable_gpu true; set 'NvidiaTeslaT4' for T4 x2 "
+            "(pushes without it have landed on a P100) or 'NvidiaTeslaP100'"
+        ]
+    if shape and shape.startswith("Nvidia") and not gpu:
+        return [f"enable_gpu: false but machine_shape is {shape!r}; set enable_gpu true"]
+    return []
+
+
+def read(folder: str | Path) -> dict:
+    """The kernel-metadata.json of a folder (or the file itself), as a dict."""
+    path = Path(folder)
+    path = path / METADATA if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError("kernel-metadata.json", f"{path} not found")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError("kernel-metadata.json", f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ConfigError("kernel-metadata.json", f"{path} must hold a JSON object")
+    return meta
+
+
+def validate(meta: dict, folder: str | Path | None = None, source: str = METADATA) -> dict:
+    """`meta` if it has no problems; else ConfigError naming the first field, listing every problem."""
+    problems = check(meta, folder)
+    if problems:
+        field = problems[0].split(":", 1)[0]
+        raise ConfigError(field, f"{source} has {len(problems)} problem(s): " + " | ".join(problems))
+    return meta
+
+
+def build(
+    notebook_dir: str | Path,
+    out: str | Path,
+    *,
+    competition: str | None = None,
+    datasets: list[str] = (),
+    models: list[str] = (),
+    accelerator: str | None = None,
+    kernel_id: str | None = None,
+) -> Path:
+    """A push-ready folder: the code file with outputs cleared and a checked kernel-metadata.json.
+
+    Flags add to or replace the metadata in `notebook_dir`: `competition` (a slug: competition_sources,
+    internet off), `datasets` / `models` (appended sources), `accelerator` (t4x2 | p100 | none),
+    `kernel_id` ('user/slug'; the title follows the slug).
+    """
+    src = Path(notebook_dir)
+    meta = normalise(read(src))
+    if kernel_id:
+        meta["id"] = kernel_id
+        meta["title"] = kernel_id.split("/", 1)[1].replace("-", " ")
+    if competition:
+        meta["competition_sources"] = [competition]
+        meta["enable_internet"] = False
+    for field, extra in (("dataset_sources", datasets), ("model_sources", models)):
+        meta[field] = list(dict.fromkeys([*meta.get(field, []), *extra]))
+    if accelerator is not None:
+        if accelerator not in ACCELERATORS:
+            raise ConfigError("accelerator", f"{accelerator!r} is not one of {list(ACCELERATORS)}")
+        gpu, shape = ACCELERATORS[accelerator]
+        meta["enable_gpu"] = gpu
+        meta.pop("machine_shape", None)
+        if shape:
+            meta["machine_shape"] = shape
+    meta = normalise(meta)
+    validate(meta, src)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    code = src / meta["code_file"]
+    if code.suffix == ".ipynb":
+        (tmp / code.name).write_text(json.dumps(_clear_outputs(json.loads(code.read_text())), indent=1) + "\n")
+    else:
+        shutil.copy2(code, tmp / code.name)
+    meta["code_file"] = code.name
+    (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        refuse_secrets([tmp])
+    except KitError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _clear_outputs(nb: dict) -> dict:
+    """A notebook without outputs or execution counts: nothing from a local run travels to Kaggle."""
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    return nb
