@@ -64,6 +64,8 @@ IMAGE_HAS = {
     "kiwisolver",
     "pyparsing",
 }
+# Kaggle's GPU images are Ubuntu 22.04 (glibc 2.35): any manylinux wheel up to that glibc installs there.
+PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(35, 4, -1)] + ["manylinux2014_x86_64"]
 # The kit's runtime requirements on Kaggle: its install_requires plus bitsandbytes (4-bit on T4).
 ROOTS = ["transformers", "accelerate", "peft", "safetensors", "gguf", "sentence-transformers", "bitsandbytes"]
 
@@ -115,7 +117,7 @@ def build_wheels(
     tmp.mkdir(parents=True)
     _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp), str(ROOT))
     if packages:
-        platforms = [a for p in ("manylinux2014_x86_64", "manylinux_2_28_x86_64") for a in ("--platform", p)]
+        platforms = [a for p in PLATFORMS for a in ("--platform", p)]
         _pip(
             "download",
             "--no-deps",
