@@ -160,8 +160,16 @@ def _atomic(path, write) -> Path:
 
 
 def write_csv_atomic(df, path) -> Path:
-    """Write a DataFrame as CSV (no index) atomically."""
-    return _atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"))
+    """Write a DataFrame as CSV (no index) atomically.
+
+    A lone carriage return inside a text cell is not quoted by Python's csv writer when lines end in
+    '\n', and every CSV reader then splits the row there (found by fuzzing: a generated prompt holding
+    '\r' became two rows and a duplicate id). Such frames are written with every text cell quoted.
+    """
+    text_cols = [c for c in df.columns if df[c].dtype == object or str(df[c].dtype) in ("string", "str")]
+    has_cr = any(df[c].astype(str).str.contains("\r", regex=False).any() for c in text_cols)
+    quoting = csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL
+    return _atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n", quoting=quoting))
 
 
 def write_text_atomic(text: str, path) -> Path:

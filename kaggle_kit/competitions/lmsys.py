@@ -85,7 +85,10 @@ def to_submission(df, probs):
     import pandas as pd
 
     p = np.asarray(probs, dtype=float).copy()
-    p[np.isnan(p).any(axis=1)] = PRIOR
+    # NaN, inf, negative or all-zero rows (a missing output, an fp16 overflow) cannot be normalised: prior
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1) | ~(p.sum(axis=1) > 0) | ~np.isfinite(p.sum(axis=1))
+    p[bad] = PRIOR
     p = p / p.sum(axis=1, keepdims=True)
     out = pd.DataFrame(p, columns=list(TARGETS))
     out.insert(0, "id", df["id"].tolist())
