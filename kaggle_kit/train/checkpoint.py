@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import KitError
+
 STATE = "trainer_state.pt"
 KIT_CONFIG = "kit_config.json"
 
@@ -27,12 +29,39 @@ def save(
     scheduler=None,
 ) -> Path:
     """Write a checkpoint folder atomically (temp folder, then rename over the old one)."""
-    import torch
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, model, tokenizer, cfg, state, extra_files, optimizer, scheduler)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _is_write_error(exc):
+            raise
+        raise KitError(
+            f"could not save checkpoint {folder}: {getattr(exc, 'strerror', None) or exc}; "
+            "the previous checkpoint is unchanged"
+        ) from exc
+    recover(folder)
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _is_write_error(exc: Exception) -> bool:
+    """A failed write: OSError, or torch's / safetensors' own wrappers of one (a full disk, mostly)."""
+    text = str(exc).lower()
+    return isinstance(exc, OSError) or any(w in text for w in ("no space", "storagefull", "file write failed"))
+
+
+def _write(tmp: Path, model, tokenizer, cfg, state, extra_files, optimizer, scheduler) -> None:
+    import torch
+
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / KIT_CONFIG).write_text(
@@ -59,13 +88,6 @@ def save(
             },
             tmp / STATE,
         )
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
 
 
 def load_state(folder, model, optimizer, scheduler) -> dict | None:
@@ -85,9 +107,18 @@ def load_state(folder, model, optimizer, scheduler) -> dict | None:
     return saved["state"]
 
 
+def recover(folder) -> Path:
+    """Put back `.NAME.old` when a kill fell between save()'s two renames (the folder is then missing)."""
+    folder = Path(folder)
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.exists() and (old / KIT_CONFIG).is_file():
+        os.replace(old, folder)
+    return folder
+
+
 def saved_config(folder) -> dict | None:
-    """The train config stored in a checkpoint folder."""
-    path = Path(folder) / KIT_CONFIG
+    """The train config stored in a checkpoint folder (recovered first if a kill interrupted its save)."""
+    path = recover(folder) / KIT_CONFIG
     return json.loads(path.read_text())["train_config"] if path.is_file() else None
 
 
