@@ -15,8 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
-from ..errors import ConfigError, KitError
-from .secrets import refuse_secrets
+from ..errors import ConfigError
+from .secrets import publish
 
 log = logging.getLogger("kaggle_kit")
 
@@ -215,14 +215,7 @@ def build(
         shutil.copy2(code, tmp / code.name)
     meta["code_file"] = code.name
     (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
-    try:
-        refuse_secrets([tmp])
-    except KitError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return publish(tmp, out)
 
 
 def _clear_outputs(nb: dict) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -59,3 +60,15 @@ def refuse_secrets(paths) -> None:
             f"refusing: a Kaggle credential value appears in {', '.join(hits[:5])}; remove it (never put "
             "KAGGLE_KEY in a notebook or config: the client reads it from the environment or kaggle.json)"
         )
+
+
+def publish(tmp: Path, out: Path) -> Path:
+    """Move a built folder from `tmp` to `out` (replacing it) once it is free of credentials; else delete it."""
+    try:
+        refuse_secrets([tmp])
+    except KitError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ..errors import KitError
-from .secrets import refuse_secrets
+from .secrets import publish
 
 log = logging.getLogger("kaggle_kit")
 
@@ -137,13 +137,7 @@ def build_wheels(
     (tmp / "requirements.txt").write_text("\n".join(reqs) + "\n")
     meta = {"title": DATASET_SLUG, "id": f"{user}/{DATASET_SLUG}", "licenses": [{"name": "apache-2.0"}]}
     (tmp / "dataset-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-    try:
-        refuse_secrets([tmp])
-    except KitError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    publish(tmp, out)
     log.info("%s: %d wheels for Python %s", out, len(list(out.glob("*.whl"))), python)
     return out
 
