@@ -67,6 +67,25 @@ def _score(args):
     return 0
 
 
+def _calibrate(args):
+    from .config import CalibrateConfig
+    from .jobs import calibrate
+
+    res = calibrate(_config(CalibrateConfig, args))
+    print(
+        f"temperature {res['temperature']:.3f} on {res['rows']} rows: log loss {res['log_loss_before']:.4f} -> "
+        f"{res['log_loss_after']:.4f}" + (f"; saved to {res['saved']}" if "saved" in res else "")
+    )
+    return 0
+
+
+def _add_calibrate(p):
+    p.add_argument("competition", help="lmsys")
+    p.add_argument("--submission", required=True, help="predictions for --truth made with --temperature 1")
+    p.add_argument("--truth", required=True, help="labelled validation file")
+    p.add_argument("--adapter", help="save calibration.json here (predict then uses it)")
+
+
 def _validate(args):
     from .config import ValidateConfig
     from .jobs import validate
@@ -241,7 +260,14 @@ def _add_predict(p):
     _add_model_args(p)
     p.add_argument("--out", default="submission.csv", help="submission path (default submission.csv)")
     p.add_argument("--budget", help="wall clock for the run, e.g. 9h, 30m, 45s")
-    p.add_argument("--temperature", type=float, default=1.0, help="choice-logit temperature (default 1.0)")
+    p.add_argument(
+        "--temperature", type=float, help="choice-logit temperature (default: the adapter's calibration, else 1)"
+    )
+    p.add_argument(
+        "--tta", type=int, default=1, help="views per row: science_exam <=5 option orders, lmsys 2 (A/B swap)"
+    )
+    p.add_argument("--shots", type=int, default=0, help="science_exam: solved examples before each question")
+    p.add_argument("--shots-file", help="labelled CSV the shots come from (balanced over answer letters)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1, help="processes over shards; one per GPU (T4 x2: 2)")
     p.add_argument("--shard", help="I/N: compute shard I of N into --out (join with 'merge')")
@@ -296,6 +322,7 @@ def _add_rehearse(p):
     _add_model_args(p)
     p.add_argument("--budget", default="9h", help="the run's budget (default 9h, Kaggle's limit)")
     p.add_argument("--workers", type=int, default=1, help="GPUs the run will use")
+    p.add_argument("--tta", type=int, default=1, help="views per row the run will score (time x tta)")
 
 
 def _add_score(p):
@@ -326,6 +353,7 @@ COMMANDS = {
     "score": ("score a submission against a labelled file", _add_score, _score),
     "validate": ("check a submission's format and ids", _add_validate, _validate),
     "train": ("train a LoRA / QLoRA adapter from a YAML config", _add_train, _train),
+    "calibrate": ("fit the choice temperature on a validation split", _add_calibrate, _calibrate),
     "merge-adapter": ("merge a LoRA adapter into its base model and save it", _add_merge_adapter, _merge_adapter),
     "merge": ("join shard files of predict --shard I/N into one submission", _add_merge, _merge),
     "rehearse": ("predict the runtime of a hidden test set before pushing", _add_rehearse, _rehearse),

@@ -28,7 +28,10 @@ class PredictConfig:
     max_length: int = 2048  # prompt tokens kept (left-truncated); 2k fits a 9B 4-bit model on a T4
     batch_tokens: int | None = None  # padded tokens per batch; None = hardware profile (GPU 16k, CPU 2k)
     max_new_tokens: int | None = None  # generation length; None = the competition's default
-    temperature: float = 1.0  # divides choice logits (seed 001 used 1.03 for LMSYS)
+    temperature: float | None = None  # divides choice logits; None = the adapter's calibration.json, else 1.0
+    tta: int = 1  # views per row: science_exam up to 5 option orders, lmsys 2 (A/B swapped); time x tta
+    shots: int = 0  # science_exam: solved examples before each question (seed 004 used 5)
+    shots_file: str | None = None  # labelled CSV the shots come from, balanced over the answer letters
     dtype: str | None = None  # float16 / bfloat16 / float32; None = hardware profile (T4: float16)
     device: str | None = None  # cpu / cuda; None = cuda when present
     progress: bool = True  # progress bar with rate and ETA
@@ -38,7 +41,11 @@ class PredictConfig:
     plan: bool = True  # with a budget: measure throughput, predict the run, lower max_length to fit
 
     def __post_init__(self):
-        _check_positive(self, "max_length", "batch_tokens", "max_new_tokens", "temperature", "workers")
+        _check_positive(self, "max_length", "batch_tokens", "max_new_tokens", "temperature", "workers", "tta")
+        if self.shots < 0:
+            raise ConfigError("shots", f"must be >= 0, got {self.shots}")
+        if self.shots and not self.shots_file:
+            raise ConfigError("shots_file", "shots > 0 needs a labelled file to take them from (e.g. train.csv)")
         parse_duration(self.budget, "budget")
         if self.shard is not None:
             parse_shard(self.shard)
@@ -78,6 +85,16 @@ class ScoreConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    """Fit the choice temperature on a validation split: a submission predicted at temperature 1 + labels."""
+
+    competition: str  # a competition with probability outputs (lmsys)
+    submission: str  # predictions for the labelled file, made with --temperature 1
+    truth: str  # the labelled validation file
+    adapter: str | None = None  # write calibration.json here; predict then uses it by default
+
+
+@dataclass
 class MergeConfig:
     """Join shard results (`predict --shard I/N`) into one submission."""
 
@@ -101,11 +118,12 @@ class RehearseConfig:
     batch_tokens: int | None = None
     max_new_tokens: int | None = None
     workers: int = 1  # the run's workers (GPUs); the time divides among them
+    tta: int = 1  # views per row, as in PredictConfig (the time multiplies)
     dtype: str | None = None
     device: str | None = None
 
     def __post_init__(self):
-        _check_positive(self, "rows", "max_length", "batch_tokens", "max_new_tokens", "workers")
+        _check_positive(self, "rows", "max_length", "batch_tokens", "max_new_tokens", "workers", "tta")
         parse_duration(self.budget, "budget")
 
 

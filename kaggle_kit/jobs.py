@@ -9,8 +9,8 @@ from pathlib import Path
 
 from . import competitions
 from .budget import Deadline
-from .config import MergeConfig, PredictConfig, RehearseConfig, ScoreConfig, ValidateConfig
-from .errors import InputError, KitError
+from .config import CalibrateConfig, MergeConfig, PredictConfig, RehearseConfig, ScoreConfig, ValidateConfig
+from .errors import ConfigError, InputError, KitError
 from .io import write_csv_atomic
 
 log = logging.getLogger("kaggle_kit")
@@ -32,13 +32,47 @@ class PredictResult:
     stats: dict = field(default_factory=dict)
 
 
+def _shots(comp, cfg, df) -> str:
+    """The solved-examples block for cfg.shots (science_exam), never using a row of the test file itself."""
+    if not cfg.shots:
+        return ""
+    if comp.shots is None:
+        raise ConfigError("shots", f"{comp.name} has no few-shot prompt; only science_exam does")
+    return comp.shots(comp.read(cfg.shots_file, labelled=True), cfg.shots, exclude=df["id"].tolist())
+
+
+def check_tta(comp, tta: int) -> None:
+    """ConfigError unless the competition supports `tta` views."""
+    if tta > comp.max_views:
+        raise ConfigError("tta", f"{comp.name} supports at most {comp.max_views} view(s), got {tta}")
+
+
+def temperature(cfg) -> float:
+    """cfg.temperature, else the one fitted into the adapter's calibration.json (kaggle-kit calibrate), else 1."""
+    if cfg.temperature is not None:
+        return cfg.temperature
+    cal = Path(cfg.adapter) / "calibration.json" if cfg.adapter else None
+    if cal is not None and cal.is_file():
+        import json
+
+        t = float(json.loads(cal.read_text())["temperature"])
+        log.info("temperature %.3f from %s", t, cal)
+        return t
+    return 1.0
+
+
 def _task(comp, model, tok, df, cfg, max_length: int):
     """The inference Task for a competition's rows."""
     from .infer import choice_task, generation_task
 
-    prompts = comp.examples(df, tok, max_length)
+    check_tta(comp, cfg.tta)
+    shots = _shots(comp, cfg, df)
+    prompts = comp.examples(df, tok, max_length, shots)
     if comp.task == "choices":
-        return choice_task(model, tok, prompts, list(comp.labels), temperature=cfg.temperature, max_length=max_length)
+        views = comp.views(df, tok, max_length, cfg.tta, shots) if cfg.tta > 1 else None
+        return choice_task(
+            model, tok, prompts, list(comp.labels), temperature=temperature(cfg), max_length=max_length, views=views
+        )
     return generation_task(
         model,
         tok,
@@ -168,6 +202,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
     deadline = Deadline.parse(cfg.budget)
     comp = competitions.get(cfg.competition)
     df = comp.read(cfg.data)  # every cell checked before any model loads
+    check_tta(comp, cfg.tta)
+    _shots(comp, cfg, df)  # a bad shots file fails here too, not after the model loaded
     ids = df["id"].tolist()
     shard = cfg.shard_tuple()
     if cfg.shard is None:
@@ -255,9 +291,11 @@ def rehearse(cfg: RehearseConfig) -> dict:
         max_length=cfg.max_length,
         batch_tokens=cfg.batch_tokens,
         max_new_tokens=cfg.max_new_tokens,
+        tta=cfg.tta,
         dtype=cfg.dtype,
         device=cfg.device,
     )
+    check_tta(comp, cfg.tta)
     model, tok, batch_tokens = _load(pcfg)
     task = _task(comp, model, tok, df, pcfg, cfg.max_length)
     tp = measure(task.step, task.lengths, batch_tokens)
@@ -296,6 +334,46 @@ def score(cfg: ScoreConfig) -> float:
 
         kw["embed"] = load_embedder(cfg.embedder)
     return comp.score(sub, truth, **kw)
+
+
+def calibrate(cfg: CalibrateConfig) -> dict:
+    """Fit the temperature that minimises log loss on a labelled validation file; save it with the adapter."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from .competitions.base import aligned
+    from .io import write_json_atomic
+    from .metrics import fit_temperature, log_loss
+
+    comp = competitions.get(cfg.competition)
+    if comp.task != "choices" or comp.name == "science_exam":
+        raise ConfigError("competition", "temperature calibration needs probability submissions (lmsys)")
+    truth = comp.read(cfg.truth, labelled=True)
+    problems = competitions.check_submission(comp, cfg.submission, truth["id"].tolist())
+    if problems:
+        raise InputError(cfg.submission, "invalid submission: " + "; ".join(problems[:5]))
+    sub = aligned(pd.read_csv(cfg.submission, dtype=str, keep_default_na=False), truth)
+    cols = list(comp.submission_columns[1:])
+    probs = sub[cols].astype(float).to_numpy()
+    y = truth[cols].astype(int).to_numpy().argmax(axis=1)
+    t = fit_temperature(y, probs)
+    z = np.log(np.clip(probs, 1e-15, 1.0)) / t
+    q = np.exp(z - z.max(axis=1, keepdims=True))
+    res = {
+        "temperature": t,
+        "rows": len(y),
+        "log_loss_before": log_loss(y, probs),
+        "log_loss_after": log_loss(y, q / q.sum(axis=1, keepdims=True)),
+    }
+    if cfg.adapter:
+        if not (Path(cfg.adapter) / "adapter_config.json").is_file():
+            raise InputError(cfg.adapter, "not an adapter folder (no adapter_config.json)")
+        write_json_atomic({**res, "fitted_on": str(cfg.truth)}, Path(cfg.adapter) / "calibration.json")
+        res["saved"] = str(Path(cfg.adapter) / "calibration.json")
+    log.info("calibration: %s", json.dumps(res))
+    return res
 
 
 def validate(cfg: ValidateConfig) -> list[str]:

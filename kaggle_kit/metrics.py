@@ -72,3 +72,28 @@ def perplexity(token_nlls: Sequence[Sequence[float]]) -> float:
         raise ValueError("perplexity of zero examples")
     per_example = [float(np.exp(np.mean(np.asarray(n, dtype=np.float64)))) for n in token_nlls]
     return float(np.mean(per_example))
+
+
+def fit_temperature(y_true: Sequence[int], probs, lo: float = 0.05, hi: float = 20.0) -> float:
+    """The temperature T minimising log loss of softmax(log(probs) / T): a calibration fitted on a
+    validation split (seed 001 fixed 1.03 by hand). Golden-section search over log T; T > 1 softens."""
+    p = np.asarray(probs, dtype=np.float64)
+    z = np.log(np.clip(p / p.sum(axis=1, keepdims=True), LOG_LOSS_EPS, 1.0))
+
+    def loss(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        s = s - s.max(axis=1, keepdims=True)
+        q = np.exp(s)
+        return log_loss(y_true, q / q.sum(axis=1, keepdims=True))
+
+    a, b = np.log(lo), np.log(hi)
+    g = (np.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    for _ in range(80):
+        if loss(c) < loss(d):
+            b, d = d, c
+            c = b - g * (b - a)
+        else:
+            a, c = c, d
+            d = a + g * (b - a)
+    return float(np.exp((a + b) / 2))

@@ -30,6 +30,11 @@ class Competition:
     group_column: str  # rows sharing this column's (normalised) text stay on one side of a split
     max_new_tokens: int = 0
     stop: tuple[str, ...] = ()
+    # (df, tokenizer, max_length, n, shots) -> n-1 extra (prompts, perm) views for test-time augmentation
+    views: Callable | None = None
+    max_views: int = 1
+    # (labelled df, k, exclude ids) -> a block of k solved examples put before each question
+    shots: Callable | None = None
 
 
 def check_submission(comp: Competition, path, test_ids: list[str] | None = None) -> list[str]:

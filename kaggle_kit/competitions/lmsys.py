@@ -72,7 +72,15 @@ def _shorten(tokenizer, prompt, a, b, budget, n):
     return LMSYS_TURN.format(n=n, prompt=head(prompt), a=head(a), b=head(b))
 
 
-def examples(df, tokenizer, max_length: int = 2048) -> list[str]:
+def views(df, tokenizer, max_length: int = 2048, n: int = 2, shots: str = "") -> list[tuple[list[str], list[int]]]:
+    """A/B swap TTA: the same pair with the responses swapped; its A and B probabilities swap back."""
+    if n < 2:
+        return []
+    swapped = df.rename(columns={"response_a": "response_b", "response_b": "response_a"})
+    return [(examples(swapped, tokenizer, max_length), [1, 0, 2])]
+
+
+def examples(df, tokenizer, max_length: int = 2048, shots: str = "") -> list[str]:
     """One prompt per row: as many last turns as fit, then the A/B/C options."""
     overhead = 96  # tokens of instructions + chat template around the turns
     budget = max(max_length - overhead, 64)
@@ -140,6 +148,8 @@ COMPETITION = Competition(
     submission_columns=("id", *TARGETS),
     read=read,
     examples=examples,
+    views=views,
+    max_views=2,
     to_submission=to_submission,
     fallback=fallback,
     score=score,

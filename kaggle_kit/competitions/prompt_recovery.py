@@ -23,7 +23,7 @@ def read(path, labelled: bool = False):
     return read_csv(path, cols)
 
 
-def examples(df, tokenizer, max_length: int = 2048) -> list[str]:
+def examples(df, tokenizer, max_length: int = 2048, shots: str = "") -> list[str]:
     """One chat prompt per row; each text cut to MAX_TEXT_CHARS so the instruction is never truncated."""
     body = PROMPTS["prompt_recovery"]
     return [

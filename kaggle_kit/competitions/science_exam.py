@@ -24,10 +24,44 @@ def read(path, labelled: bool = False):
     return read_csv(path, cols)
 
 
-def examples(df, tokenizer, max_length: int = 2048) -> list[str]:
-    """One chat-formatted prompt per question, ending where the answer letter goes."""
+def examples(df, tokenizer, max_length: int = 2048, shots: str = "") -> list[str]:
+    """One chat-formatted prompt per question, ending where the answer letter goes; `shots` (solved
+    examples, see `pick_shots`) go before the question."""
     body = PROMPTS["science_exam"]
-    return [render(tokenizer, body.format(**row)) for row in df[["prompt", *LETTERS]].to_dict("records")]
+    rows = df[["prompt", *LETTERS]].to_dict("records")
+    shots = shots.replace("{", "{{").replace("}", "}}")  # solved examples are text, not format fields
+    body = body.replace("Question: {prompt}", shots + "Question: {prompt}")
+    return [render(tokenizer, body.format(**r)) for r in rows]
+
+def views(df, tokenizer, max_length: int = 2048, n: int = 5, shots: str = "") -> list[tuple[list[str], list[int]]]:
+    """Option-permutation TTA: the n-1 cyclic shifts after the original order. With n=5 every option
+    appears once at every letter, so a model's preference for a letter position cancels out."""
+    out = []
+    for k in range(1, n):
+        perm = [(j + k) % len(LETTERS) for j in range(len(LETTERS))]  # letter j shows option perm[j]
+        shifted = df.copy()
+        for j, letter in enumerate(LETTERS):
+            shifted[letter] = df[LETTERS[perm[j]]].to_numpy()
+        out.append((examples(shifted, tokenizer, max_length, shots), perm))
+    return out
+
+
+def pick_shots(train, k: int, exclude=(), seed: int = 0) -> str:
+    """k solved examples from a labelled frame, balanced over the answer letters (seed 003 found
+    unbalanced shots hurt): letters taken in turn A, B, C, D, E, A, ...; ids in `exclude` never used."""
+    pool = train[~train["id"].isin(set(exclude))]
+    by_letter = {x: pool[pool["answer"] == x].sample(frac=1.0, random_state=seed) for x in LETTERS}
+    taken, blocks = {x: 0 for x in LETTERS}, []
+    for i in range(k * len(LETTERS)):
+        if len(blocks) == k:
+            break
+        x = LETTERS[i % len(LETTERS)]
+        if taken[x] < len(by_letter[x]):
+            r = by_letter[x].iloc[taken[x]]
+            taken[x] += 1
+            opts = "\n".join(f"{y}) {r[y]}" for y in LETTERS)
+            blocks.append(f"Question: {r['prompt']}\n{opts}\nAnswer: {x}\n\n")
+    return ("Solved examples:\n\n" + "".join(blocks) + "Now this one.\n") if blocks else ""
 
 
 def to_submission(df, probs):
@@ -80,6 +114,9 @@ COMPETITION = Competition(
     submission_columns=("id", "prediction"),
     read=read,
     examples=examples,
+    views=views,
+    max_views=5,
+    shots=pick_shots,
     to_submission=to_submission,
     fallback=fallback,
     score=score,

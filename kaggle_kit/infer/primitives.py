@@ -96,32 +96,51 @@ def probs_from_results(results: list, n_labels: int) -> np.ndarray:
 
 
 def choice_task(
-    model, tokenizer, prompts: list[str], labels: list[str], *, temperature: float = 1.0, max_length: int = MAX_LENGTH
+    model,
+    tokenizer,
+    prompts: list[str],
+    labels: list[str],
+    *,
+    temperature: float = 1.0,
+    max_length: int = MAX_LENGTH,
+    views: list[tuple[list[str], list[int]]] | None = None,
 ) -> Task:
-    """Next-token probabilities over `labels`; only the last position's logits are computed."""
+    """Next-token probabilities over `labels`; only the last position's logits are computed.
+
+    `views` adds test-time augmentation: each (prompts, perm) is scored too, where perm[j] is the label
+    index shown at position j (options reordered, A/B swapped); its probabilities are mapped back and
+    averaged with the main view's, so a letter-position bias cancels out.
+    """
     import torch
 
     if temperature <= 0:
         raise ConfigError("temperature", f"must be > 0, got {temperature}")
     label_ids = torch.tensor(label_token_ids(tokenizer, labels))
     ids = encode(tokenizer, prompts, max_length)
+    extra = [(encode(tokenizer, p, max_length), list(perm)) for p, perm in views or []]
 
     @torch.inference_mode()
-    def step(batch):
-        input_ids, mask, pos = left_pad([ids[i] for i in batch], tokenizer.pad_token_id, model.device)
+    def score(rows):
+        input_ids, mask, pos = left_pad(rows, tokenizer.pad_token_id, model.device)
         logits = model(
             input_ids=input_ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False
         ).logits[:, -1, :]
         chosen = logits.float()[:, label_ids.to(logits.device)] / temperature
-        return list(torch.softmax(chosen, dim=-1).cpu().numpy())
+        return torch.softmax(chosen, dim=-1).cpu().numpy()
 
-    return Task(
-        "score",
-        ids,
-        step,
-        lambda results: probs_from_results(results, len(labels)),
-        {"labels": labels, "temperature": temperature},
-    )
+    def step(batch):
+        probs = score([ids[i] for i in batch])
+        for view_ids, perm in extra:
+            shown = score([view_ids[i] for i in batch])
+            back = np.empty_like(shown)
+            back[:, perm] = shown  # position j showed label perm[j]
+            probs = probs + back
+        return list(probs / (1 + len(extra)))
+
+    settings = {"labels": labels, "temperature": temperature}
+    if extra:
+        settings["views"] = [perm for _, perm in extra]
+    return Task("score", ids, step, lambda results: probs_from_results(results, len(labels)), settings)
 
 
 def generation_task(
