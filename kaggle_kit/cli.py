@@ -86,6 +86,25 @@ def _add_calibrate(p):
     p.add_argument("--adapter", help="save calibration.json here (predict then uses it)")
 
 
+def _mean_prompt(args):
+    from .config import MeanPromptConfig
+    from .jobs import mean_prompt
+
+    res = mean_prompt(_config(MeanPromptConfig, args))
+    print(f"mean SCS {res.score:.4f} on the known prompts: {res.text!r} -> {args.out}")
+    return 0
+
+
+def _add_mean_prompt(p):
+    p.add_argument("--prompts", required=True, help="CSV with the known rewrite prompts")
+    p.add_argument("--column", default="rewrite_prompt")
+    p.add_argument("--embedder", help="'minilm' or a sentence-transformers folder (sentence-t5-base on Kaggle)")
+    p.add_argument("--max-words", type=int, default=16)
+    p.add_argument("--restarts", type=int, default=3)
+    p.add_argument("--vocab-size", type=int, default=200)
+    p.add_argument("--out", default="mean_prompt.txt")
+
+
 def _validate(args):
     from .config import ValidateConfig
     from .jobs import validate
@@ -268,6 +287,8 @@ def _add_predict(p):
     )
     p.add_argument("--shots", type=int, default=0, help="science_exam: solved examples before each question")
     p.add_argument("--shots-file", help="labelled CSV the shots come from (balanced over answer letters)")
+    p.add_argument("--mean-prompt", help="prompt_recovery: text file from `mean-prompt`, used as the fallback row")
+    p.add_argument("--append-mean-prompt", action="store_true", help="prompt_recovery: append it to predictions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1, help="processes over shards; one per GPU (T4 x2: 2)")
     p.add_argument("--shard", help="I/N: compute shard I of N into --out (join with 'merge')")
@@ -354,6 +375,7 @@ COMMANDS = {
     "validate": ("check a submission's format and ids", _add_validate, _validate),
     "train": ("train a LoRA / QLoRA adapter from a YAML config", _add_train, _train),
     "calibrate": ("fit the choice temperature on a validation split", _add_calibrate, _calibrate),
+    "mean-prompt": ("search the Prompt Recovery mean prompt for known prompts", _add_mean_prompt, _mean_prompt),
     "merge-adapter": ("merge a LoRA adapter into its base model and save it", _add_merge_adapter, _merge_adapter),
     "merge": ("join shard files of predict --shard I/N into one submission", _add_merge, _merge),
     "rehearse": ("predict the runtime of a hidden test set before pushing", _add_rehearse, _rehearse),

@@ -32,6 +32,8 @@ class PredictConfig:
     tta: int = 1  # views per row: science_exam up to 5 option orders, lmsys 2 (A/B swapped); time x tta
     shots: int = 0  # science_exam: solved examples before each question (seed 004 used 5)
     shots_file: str | None = None  # labelled CSV the shots come from, balanced over the answer letters
+    mean_prompt: str | None = None  # prompt_recovery: a text file (kaggle-kit mean-prompt) for the fallback row
+    append_mean_prompt: bool = False  # prompt_recovery: also append that text to every prediction
     dtype: str | None = None  # float16 / bfloat16 / float32; None = hardware profile (T4: float16)
     device: str | None = None  # cpu / cuda; None = cuda when present
     progress: bool = True  # progress bar with rate and ETA
@@ -44,6 +46,8 @@ class PredictConfig:
         _check_positive(self, "max_length", "batch_tokens", "max_new_tokens", "temperature", "workers", "tta")
         if self.shots < 0:
             raise ConfigError("shots", f"must be >= 0, got {self.shots}")
+        if self.append_mean_prompt and not self.mean_prompt:
+            raise ConfigError("append_mean_prompt", "needs mean_prompt: a text file made by `kaggle-kit mean-prompt`")
         if self.shots and not self.shots_file:
             raise ConfigError("shots_file", "shots > 0 needs a labelled file to take them from (e.g. train.csv)")
         parse_duration(self.budget, "budget")
@@ -61,6 +65,22 @@ class PredictConfig:
         if self.shard:
             return self.out
         return self.checkpoint or f"{self.out}.ckpt.jsonl"
+
+
+@dataclass
+class MeanPromptConfig:
+    """Search the Prompt Recovery mean prompt for a set of known rewrite prompts."""
+
+    prompts: str  # CSV holding the known rewrite prompts
+    column: str = "rewrite_prompt"
+    embedder: str | None = None  # the scorer's embedder: 'minilm' here, a sentence-t5-base folder on Kaggle
+    max_words: int = 16
+    restarts: int = 3
+    vocab_size: int = 200  # most frequent words of the prompts searched over
+    out: str = "mean_prompt.txt"
+
+    def __post_init__(self):
+        _check_positive(self, "max_words", "restarts", "vocab_size")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -41,6 +41,48 @@ def _shots(comp, cfg, df) -> str:
     return comp.shots(comp.read(cfg.shots_file, labelled=True), cfg.shots, exclude=df["id"].tolist())
 
 
+def _mean_prompt_text(comp, cfg) -> str | None:
+    """The optimised mean prompt from cfg.mean_prompt (prompt_recovery only), checked before any model loads."""
+    if not getattr(cfg, "mean_prompt", None):
+        return None
+    if comp.name != "prompt_recovery":
+        raise ConfigError("mean_prompt", "only prompt_recovery has a mean prompt")
+    path = Path(cfg.mean_prompt)
+    text = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    if not text:
+        raise InputError(path, "missing or empty; make it with `kaggle-kit mean-prompt`")
+    return text
+
+
+def _finish(comp, cfg, sub):
+    """The submission with the optimised mean prompt applied (prompt_recovery with cfg.mean_prompt)."""
+    text = _mean_prompt_text(comp, cfg)
+    if text is None:
+        return sub
+    from .competitions.prompt_recovery import with_mean_prompt
+
+    return with_mean_prompt(sub, text, cfg.append_mean_prompt)
+
+
+def mean_prompt(cfg):
+    """Search the mean prompt of the known prompts in cfg.prompts and write it to cfg.out."""
+    from .embed import load_embedder
+    from .io import Column, read_csv, write_text_atomic
+    from .mean_prompt import optimize, vocabulary
+
+    prompts = read_csv(cfg.prompts, [Column(cfg.column)], id_column="")[cfg.column].tolist()
+    unique = list(dict.fromkeys(prompts))
+    res = optimize(
+        prompts,
+        load_embedder(cfg.embedder),
+        vocab=vocabulary(unique, cfg.vocab_size),
+        max_words=cfg.max_words,
+        restarts=cfg.restarts,
+    )
+    write_text_atomic(res.text + "\n", cfg.out)
+    return res
+
+
 def check_tta(comp, tta: int) -> None:
     """ConfigError unless the competition supports `tta` views."""
     if tta > comp.max_views:
@@ -207,7 +249,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     ids = df["id"].tolist()
     shard = cfg.shard_tuple()
     if cfg.shard is None:
-        write_csv_atomic(comp.fallback(ids), cfg.out)
+        write_csv_atomic(_finish(comp, cfg, comp.fallback(ids)), cfg.out)
         log.info("%s: %d rows read; fallback submission written to %s", comp.name, len(df), cfg.out)
     if cfg.workers > 1:
         results, stats, max_length, planned, parts = _run_workers(cfg, len(df), deadline)
@@ -218,7 +260,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
         stats, rows_done, leftovers = asdict(st), st.rows_done, [cfg.checkpoint_path()]
     rows = len(df) if cfg.shard is None else stats["rows"]
     if cfg.shard is None:
-        write_csv_atomic(comp.to_submission(df, outputs), cfg.out)
+        write_csv_atomic(_finish(comp, cfg, comp.to_submission(df, outputs)), cfg.out)
         if rows_done == len(df):  # complete: the checkpoint has served its purpose
             for path in leftovers:
                 Path(path).unlink(missing_ok=True)

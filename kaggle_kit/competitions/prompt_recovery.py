@@ -48,6 +48,17 @@ def to_submission(df, texts):
     return pd.DataFrame({"id": df["id"].tolist(), "rewrite_prompt": [clean(t) for t in texts]})
 
 
+def with_mean_prompt(sub, mean: str, append: bool = False):
+    """The submission with `mean` (an optimised mean prompt) as the fallback row, and appended to every
+    model prediction when `append` (winners concatenated their guess with the optimised text)."""
+    sub = sub.copy()
+    is_fallback = sub["rewrite_prompt"] == MEAN_PROMPT
+    if append:
+        sub.loc[~is_fallback, "rewrite_prompt"] = sub.loc[~is_fallback, "rewrite_prompt"] + " " + mean
+    sub.loc[is_fallback, "rewrite_prompt"] = mean
+    return sub
+
+
 def fallback(ids):
     """Every row the mean prompt."""
     import pandas as pd

@@ -27,7 +27,7 @@ def _probs(model, tok, comp, df, tta):
 def test_science_five_views_make_the_answer_independent_of_option_order(demo_model):
     model, tok = demo_model
     comp = get("science_exam")
-    df = comp.read(DATA / "science_exam" / "train.csv", labelled=True).head(4)
+    df = comp.read(DATA / "science_exam" / "train.csv", labelled=True).head(3)
     shifted = df.copy()
     for j, letter in enumerate("ABCDE"):
         shifted[letter] = df["ABCDE"[(j + 1) % 5]].to_numpy()  # letter j now shows option j+1

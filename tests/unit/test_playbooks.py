@@ -113,3 +113,19 @@ def test_calibrate_saves_with_the_adapter_and_predict_uses_it(tmp_path):
                 "lmsys", str(tmp_path / "valid_sub.csv"), str(DATA / "lmsys" / "train.csv"), adapter=str(tmp_path)
             )
         )
+
+
+def test_mean_prompt_replaces_the_fallback_and_is_appended():
+    from kaggle_kit.competitions.prompt_recovery import MEAN_PROMPT, with_mean_prompt
+
+    sub = pd.DataFrame({"id": ["0", "1"], "rewrite_prompt": ["Make it a poem", MEAN_PROMPT]})
+    assert with_mean_prompt(sub, "rewrite text tone")["rewrite_prompt"].tolist() == [
+        "Make it a poem",
+        "rewrite text tone",
+    ]
+    assert with_mean_prompt(sub, "rewrite text tone", append=True)["rewrite_prompt"].tolist() == [
+        "Make it a poem rewrite text tone",
+        "rewrite text tone",
+    ]
+    with pytest.raises(ConfigError, match="append_mean_prompt"):
+        PredictConfig("prompt_recovery", "x.csv", append_mean_prompt=True)

@@ -1,0 +1,60 @@
+"""The Prompt Recovery mean-prompt search with the real MiniLM embedder, and its use in predict."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from kaggle_kit import jobs
+from kaggle_kit.competitions.prompt_recovery import MEAN_PROMPT
+from kaggle_kit.config import MeanPromptConfig, PredictConfig, ValidateConfig
+from kaggle_kit.embed import load_embedder
+from kaggle_kit.mean_prompt import mean_scs, optimize, vocabulary
+
+from ..conftest import DATA, write_subset
+
+
+def _known_prompts() -> list[str]:
+    return pd.read_csv(DATA / "prompt_recovery" / "train.csv")["rewrite_prompt"].tolist()
+
+
+def test_search_only_climbs_and_beats_its_start():
+    prompts = _known_prompts()
+    embed = load_embedder("minilm")
+    targets = embed(prompts)
+    start = float(mean_scs([MEAN_PROMPT], targets, embed)[0])
+    res = optimize(prompts, embed, vocab=vocabulary(prompts, 12), max_words=20, restarts=1, start=MEAN_PROMPT)
+    scores = [s for _, s in res.history]
+    assert scores == sorted(scores) and res.score >= start
+    assert res.score > start + 0.01  # the hand-written mean prompt is not a local optimum for these prompts
+    assert float(mean_scs([res.text], targets, embed)[0]) == pytest.approx(res.score, abs=1e-5)
+
+
+def test_cli_job_writes_the_text_and_predict_uses_it(tmp_path):
+    res = jobs.mean_prompt(
+        MeanPromptConfig(
+            str(DATA / "prompt_recovery" / "train.csv"),
+            max_words=4,
+            restarts=1,
+            vocab_size=20,
+            out=str(tmp_path / "mean.txt"),
+        )
+    )
+    text = (tmp_path / "mean.txt").read_text().strip()
+    assert text == res.text and text
+    data = write_subset("prompt_recovery", tmp_path, 2)
+    out = tmp_path / "sub.csv"
+    jobs.predict(
+        PredictConfig(
+            "prompt_recovery",
+            str(data),
+            out=str(out),
+            max_new_tokens=4,
+            progress=False,
+            max_length=384,
+            mean_prompt=str(tmp_path / "mean.txt"),
+            append_mean_prompt=True,
+        )
+    )
+    assert jobs.validate(ValidateConfig("prompt_recovery", str(out), str(data))) == []
+    assert all(p.endswith(" " + text) or p == text for p in pd.read_csv(out)["rewrite_prompt"])
