@@ -3,8 +3,9 @@
 Science Exam: the 200-question official train.csv from ../shared/data (first --rows), shots from
 Radek's extra set (a different file, so no question is its own example). LMSYS: the 100 labelled rows of
 ../shared/data/lmsys/train_first100.csv; the temperature is fitted on one half and applied to the other
-(2-fold), never on the rows it is scored on. Everything goes through `predict` and `score` as a user runs
-them. Prints a table and writes bench/results/quality_<model>.json.
+(2-fold), never on the rows it is scored on. Prompt Recovery: rows of the public Gemma-7B rewrite set,
+the mean prompt searched on the prompts of other rows, SCS with MiniLM. Everything goes through
+`predict` and `score` as a user runs them. Prints a table and writes bench/results/quality_<model>_<competition>.json.
 
     python bench/quality.py [--rows 100] [--model demo] [--competition science_exam --competition lmsys]
 """
@@ -108,22 +109,68 @@ def lmsys(rows: int, model: str, tmp: Path) -> list[dict]:
     return [{"competition": "lmsys", "rows": len(truth), **r} for r in table]
 
 
+def prompt_recovery(rows: int, model: str, tmp: Path) -> list[dict]:
+    """Zero-shot generation vs the fixed mean prompt vs the searched one (fallback, and appended).
+
+    The mean prompt is searched on the rewrite prompts of rows that are NOT scored; SCS uses MiniLM here
+    (Kaggle scored with sentence-t5-base, whose cosines sit much higher).
+    """
+    from kaggle_kit.competitions.prompt_recovery import MEAN_PROMPT
+    from kaggle_kit.embed import load_embedder
+    from kaggle_kit.mean_prompt import optimize, vocabulary
+    from kaggle_kit.metrics import scs_texts
+
+    src = SHARED / "prompt_recovery" / "pedromb_gemma7b_kaggle_format.csv"
+    df = pd.read_csv(src, dtype=str, keep_default_na=False)
+    scored = df.iloc[::7].head(rows // 2)  # spread over the file
+    fit = df.drop(scored.index)
+    fit = fit[~fit["rewrite_prompt"].isin(set(scored["rewrite_prompt"]))]  # no scored prompt is seen
+    data = tmp / "pr_valid.csv"
+    scored.to_csv(data, index=False)
+    embed = load_embedder("minilm")
+    truth = scored["rewrite_prompt"].tolist()
+    t = time.perf_counter()
+    unique = list(dict.fromkeys(fit["rewrite_prompt"]))
+    found = optimize(unique, embed, vocab=vocabulary(unique, 100), max_words=16, restarts=2, start=MEAN_PROMPT)
+    search_s = time.perf_counter() - t
+    out, secs = run("zero-shot", "prompt_recovery", data, tmp, model, max_length=768)
+    gen = pd.read_csv(out, dtype=str, keep_default_na=False)["rewrite_prompt"].tolist()
+    table = [
+        ("fixed mean prompt (kit default)", [MEAN_PROMPT] * len(truth), 0.0),
+        (f"searched mean prompt ({len(unique)} other prompts): {found.text!r}", [found.text] * len(truth), search_s),
+        ("zero-shot generation", gen, secs),
+        ("zero-shot + searched mean prompt appended", [f"{g} {found.text}" for g in gen], secs),
+    ]
+    return [
+        {
+            "competition": "prompt_recovery",
+            "rows": len(truth),
+            "technique": name,
+            "SCS (MiniLM)": scs_texts(p, truth, embed),
+            "seconds": s,
+        }
+        for name, p, s in table
+    ]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100)
     ap.add_argument("--model", default="demo")
-    ap.add_argument("--competition", action="append", choices=["science_exam", "lmsys"])
+    ap.add_argument("--competition", action="append", choices=["science_exam", "lmsys", "prompt_recovery"])
     args = ap.parse_args(argv)
-    names = args.competition or ["science_exam", "lmsys"]
+    names = args.competition or ["science_exam", "lmsys", "prompt_recovery"]
     results = []
     with tempfile.TemporaryDirectory() as d:
         for name in names:
-            results += {"science_exam": science, "lmsys": lmsys}[name](args.rows, args.model, Path(d))
-    print(format_table(results, ["competition", "rows", "technique", "MAP@3", "log loss", "seconds"]))
-    out = ROOT / "bench" / "results" / f"quality_{Path(args.model).name}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+            fn = {"science_exam": science, "lmsys": lmsys, "prompt_recovery": prompt_recovery}[name]
+            results += fn(args.rows, args.model, Path(d))
+    print(format_table(results, ["competition", "rows", "technique", "MAP@3", "log loss", "SCS (MiniLM)", "seconds"]))
+    for name in names:
+        out = ROOT / "bench" / "results" / f"quality_{Path(args.model).name}_{name}.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps([r for r in results if r["competition"] == name], indent=2))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

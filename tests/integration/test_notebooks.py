@@ -20,13 +20,20 @@ def test_one_notebook_folder_per_competition():
 
 
 @pytest.mark.parametrize("name", list(competitions.COMPETITIONS))
-def test_notebook_runs_locally_and_writes_valid_submission(name):
+def test_notebook_runs_locally_and_writes_valid_submission(name, tmp_path):
+    """Run from a folder whose data/ holds the first 8 rows of the sample (env.py finds the nearest data/)."""
+    import pandas as pd
+
     path = NOTEBOOKS / name / f"{name}.ipynb"
     nb = nbformat.read(path, as_version=4)
     assert len(nb.cells) <= 6, "notebooks stay thin: the work lives in the package"
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    sub = ROOT / "runs" / "notebooks" / name / "submission.csv"
-    assert validate(ValidateConfig(name, str(sub), str(DATA / name / "test.csv"))) == []
+    for comp in competitions.COMPETITIONS:
+        (tmp_path / "data" / comp).mkdir(parents=True)
+    test = tmp_path / "data" / name / "test.csv"
+    pd.read_csv(DATA / name / "test.csv", dtype=str, keep_default_na=False).head(8).to_csv(test, index=False)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    sub = tmp_path / "runs" / "notebooks" / name / "submission.csv"
+    assert validate(ValidateConfig(name, str(sub), str(test))) == []
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "fallback" in printed
 
