@@ -322,6 +322,18 @@ def _add_train(p):
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
 
 
+def _average_adapters(args):
+    from .models import average_adapters
+
+    print(average_adapters(args.adapter, args.out))
+    return 0
+
+
+def _add_average_adapters(p):
+    p.add_argument("--adapter", action="append", required=True, help="adapter folder (repeat, 2 or more)")
+    p.add_argument("--out", required=True, help="folder for the averaged adapter")
+
+
 def _add_merge_adapter(p):
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", required=True, help="folder for the merged model")
@@ -376,6 +388,7 @@ COMMANDS = {
     "train": ("train a LoRA / QLoRA adapter from a YAML config", _add_train, _train),
     "calibrate": ("fit the choice temperature on a validation split", _add_calibrate, _calibrate),
     "mean-prompt": ("search the Prompt Recovery mean prompt for known prompts", _add_mean_prompt, _mean_prompt),
+    "average-adapters": ("average LoRA adapters trained on different folds", _add_average_adapters, _average_adapters),
     "merge-adapter": ("merge a LoRA adapter into its base model and save it", _add_merge_adapter, _merge_adapter),
     "merge": ("join shard files of predict --shard I/N into one submission", _add_merge, _merge),
     "rehearse": ("predict the runtime of a hidden test set before pushing", _add_rehearse, _rehearse),

@@ -229,6 +229,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     target_modules: str | list = "all-linear"  # a list of module names, or 'all-linear'
     loss: str = "completion"  # 'completion' (prompt tokens masked) or 'answer' (only the first answer token)
+    views: int = 1  # train rows under this many views: lmsys 2 = paired rows (A/B and label swapped), science <= 5
     max_length: int = 1024  # tokens per example; long prompts lose their start (the end holds the question)
     batch_size: int = 2  # rows per micro-batch; 2 x 1024 tokens fits a 9B 4-bit model on a T4
     grad_accum: int = 8  # micro-batches per optimizer step (effective batch 16, as seed 003)
@@ -264,6 +265,7 @@ class TrainConfig:
             "log_every",
             "eval_every",
             "patience",
+            "views",
         )
         for name, allowed in (
             ("scheduler", SCHEDULERS),

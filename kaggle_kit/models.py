@@ -190,3 +190,42 @@ def merge_adapter(
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
+
+
+def average_adapters(adapters: list, out) -> Path:
+    """One LoRA adapter whose tensors are the mean of several trained with the same config (e.g. on
+    different folds), saved with the first one's config files. Every A and B matrix is averaged separately,
+    which is what fold-averaging teams did; it is not the average of the merged weight updates."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from .errors import ConfigError
+
+    if len(adapters) < 2:
+        raise ConfigError("adapter", "averaging needs at least two adapters")
+    paths = [_check_adapter(Path(a)) for a in adapters]
+    shape_keys = ("r", "lora_alpha", "target_modules", "base_model_name_or_path", "peft_type")
+    configs = [json.loads((p / "adapter_config.json").read_text()) for p in paths]
+    for p, c in zip(paths[1:], configs[1:]):
+        diff = [k for k in shape_keys if _norm_cfg(c.get(k)) != _norm_cfg(configs[0].get(k))]
+        if diff:
+            raise ConfigError("adapter", f"{p} differs from {paths[0]} in {diff}; only like adapters average")
+    tensors = [load_file(p / "adapter_model.safetensors") for p in paths]
+    if any(t.keys() != tensors[0].keys() for t in tensors):
+        raise ConfigError("adapter", "the adapters hold different tensors")
+    mean = {k: torch.stack([t[k].float() for t in tensors]).mean(0).to(tensors[0][k].dtype) for k in tensors[0]}
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(paths[0], tmp, ignore=shutil.ignore_patterns("trainer_state.pt", "*.png", "metrics*"))
+    save_file(mean, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+    (tmp / "averaged_from.json").write_text(json.dumps([str(p) for p in paths], indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _norm_cfg(value):
+    return sorted(value) if isinstance(value, list) else value

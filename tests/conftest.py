@@ -151,3 +151,12 @@ def kaggle_double():
     double = KaggleDouble()
     yield double
     double.close()
+
+
+def run_kit(*args, env=None, timeout: int = 600):
+    """`python -m kaggle_kit ARGS` in a subprocess: the CompletedProcess, text output captured."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "kaggle_kit", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)

@@ -71,9 +71,29 @@ def prepare_data(cfg: TrainConfig, tok) -> Split:
     else:
         tr, va = data.group_split([str(x) for x in df[comp.group_column]], cfg.valid_fraction, cfg.seed)
         train_df, valid_df = df.iloc[tr].reset_index(drop=True), df.iloc[va].reset_index(drop=True)
-    pairs = [(comp.examples(d, tok, cfg.max_length), comp.completions(d)) for d in (train_df, valid_df)]
+    pairs = [
+        train_pairs(comp, train_df, tok, cfg),
+        (comp.examples(valid_df, tok, cfg.max_length), comp.completions(valid_df)),
+    ]
     (train_ex, d1), (valid_ex, d2) = (data.tokenize(tok, p, c, cfg.max_length, cfg.loss) for p, c in pairs)
     return Split(train_ex, valid_ex, valid_df=valid_df, dropped=d1 + d2)
+
+
+def train_pairs(comp, df, tok, cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """(prompts, completions) of the train rows, plus each row under cfg.views - 1 more views with its
+    label mapped to where the view shows it (LMSYS paired rows: A/B swapped, A<->B label; the gold teams'
+    most consistent gain). Validation rows are never augmented."""
+    if cfg.views > 1 and (comp.views is None or cfg.views > comp.max_views):
+        raise ConfigError("views", f"{comp.name} supports at most {comp.max_views} training view(s), got {cfg.views}")
+    prompts, completions = comp.examples(df, tok, cfg.max_length), comp.completions(df)
+    if cfg.views == 1:
+        return prompts, completions
+    labels = list(comp.labels)
+    base = list(completions)
+    for view_prompts, perm in comp.views(df, tok, cfg.max_length, cfg.views):
+        prompts = prompts + view_prompts
+        completions = completions + [labels[perm.index(labels.index(c))] for c in base]
+    return prompts, completions
 
 
 def evaluate(model, tok, split: Split, cfg: TrainConfig) -> dict:

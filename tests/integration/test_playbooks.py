@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
+import pytest
 
 from kaggle_kit import jobs
 from kaggle_kit.competitions import get
 from kaggle_kit.config import ValidateConfig
+from kaggle_kit.errors import ConfigError
 from kaggle_kit.infer import run_task
 from kaggle_kit.infer.primitives import choice_task
 
-from ..conftest import DATA, write_subset
+from ..conftest import DATA, run_kit, write_subset
 
 
 def _probs(model, tok, comp, df, tta):
@@ -53,31 +52,76 @@ def test_lmsys_swap_view_makes_a_and_b_symmetric(demo_model):
 def test_predict_with_shots_and_tta_writes_a_valid_submission(tmp_path):
     data = write_subset("science_exam", tmp_path, 4)
     out = tmp_path / "sub.csv"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kaggle_kit",
-            "predict",
-            "science_exam",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--tta",
-            "2",
-            "--shots",
-            "2",
-            "--shots-file",
-            str(DATA / "science_exam" / "train.csv"),
-            "--no-progress",
-            "--max-length",
-            "768",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    shots_file = DATA / "science_exam" / "train.csv"
+    res = run_kit(
+        "predict",
+        "science_exam",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--tta",
+        2,
+        "--shots",
+        2,
+        "--shots-file",
+        shots_file,
+        "--no-progress",
+        "--max-length",
+        768,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert jobs.validate(ValidateConfig("science_exam", str(out), str(data))) == []
     assert pd.read_csv(out)["prediction"].str.split().map(len).eq(3).all()
+
+
+def test_paired_training_rows_swap_the_label_with_the_view():
+    from kaggle_kit.config import TrainConfig
+    from kaggle_kit.models import demo_model_dir, load_tokenizer
+    from kaggle_kit.train.loop import train_pairs
+
+    tok = load_tokenizer(demo_model_dir())
+    lm = get("lmsys")
+    df = lm.read(DATA / "lmsys" / "train.csv", labelled=True).head(6)
+    cfg = TrainConfig("lmsys", str(DATA / "lmsys" / "train.csv"), views=2, max_length=512)
+    prompts, comps = train_pairs(lm, df, tok, cfg)
+    n = len(df)
+    assert len(prompts) == len(comps) == 2 * n
+    assert comps[n:] == [{"A": "B", "B": "A", "C": "C"}[c] for c in comps[:n]]
+    # Science: in every view the label letter shows the right answer's text
+    sci = get("science_exam")
+    df = sci.read(DATA / "science_exam" / "train.csv", labelled=True).head(4)
+    prompts, comps = train_pairs(sci, df, tok, TrainConfig("science_exam", "x.csv", views=5))
+    rows = df.to_dict("records") * 5
+    for prompt, letter, row in zip(prompts, comps, rows):
+        assert f"{letter}) {row[row['answer']]}" in prompt
+    with pytest.raises(ConfigError, match="'views'"):
+        train_pairs(get("prompt_recovery"), df, tok, TrainConfig("prompt_recovery", "x.csv", views=2))
+
+
+def test_average_adapters_means_every_tensor_and_loads(tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from kaggle_kit.models import average_adapters, demo_model_dir, load_model
+
+    def adapter(name, seed, r=4):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(demo_model_dir())
+        cfg = LoraConfig(r=r, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+        get_peft_model(base, cfg).save_pretrained(tmp_path / name)
+        return tmp_path / name
+
+    a, b = adapter("fold0", 0), adapter("fold1", 1)
+    out = average_adapters([a, b], tmp_path / "avg")
+    ta, tb, tm = (load_file(p / "adapter_model.safetensors") for p in (a, b, out))
+    assert ta.keys() == tm.keys()
+    for k in ta:
+        torch.testing.assert_close(tm[k], (ta[k] + tb[k]) / 2)
+    model, tok = load_model("demo", adapter=str(out))
+    with torch.inference_mode():
+        assert torch.isfinite(model(**tok("Hello", return_tensors="pt")).logits).all()
+    with pytest.raises(ConfigError, match="differs .* in \\['r'\\]"):
+        average_adapters([a, adapter("r8", 2, r=8)], tmp_path / "bad")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ..conftest import write_subset
+from ..conftest import run_kit, write_subset
 
 PROBE = """
 import json, sys, time
@@ -50,21 +50,7 @@ def test_bad_cell_deep_in_the_file_fails_before_any_model_code(tmp_path, comp, c
 def test_cli_bad_file_is_one_line_and_exit_2(tmp_path):
     path = tmp_path / "test.csv"
     path.write_text("id,prompt,A,B,C,D\n0,q,a,b,c,d\n")
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kaggle_kit",
-            "predict",
-            "science_exam",
-            "--data",
-            str(path),
-            "--out",
-            str(tmp_path / "s.csv"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    res = run_kit("predict", "science_exam", "--data", path, "--out", tmp_path / "s.csv")
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0, res.stderr  # one line, no traceback
     assert res.stderr.startswith("error: ") and "column 'E'" in res.stderr and "Traceback" not in res.stderr

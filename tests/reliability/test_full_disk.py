@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +17,7 @@ from kaggle_kit.errors import KitError
 from kaggle_kit.infer.checkpoint import Checkpoint, read_results
 from kaggle_kit.io import write_csv_atomic
 
-from ..conftest import write_subset
+from ..conftest import run_kit, write_subset
 
 
 @pytest.fixture
@@ -59,22 +58,7 @@ def test_submission_on_a_full_tmpfs_keeps_the_previous_file(tiny_disk):
 def test_predict_onto_a_full_tmpfs_fails_before_the_model_loads(tiny_disk, tmp_path):
     data = write_subset("science_exam", tmp_path, 3000)
     _fill(tiny_disk, leave=4 * 1024)
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kaggle_kit",
-            "predict",
-            "science_exam",
-            "--data",
-            str(data),
-            "--out",
-            str(tiny_disk / "submission.csv"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = run_kit("predict", "science_exam", "--data", data, "--out", tiny_disk / "submission.csv", timeout=120)
     assert res.returncode == 2 and "No space left on device" in res.stderr and "Traceback" not in res.stderr
     assert "Loading weights" not in res.stderr  # the fallback submission is written before any model
 
