@@ -29,7 +29,7 @@ SHARED = ROOT.parent / "shared" / "data"
 from kaggle_kit import jobs  # noqa: E402
 from kaggle_kit.competitions import get  # noqa: E402
 from kaggle_kit.config import PredictConfig, ScoreConfig  # noqa: E402
-from kaggle_kit.metrics import fit_temperature, log_loss  # noqa: E402
+from kaggle_kit.metrics import apply_temperature, fit_temperature, log_loss  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 
 LM_COLS = ["winner_model_a", "winner_model_b", "winner_tie"]
@@ -71,9 +71,7 @@ def _two_fold_temperature(sub: Path, truth: pd.DataFrame) -> tuple[float, list[f
     out, temps = np.empty_like(p), []
     for fit_on in (half, ~half):
         t = fit_temperature(y[fit_on], p[fit_on])
-        z = np.log(np.clip(p[~fit_on], 1e-15, 1)) / t
-        q = np.exp(z - z.max(1, keepdims=True))
-        out[~fit_on] = q / q.sum(1, keepdims=True)
+        out[~fit_on] = apply_temperature(p[~fit_on], t)
         temps.append(t)
     return log_loss(y, out), temps
 

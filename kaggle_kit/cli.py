@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .errors import KitError
 
@@ -173,7 +174,7 @@ def _kernel(args):
         )
     elif args.action == "check":
         for path in args.paths:
-            folder = path if not path.endswith(".json") else str(__import__("pathlib").Path(path).parent)
+            folder = path if not path.endswith(".json") else str(Path(path).parent)
             metadata.validate(metadata.read(path), folder, source=path)
             print(f"{path}: valid")
     elif args.action == "push":

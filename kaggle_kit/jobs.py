@@ -382,15 +382,14 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     """Fit the temperature that minimises log loss on a labelled validation file; save it with the adapter."""
     import json
 
-    import numpy as np
     import pandas as pd
 
     from .competitions.base import aligned
     from .io import write_json_atomic
-    from .metrics import fit_temperature, log_loss
+    from .metrics import apply_temperature, fit_temperature, log_loss
 
     comp = competitions.get(cfg.competition)
-    if comp.task != "choices" or comp.name == "science_exam":
+    if comp.task != "choices" or len(comp.submission_columns) - 1 != len(comp.labels):  # one column per label
         raise ConfigError("competition", "temperature calibration needs probability submissions (lmsys)")
     truth = comp.read(cfg.truth, labelled=True)
     problems = competitions.check_submission(comp, cfg.submission, truth["id"].tolist())
@@ -401,13 +400,11 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     probs = sub[cols].astype(float).to_numpy()
     y = truth[cols].astype(int).to_numpy().argmax(axis=1)
     t = fit_temperature(y, probs)
-    z = np.log(np.clip(probs, 1e-15, 1.0)) / t
-    q = np.exp(z - z.max(axis=1, keepdims=True))
     res = {
         "temperature": t,
         "rows": len(y),
         "log_loss_before": log_loss(y, probs),
-        "log_loss_after": log_loss(y, q / q.sum(axis=1, keepdims=True)),
+        "log_loss_after": log_loss(y, apply_temperature(probs, t)),
     }
     if cfg.adapter:
         if not (Path(cfg.adapter) / "adapter_config.json").is_file():

@@ -74,26 +74,32 @@ def perplexity(token_nlls: Sequence[Sequence[float]]) -> float:
     return float(np.mean(per_example))
 
 
+def apply_temperature(probs, t: float) -> np.ndarray:
+    """softmax(log(probs) / t) per row: probabilities re-tempered as if the logits were divided by t."""
+    z = np.log(np.clip(np.asarray(probs, dtype=np.float64), LOG_LOSS_EPS, 1.0)) / t
+    q = np.exp(z - z.max(axis=1, keepdims=True))
+    return q / q.sum(axis=1, keepdims=True)
+
+
 def fit_temperature(y_true: Sequence[int], probs, lo: float = 0.05, hi: float = 20.0) -> float:
     """The temperature T minimising log loss of softmax(log(probs) / T): a calibration fitted on a
     validation split (seed 001 fixed 1.03 by hand). Golden-section search over log T; T > 1 softens."""
     p = np.asarray(probs, dtype=np.float64)
-    z = np.log(np.clip(p / p.sum(axis=1, keepdims=True), LOG_LOSS_EPS, 1.0))
 
     def loss(log_t: float) -> float:
-        s = z / np.exp(log_t)
-        s = s - s.max(axis=1, keepdims=True)
-        q = np.exp(s)
-        return log_loss(y_true, q / q.sum(axis=1, keepdims=True))
+        return log_loss(y_true, apply_temperature(p, np.exp(log_t)))
 
     a, b = np.log(lo), np.log(hi)
     g = (np.sqrt(5) - 1) / 2
     c, d = b - g * (b - a), a + g * (b - a)
-    for _ in range(80):
-        if loss(c) < loss(d):
-            b, d = d, c
+    fc, fd = loss(c), loss(d)
+    for _ in range(80):  # one new loss per step: the other inner point is kept
+        if fc < fd:
+            b, d, fd = d, c, fc
             c = b - g * (b - a)
+            fc = loss(c)
         else:
-            a, c = c, d
+            a, c, fc = c, d, fd
             d = a + g * (b - a)
+            fd = loss(d)
     return float(np.exp((a + b) / 2))

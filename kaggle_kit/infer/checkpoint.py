@@ -41,6 +41,7 @@ class Checkpoint:
         self._pending: dict[int, object] = {}
         self._batches = 0
         self._warned = False
+        self._torn = False  # the last failed write left part of a line that could not be cut off
 
     def load(self) -> dict[int, object]:
         """Results saved by an earlier run with the same fingerprint ({} if none)."""
@@ -59,6 +60,7 @@ class Checkpoint:
         return results
 
     def _write_header(self):
+        self._torn = False  # the file is replaced whole
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps({"run": self.run_id, **self.meta}) + "\n")
@@ -76,33 +78,30 @@ class Checkpoint:
         if not self._pending:
             return
         line = json.dumps({"rows": {str(i): _to_json(o) for i, o in self._pending.items()}}) + "\n"
-        start = self.path.stat().st_size if self.path.exists() else 0
-        if start and not _ends_with_newline(self.path):
+        if self._torn:
             line = "\n" + line  # a partial line from an earlier failed write stays on its own line
+        start = None
         try:
             with open(self.path, "a", encoding="utf-8") as fh:
+                start = fh.tell()
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
             # Part of the line may have landed: cut it off, or the next line would be glued to it and lost.
-            try:
-                os.truncate(self.path, start)
-            except OSError:
-                pass
+            if start is not None:
+                try:
+                    os.truncate(self.path, start)
+                except OSError:
+                    self._torn = True
             # A full disk must not cost the predictions held in memory: keep them, retry at the next flush,
             # and let the run finish (only a kill before then would redo these rows).
             if not self._warned:
                 log.warning("checkpoint %s not written (%s); the run goes on", self.path, exc.strerror or exc)
                 self._warned = True
             return
+        self._torn = False
         self._pending.clear()
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        fh.seek(-1, os.SEEK_END)
-        return fh.read(1) == b"\n"
 
 
 def read_results(path, run_id: str | None = None) -> dict[int, object] | None:
