@@ -114,7 +114,7 @@ def prompt_recovery(rows: int, model: str, tmp: Path) -> list[dict]:
     (Kaggle scored with sentence-t5-base, whose cosines sit much higher).
     """
     from kaggle_kit.competitions.prompt_recovery import MEAN_PROMPT
-    from kaggle_kit.embed import load_embedder
+    from kaggle_kit.embed import scorer
     from kaggle_kit.mean_prompt import optimize, vocabulary
     from kaggle_kit.metrics import scs_texts
 
@@ -125,7 +125,7 @@ def prompt_recovery(rows: int, model: str, tmp: Path) -> list[dict]:
     fit = fit[~fit["rewrite_prompt"].isin(set(scored["rewrite_prompt"]))]  # no scored prompt is seen
     data = tmp / "pr_valid.csv"
     scored.to_csv(data, index=False)
-    embed = load_embedder("minilm")
+    embed = scorer("minilm")
     truth = scored["rewrite_prompt"].tolist()
     t = time.perf_counter()
     unique = list(dict.fromkeys(fit["rewrite_prompt"]))

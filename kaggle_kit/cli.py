@@ -61,7 +61,7 @@ def _score(args):
     from .config import ScoreConfig
     from .jobs import score
 
-    value = score(ScoreConfig(args.competition, args.submission, args.truth, embedder=args.embedder))
+    value = score(_config(ScoreConfig, args, scs_special_tokens_as_text=args.scs_special_tokens == "text"))
     from .competitions import get
 
     print(f"{get(args.competition).metric}: {value:.6f}")
@@ -91,7 +91,7 @@ def _mean_prompt(args):
     from .config import MeanPromptConfig
     from .jobs import mean_prompt
 
-    res = mean_prompt(_config(MeanPromptConfig, args))
+    res = mean_prompt(_config(MeanPromptConfig, args, scs_special_tokens_as_text=args.scs_special_tokens == "text"))
     print(f"mean SCS {res.score:.4f} on the known prompts: {res.text!r} -> {args.out}")
     return 0
 
@@ -104,6 +104,18 @@ def _add_mean_prompt(p):
     p.add_argument("--restarts", type=int, default=3)
     p.add_argument("--vocab-size", type=int, default=200)
     p.add_argument("--out", default="mean_prompt.txt")
+    _add_scs_args(p)
+
+
+def _add_scs_args(p):
+    """How the SCS embedder reads text; the defaults mirror Kaggle's sentence-t5-base scorer."""
+    p.add_argument("--scs-max-tokens", type=int, default=128, help="SCS: cut each text here (Kaggle: 128)")
+    p.add_argument(
+        "--scs-special-tokens",
+        choices=["text", "parsed"],
+        default="text",
+        help="SCS: read '</s>' etc. as plain characters (Kaggle's scorer) or as special tokens",
+    )
 
 
 def _validate(args):
@@ -290,6 +302,11 @@ def _add_predict(p):
     p.add_argument("--shots-file", help="labelled CSV the shots come from (balanced over answer letters)")
     p.add_argument("--mean-prompt", help="prompt_recovery: text file from `mean-prompt`, used as the fallback row")
     p.add_argument("--append-mean-prompt", action="store_true", help="prompt_recovery: append it to predictions")
+    p.add_argument("--context", help="science_exam: passage file (CSV/parquet) retrieved into each prompt")
+    p.add_argument("--context-column", default="text", help="the passage file's text column")
+    p.add_argument("--context-k", type=int, default=3, help="passages retrieved per question")
+    p.add_argument("--context-tokens", type=int, default=512, help="LLM tokens of context per question")
+    p.add_argument("--embedder", help="retrieval embedder: 'minilm' or a sentence-transformers folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1, help="processes over shards; one per GPU (T4 x2: 2)")
     p.add_argument("--shard", help="I/N: compute shard I of N into --out (join with 'merge')")
@@ -364,6 +381,7 @@ def _add_score(p):
     p.add_argument("--submission", required=True)
     p.add_argument("--truth", required=True, help="labelled CSV (train format)")
     p.add_argument("--embedder", help="prompt_recovery: 'minilm' or a sentence-transformers folder")
+    _add_scs_args(p)
 
 
 def _add_validate(p):

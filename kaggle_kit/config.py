@@ -34,6 +34,11 @@ class PredictConfig:
     shots_file: str | None = None  # labelled CSV the shots come from, balanced over the answer letters
     mean_prompt: str | None = None  # prompt_recovery: a text file (kaggle-kit mean-prompt) for the fallback row
     append_mean_prompt: bool = False  # prompt_recovery: also append that text to every prediction
+    context: str | None = None  # science_exam: passage file (CSV/parquet) to retrieve context from
+    context_column: str = "text"  # the passage file's text column
+    context_k: int = 3  # passages retrieved per question
+    context_tokens: int = 512  # LLM tokens of context per question (passages kept in rank order)
+    embedder: str | None = None  # retrieval embedder: 'minilm' or a sentence-transformers folder
     dtype: str | None = None  # float16 / bfloat16 / float32; None = hardware profile (T4: float16)
     device: str | None = None  # cpu / cuda; None = cuda when present
     progress: bool = True  # progress bar with rate and ETA
@@ -43,7 +48,11 @@ class PredictConfig:
     plan: bool = True  # with a budget: measure throughput, predict the run, lower max_length to fit
 
     def __post_init__(self):
-        _check_positive(self, "max_length", "batch_tokens", "max_new_tokens", "temperature", "workers", "tta")
+        _check_positive(
+            self, "max_length", "batch_tokens", "max_new_tokens", "temperature", "workers", "tta", "context_k"
+        )
+        if self.context_tokens < 16:
+            raise ConfigError("context_tokens", f"must be >= 16, got {self.context_tokens}")
         if self.shots < 0:
             raise ConfigError("shots", f"must be >= 0, got {self.shots}")
         if self.append_mean_prompt and not self.mean_prompt:
@@ -78,9 +87,11 @@ class MeanPromptConfig:
     restarts: int = 3
     vocab_size: int = 200  # most frequent words of the prompts searched over
     out: str = "mean_prompt.txt"
+    scs_max_tokens: int | None = 128  # as the scorer: Kaggle's sentence-t5-base cut input at 128 tokens
+    scs_special_tokens_as_text: bool = True  # as the scorer: Kaggle's read '</s>' as plain characters
 
     def __post_init__(self):
-        _check_positive(self, "max_words", "restarts", "vocab_size")
+        _check_positive(self, "max_words", "restarts", "vocab_size", "scs_max_tokens")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -102,6 +113,11 @@ class ScoreConfig:
     submission: str  # submission CSV
     truth: str  # labelled CSV with the competition's answer columns
     embedder: str | None = None  # SCS only: 'minilm' or a sentence-transformers folder (sentence-t5-base)
+    scs_max_tokens: int | None = 128  # SCS only: input cut here (Kaggle's scorer: 128 tokens)
+    scs_special_tokens_as_text: bool = True  # SCS only: '</s>' in a text is characters, as Kaggle's scorer read it
+
+    def __post_init__(self):
+        _check_positive(self, "scs_max_tokens")
 
 
 @dataclass

@@ -32,16 +32,23 @@ def embedder_path(spec: str | None = None) -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def load_embedder(spec: str | None = None, max_seq_length: int | None = None, device: str | None = None):
+def load_embedder(
+    spec: str | None = None,
+    max_seq_length: int | None = None,
+    device: str | None = None,
+    special_tokens_as_text: bool = False,
+):
     """A function texts -> (N, D) float32 array of L2-normalised embeddings.
 
-    `max_seq_length` truncates inputs (Kaggle's sentence-t5-base scorer cut at 128 tokens).
+    `max_seq_length` truncates inputs (tokens); `special_tokens_as_text` tokenises a special token's
+    spelling that occurs in the text ('</s>', '[SEP]') as plain characters instead of the special token.
     """
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(embedder_path(spec)), device=device or "cpu", local_files_only=True)
     if max_seq_length:
         model.max_seq_length = max_seq_length
+    model.tokenizer.split_special_tokens = special_tokens_as_text
 
     def embed(texts: list[str]) -> np.ndarray:
         return np.asarray(
@@ -50,3 +57,14 @@ def load_embedder(spec: str | None = None, max_seq_length: int | None = None, de
         )
 
     return embed
+
+
+SCORER_MAX_TOKENS = 128  # Kaggle's TF sentence-t5-base scorer cut every text at 128 tokens
+
+
+def scorer(spec: str | None = None, max_tokens: int | None = SCORER_MAX_TOKENS, special_tokens_as_text: bool = True):
+    """The Prompt Recovery scorer's embedder, mirroring the host's where it is known: input cut at
+    `max_tokens` tokens, and special-token spellings such as `</s>` read as plain text (the TF
+    sentence-t5-base did; a hub tokenizer would parse them, so a `</s>` trick would score differently).
+    The metric and the mean-prompt optimiser both call this, so they optimise what is scored."""
+    return load_embedder(spec, max_tokens, None, special_tokens_as_text)

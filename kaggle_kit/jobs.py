@@ -41,6 +41,17 @@ def _shots(comp, cfg, df) -> str:
     return comp.shots(comp.read(cfg.shots_file, labelled=True), cfg.shots, exclude=df["id"].tolist())
 
 
+def _check_context(comp, cfg) -> None:
+    """A context passage file only where the competition retrieves, and readable before any model loads."""
+    if not cfg.context:
+        return
+    if comp.queries is None:
+        raise ConfigError("context", f"{comp.name} takes no retrieval context; only science_exam does")
+    from .retrieval import read_passages
+
+    read_passages(cfg.context, cfg.context_column)
+
+
 def _mean_prompt_text(comp, cfg) -> str | None:
     """The optimised mean prompt from cfg.mean_prompt (prompt_recovery only), checked before any model loads."""
     if not getattr(cfg, "mean_prompt", None):
@@ -66,7 +77,7 @@ def _finish(comp, cfg, sub):
 
 def mean_prompt(cfg):
     """Search the mean prompt of the known prompts in cfg.prompts and write it to cfg.out."""
-    from .embed import load_embedder
+    from .embed import scorer
     from .io import Column, read_csv, write_text_atomic
     from .mean_prompt import optimize, vocabulary
 
@@ -74,7 +85,7 @@ def mean_prompt(cfg):
     unique = list(dict.fromkeys(prompts))
     res = optimize(
         prompts,
-        load_embedder(cfg.embedder),
+        scorer(cfg.embedder, cfg.scs_max_tokens, cfg.scs_special_tokens_as_text),
         vocab=vocabulary(unique, cfg.vocab_size),
         max_words=cfg.max_words,
         restarts=cfg.restarts,
@@ -109,9 +120,14 @@ def _task(comp, model, tok, df, cfg, max_length: int):
 
     check_tta(comp, cfg.tta)
     shots = _shots(comp, cfg, df)
-    prompts = comp.examples(df, tok, max_length, shots)
+    kw = {}
+    if getattr(cfg, "context", None):
+        from .retrieval import contexts
+
+        kw["context"] = contexts(comp.queries(df), tok, cfg)
+    prompts = comp.examples(df, tok, max_length, shots, **kw)
     if comp.task == "choices":
-        views = comp.views(df, tok, max_length, cfg.tta, shots) if cfg.tta > 1 else None
+        views = comp.views(df, tok, max_length, cfg.tta, shots, **kw) if cfg.tta > 1 else None
         return choice_task(
             model, tok, prompts, list(comp.labels), temperature=temperature(cfg), max_length=max_length, views=views
         )
@@ -246,6 +262,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     df = comp.read(cfg.data)  # every cell checked before any model loads
     check_tta(comp, cfg.tta)
     _shots(comp, cfg, df)  # a bad shots file fails here too, not after the model loaded
+    _check_context(comp, cfg)
     ids = df["id"].tolist()
     shard = cfg.shard_tuple()
     if cfg.shard is None:
@@ -372,9 +389,9 @@ def score(cfg: ScoreConfig) -> float:
     sub = pd.read_csv(cfg.submission, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     kw = {}
     if comp.name == "prompt_recovery":
-        from .embed import load_embedder
+        from .embed import scorer
 
-        kw["embed"] = load_embedder(cfg.embedder)
+        kw["embed"] = scorer(cfg.embedder, cfg.scs_max_tokens, cfg.scs_special_tokens_as_text)
     return comp.score(sub, truth, **kw)
 
 

@@ -35,6 +35,8 @@ class Competition:
     max_views: int = 1
     # (labelled df, k, exclude ids) -> a block of k solved examples put before each question
     shots: Callable | None = None
+    # (df) -> the retrieval query per row; examples/views then take `context=` (one text per row)
+    queries: Callable | None = None
 
 
 def check_submission(comp: Competition, path, test_ids: list[str] | None = None) -> list[str]:

@@ -71,9 +71,9 @@ def score(sub, truth, embed=None, **_):
     from ..metrics import scs_texts
 
     if embed is None:
-        from ..embed import load_embedder
+        from ..embed import scorer
 
-        embed = load_embedder()
+        embed = scorer()
     sub = aligned(sub, truth)
     return scs_texts(sub["rewrite_prompt"].tolist(), truth["rewrite_prompt"].tolist(), embed)
 

@@ -24,16 +24,25 @@ def read(path, labelled: bool = False):
     return read_csv(path, cols)
 
 
-def examples(df, tokenizer, max_length: int = 2048, shots: str = "") -> list[str]:
+def examples(df, tokenizer, max_length: int = 2048, shots: str = "", context: list[str] | None = None) -> list[str]:
     """One chat-formatted prompt per question, ending where the answer letter goes; `shots` (solved
-    examples, see `pick_shots`) go before the question."""
-    body = PROMPTS["science_exam"]
+    examples, see `pick_shots`) go before the question, and each row's retrieved `context` right before it."""
     rows = df[["prompt", *LETTERS]].to_dict("records")
-    shots = shots.replace("{", "{{").replace("}", "}}")  # solved examples are text, not format fields
-    body = body.replace("Question: {prompt}", shots + "Question: {prompt}")
-    return [render(tokenizer, body.format(**r)) for r in rows]
+    context = context or [""] * len(rows)
+    out = []
+    for r, ctx in zip(rows, context):
+        lead = shots + (f"Context:\n{ctx}\n\n" if ctx else "")
+        # solved examples and passages are text, not format fields
+        body = PROMPTS["science_exam"].replace(
+            "Question: {prompt}", lead.replace("{", "{{").replace("}", "}}") + "Question: {prompt}"
+        )
+        out.append(render(tokenizer, body.format(**r)))
+    return out
 
-def views(df, tokenizer, max_length: int = 2048, n: int = 5, shots: str = "") -> list[tuple[list[str], list[int]]]:
+
+def views(
+    df, tokenizer, max_length: int = 2048, n: int = 5, shots: str = "", context: list[str] | None = None
+) -> list[tuple[list[str], list[int]]]:
     """Option-permutation TTA: the n-1 cyclic shifts after the original order. With n=5 every option
     appears once at every letter, so a model's preference for a letter position cancels out."""
     out = []
@@ -42,8 +51,13 @@ def views(df, tokenizer, max_length: int = 2048, n: int = 5, shots: str = "") ->
         shifted = df.copy()
         for j, letter in enumerate(LETTERS):
             shifted[letter] = df[LETTERS[perm[j]]].to_numpy()
-        out.append((examples(shifted, tokenizer, max_length, shots), perm))
+        out.append((examples(shifted, tokenizer, max_length, shots, context), perm))
     return out
+
+
+def queries(df) -> list[str]:
+    """Retrieval query per row: the question and its options (the options name what to look up)."""
+    return [" ".join([r["prompt"], *(r[x] for x in LETTERS)]) for r in df[["prompt", *LETTERS]].to_dict("records")]
 
 
 def pick_shots(train, k: int, exclude=(), seed: int = 0) -> str:
@@ -117,6 +131,7 @@ COMPETITION = Competition(
     views=views,
     max_views=5,
     shots=pick_shots,
+    queries=queries,
     to_submission=to_submission,
     fallback=fallback,
     score=score,

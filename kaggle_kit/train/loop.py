@@ -133,7 +133,7 @@ def _metric(model, tok, split: Split, cfg: TrainConfig) -> float:
     if comp.task == "choices":
         outputs, _ = score_choices(model, tok, prompts, list(comp.labels), max_length=cfg.max_length, progress=False)
         return comp.score(comp.to_submission(df, outputs), df)
-    from ..embed import load_embedder
+    from ..embed import scorer
 
     outputs, _ = generate(
         model,
@@ -144,7 +144,7 @@ def _metric(model, tok, split: Split, cfg: TrainConfig) -> float:
         max_length=cfg.max_length,
         progress=False,
     )
-    return comp.score(comp.to_submission(df, outputs), df, embed=load_embedder())
+    return comp.score(comp.to_submission(df, outputs), df, embed=scorer())
 
 
 def metric_direction(cfg: TrainConfig) -> int:

@@ -58,3 +58,20 @@ def test_cli_job_writes_the_text_and_predict_uses_it(tmp_path):
     )
     assert jobs.validate(ValidateConfig("prompt_recovery", str(out), str(data))) == []
     assert all(p.endswith(" " + text) or p == text for p in pd.read_csv(out)["rewrite_prompt"])
+
+
+def test_scs_truncation_and_special_tokens_are_explicit_options():
+    """The scorer cuts at max_tokens and, as Kaggle's did, reads a special token's spelling as text."""
+    import numpy as np
+
+    from kaggle_kit.embed import scorer
+
+    head = "Rewrite this text as a pirate would tell it. " * 12  # > 128 word pieces
+    longer = head + "Then add a poem about the sea and a recipe for bread. " * 8
+    cut, full = scorer("minilm", max_tokens=128), scorer("minilm", max_tokens=512)
+    np.testing.assert_allclose(cut([head])[0], cut([longer])[0], atol=1e-6)  # past the cut: not read
+    assert np.abs(full([head])[0] - full([longer])[0]).max() > 1e-3
+    # MiniLM's special token is [SEP]; read as text it is the characters '[', 'sep', ']'
+    as_text, parsed = scorer("minilm"), scorer("minilm", special_tokens_as_text=False)
+    np.testing.assert_allclose(as_text(["make it [SEP] formal"]), as_text(["make it [ SEP ] formal"]), atol=1e-6)
+    assert np.abs(parsed(["make it [SEP] formal"]) - parsed(["make it [ SEP ] formal"])).max() > 1e-3
