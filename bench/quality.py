@@ -4,10 +4,13 @@ Science Exam: the 200-question official train.csv from ../shared/data (first --r
 Radek's extra set (a different file, so no question is its own example). LMSYS: the 100 labelled rows of
 ../shared/data/lmsys/train_first100.csv; the temperature is fitted on one half and applied to the other
 (2-fold), never on the rows it is scored on. Prompt Recovery: rows of the public Gemma-7B rewrite set,
-the mean prompt searched on the prompts of other rows, SCS with MiniLM. Everything goes through
-`predict` and `score` as a user runs them. Prints a table and writes bench/results/quality_<model>_<competition>.json.
+the mean prompt searched on the prompts of other rows, SCS with MiniLM. Seed 003 (alpaca): perplexity of
+the NTU ADL HW3 public-test outputs. QLoRA rows train the configs/<comp>_demo.yaml recipe (8 steps on
+this CPU) on rows that are never scored. Everything goes through `predict`, `train`, `score` as a user
+runs them. Prints a table and writes bench/results/quality_<model>_<competition>.json.
 
     python bench/quality.py [--rows 100] [--model demo] [--competition science_exam --competition lmsys]
+        [--no-train]   # skip the QLoRA rows (minutes each)
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 from kaggle_kit import jobs  # noqa: E402
 from kaggle_kit.competitions import get  # noqa: E402
-from kaggle_kit.config import PredictConfig, ScoreConfig  # noqa: E402
+from kaggle_kit.config import PredictConfig, ScoreConfig, TrainConfig, load_yaml_config  # noqa: E402
 from kaggle_kit.metrics import apply_temperature, fit_temperature, log_loss  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 
@@ -42,7 +45,23 @@ def run(name, comp, data, tmp, model, **kw) -> tuple[Path, float]:
     return out, time.perf_counter() - t
 
 
-def science(rows: int, model: str, tmp: Path) -> list[dict]:
+def qlora(comp: str, train_csv, tmp: Path, model: str, **overrides) -> tuple[Path, float]:
+    """Train configs/<comp>_demo.yaml on `train_csv` (its own grouped valid split); (best adapter, seconds)."""
+    from kaggle_kit.train import train
+
+    sets = [f"{k}={v}" for k, v in overrides.items()]
+    out = tmp / f"qlora_{comp}_{abs(hash((str(train_csv), tuple(sets)))) % 10**8}"
+    cfg = load_yaml_config(
+        TrainConfig,
+        str(ROOT / "configs" / f"{comp}_demo.yaml"),
+        [f"train={train_csv}", f"out={out}", f"model={model}", "progress=false", *sets],
+    )
+    t = time.perf_counter()
+    res = train(cfg)
+    return res.best, time.perf_counter() - t
+
+
+def science(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
     src = SHARED / "science_exam" / "train.csv"
     src = src if src.exists() else ROOT / "data" / "science_exam" / "train.csv"
     data = tmp / "science_valid.csv"
@@ -52,15 +71,31 @@ def science(rows: int, model: str, tmp: Path) -> list[dict]:
     const = tmp / "science_const.csv"
     comp.fallback(pd.read_csv(data, dtype=str)["id"].tolist()).to_csv(const, index=False)
     table = [{"technique": "constant (A B C)", "file": const, "seconds": 0.0}]
-    for name, kw in (
+    extra = pd.read_csv(shots, dtype=str, keep_default_na=False)
+    facts = tmp / "facts.csv"  # a retrieval corpus of other questions' facts: question + right answer
+    pd.DataFrame({"text": [f"{r['prompt']} {r[r['answer']]}" for r in extra.to_dict("records")]}).to_csv(facts)
+    techniques = [
         ("zero-shot", {}),
         ("option-permutation TTA x5", {"tta": 5}),
         ("3-shot, balanced letters", {"shots": 3, "shots_file": str(shots)}),
-    ):
+        (f"retrieval context: top-3 of {len(extra)} facts (Radek's set)", {"context": str(facts), "context_k": 3}),
+    ]
+    if trained:
+        train_csv = tmp / "science_train.csv"
+        extra.head(400).to_csv(train_csv, index=False)  # never a scored question
+        adapter, train_s = qlora("science_exam", train_csv, tmp, model)
+        table.append({"technique": f"(QLoRA training: 8 steps on 400 of Radek's rows, {train_s:.0f}s)"})
+        techniques += [
+            ("QLoRA adapter", {"adapter": str(adapter)}),
+            ("QLoRA adapter + TTA x5", {"adapter": str(adapter), "tta": 5}),
+            ("cascade: zero-shot, QLoRA re-answers least confident 40%", {"cascade_adapter": str(adapter)}),
+        ]
+    for name, kw in techniques:
         out, secs = run(name, "science_exam", data, tmp, model, **kw)
         table.append({"technique": name, "file": out, "seconds": secs})
     for row in table:
-        row["MAP@3"] = jobs.score(ScoreConfig("science_exam", str(row.pop("file")), str(data)))
+        if "file" in row:
+            row["MAP@3"] = jobs.score(ScoreConfig("science_exam", str(row.pop("file")), str(data)))
     return [{"competition": "science_exam", "rows": rows, **r} for r in table]
 
 
@@ -76,7 +111,25 @@ def _two_fold_temperature(sub: Path, truth: pd.DataFrame) -> tuple[float, list[f
     return log_loss(y, out), temps
 
 
-def lmsys(rows: int, model: str, tmp: Path) -> list[dict]:
+def _two_fold_qlora(data: Path, tmp: Path, model: str, name: str, tta: int, **overrides) -> tuple[Path, float]:
+    """Train on one half, predict the other, both ways: predictions for every row, none seen in training."""
+    df = pd.read_csv(data, dtype=str, keep_default_na=False)
+    parts, secs = [], 0.0
+    for k in (0, 1):
+        fit_rows, score_rows = df.iloc[k::2], df.iloc[1 - k :: 2]
+        fit_csv, score_csv = tmp / f"lm_fit{k}.csv", tmp / f"lm_score{k}.csv"  # one adapter per fold and recipe
+        fit_rows.to_csv(fit_csv, index=False)
+        score_rows.to_csv(score_csv, index=False)
+        adapter, t_train = qlora("lmsys", fit_csv, tmp, model, **overrides)
+        out, t_pred = run(f"{name}_{k}", "lmsys", score_csv, tmp, model, adapter=str(adapter), max_length=512, tta=tta)
+        parts.append(pd.read_csv(out, dtype=str))
+        secs += t_train + t_pred
+    out = tmp / f"lmsys_{name}.csv"
+    pd.concat(parts).to_csv(out, index=False)
+    return out, secs
+
+
+def lmsys(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
     src = SHARED / "lmsys" / "train_first100.csv"
     src = src if src.exists() else ROOT / "data" / "lmsys" / "train.csv"
     data = tmp / "lmsys_valid.csv"
@@ -104,10 +157,20 @@ def lmsys(rows: int, model: str, tmp: Path) -> list[dict]:
                 "seconds": secs,
             }
         )
+    if trained:
+        for name, tta, overrides in (
+            ("QLoRA (2-fold: train on one half, score the other)", 1, {}),
+            ("QLoRA + A/B swap TTA x2", 2, {}),
+            ("QLoRA on paired rows (views=2) + swap TTA", 2, {"views": 2}),
+        ):
+            out, secs = _two_fold_qlora(data, tmp, model, name.split()[0] + str(tta) + str(overrides), tta, **overrides)
+            table.append(
+                {"technique": name, "log loss": jobs.score(ScoreConfig("lmsys", str(out), str(data))), "seconds": secs}
+            )
     return [{"competition": "lmsys", "rows": len(truth), **r} for r in table]
 
 
-def prompt_recovery(rows: int, model: str, tmp: Path) -> list[dict]:
+def prompt_recovery(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
     """Zero-shot generation vs the fixed mean prompt vs the searched one (fallback, and appended).
 
     The mean prompt is searched on the rewrite prompts of rows that are NOT scored; SCS uses MiniLM here
@@ -139,6 +202,34 @@ def prompt_recovery(rows: int, model: str, tmp: Path) -> list[dict]:
         ("zero-shot generation", gen, secs),
         ("zero-shot + searched mean prompt appended", [f"{g} {found.text}" for g in gen], secs),
     ]
+    if trained:
+        from kaggle_kit.config import SynthConfig
+        from kaggle_kit.synth import synthesize
+
+        real = tmp / "pr_train_real.csv"
+        fit.head(200).to_csv(real, index=False)
+        prompts = tmp / "pr_prompts.txt"
+        prompts.write_text("\n".join(unique) + "\n")
+        synth = synthesize(
+            SynthConfig(
+                str(real),
+                str(prompts),
+                str(tmp / "pr_train_synth.csv"),
+                model=model,
+                rows=64,
+                max_new_tokens=96,
+                progress=False,
+            )
+        )
+        for name, train_csv, extra_s in (
+            ("QLoRA on 200 real Gemma rewrites (other rows)", real, 0.0),
+            (f"QLoRA on {synth.rows} synthetic rewrites by the demo model", synth.out, synth.seconds),
+        ):
+            adapter, t_train = qlora("prompt_recovery", train_csv, tmp, model)
+            out, t_pred = run(name[:12], "prompt_recovery", data, tmp, model, adapter=str(adapter), max_length=768)
+            pred = pd.read_csv(out, dtype=str, keep_default_na=False)["rewrite_prompt"].tolist()
+            table.append((name, pred, extra_s + t_train + t_pred))
+            table.append((name + " + searched mean prompt appended", [f"{g} {found.text}" for g in pred], 0.0))
     return [
         {
             "competition": "prompt_recovery",
@@ -151,24 +242,65 @@ def prompt_recovery(rows: int, model: str, tmp: Path) -> list[dict]:
     ]
 
 
+def alpaca(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
+    """Seed 003: perplexity of the public-test outputs; zero-shot, 3-shot (random / balanced over the
+    translation direction), and the QLoRA demo recipe. Shots and training use train records only."""
+    from kaggle_kit.config import PerplexityConfig
+    from kaggle_kit.instruct import evaluate
+
+    src = SHARED / "ntu_adl_hw3"
+    test = json.loads((src / "public_test.json").read_text(encoding="utf-8"))
+    data = tmp / "alpaca_test.json"
+    data.write_text(json.dumps(test[: rows // 2], ensure_ascii=False))
+    train_recs = json.loads((src / "train_first3000.json").read_text(encoding="utf-8"))
+    for r in train_recs:  # the category seed 003 balanced: which way the translation goes
+        r["direction"] = "to_modern" if ("現代" in r["instruction"] or "白話" in r["instruction"]) else "to_classical"
+    shots = tmp / "alpaca_train.json"
+    shots.write_text(json.dumps(train_recs, ensure_ascii=False))
+    runs = [
+        ("zero-shot", {}),
+        ("3-shot, random", {"shots": 3, "shots_file": str(shots)}),
+        ("3-shot, balanced over direction", {"shots": 3, "shots_file": str(shots), "shots_category": "direction"}),
+    ]
+    table = []
+    if trained:
+        train_json = tmp / "alpaca_fit.json"
+        train_json.write_text(json.dumps(train_recs[:400], ensure_ascii=False))
+        valid_json = tmp / "alpaca_valid.json"
+        valid_json.write_text(json.dumps(test[rows // 2 : rows // 2 + 40], ensure_ascii=False))  # never scored
+        adapter, train_s = qlora("alpaca", train_json, tmp, model, valid=str(valid_json))
+        table.append({"technique": f"(QLoRA training: 6 steps on 400 train records, {train_s:.0f}s)"})
+        runs.append(("QLoRA adapter (seed 003 recipe, demo size)", {"adapter": str(adapter)}))
+    for name, kw in runs:
+        t = time.perf_counter()
+        res = evaluate(PerplexityConfig(str(data), model=model, max_length=512, progress=False, **kw))
+        table.append({"technique": name, "perplexity": res.perplexity, "seconds": time.perf_counter() - t})
+    return [{"competition": "alpaca (seed 003)", "rows": rows // 2, **r} for r in table]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100)
     ap.add_argument("--model", default="demo")
-    ap.add_argument("--competition", action="append", choices=["science_exam", "lmsys", "prompt_recovery"])
+    ap.add_argument("--competition", action="append", choices=list(SECTIONS))
+    ap.add_argument("--no-train", action="store_true", help="skip the QLoRA rows")
     args = ap.parse_args(argv)
-    names = args.competition or ["science_exam", "lmsys", "prompt_recovery"]
+    names = args.competition or list(SECTIONS)
+    cols = ["competition", "rows", "technique", "MAP@3", "log loss", "SCS (MiniLM)", "perplexity", "seconds"]
     results = []
     with tempfile.TemporaryDirectory() as d:
         for name in names:
-            fn = {"science_exam": science, "lmsys": lmsys, "prompt_recovery": prompt_recovery}[name]
-            results += fn(args.rows, args.model, Path(d))
-    print(format_table(results, ["competition", "rows", "technique", "MAP@3", "log loss", "SCS (MiniLM)", "seconds"]))
-    for name in names:
-        out = ROOT / "bench" / "results" / f"quality_{Path(args.model).name}_{name}.json"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps([r for r in results if r["competition"] == name], indent=2))
-        print(f"wrote {out}")
+            part = SECTIONS[name](args.rows, args.model, Path(d), not args.no_train)
+            print(format_table(part, cols), flush=True)
+            out = ROOT / "bench" / "results" / f"quality_{Path(args.model).name}_{name}.json"
+            out.parent.mkdir(exist_ok=True)
+            out.write_text(json.dumps(part, indent=2))
+            print(f"wrote {out}", flush=True)
+            results += part
+    print(format_table(results, cols))
+
+
+SECTIONS = {"science_exam": science, "lmsys": lmsys, "prompt_recovery": prompt_recovery, "alpaca": alpaca}
 
 
 if __name__ == "__main__":

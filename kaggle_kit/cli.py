@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from .errors import KitError
+from .kaggle import commands as kc
 
 
 def _config(cls, args, **values):
@@ -69,8 +69,8 @@ def _score(args):
 
 
 def _calibrate(args):
+    from .calibration import calibrate
     from .config import CalibrateConfig
-    from .jobs import calibrate
 
     res = calibrate(_config(CalibrateConfig, args))
     print(
@@ -78,6 +78,80 @@ def _calibrate(args):
         f"{res['log_loss_after']:.4f}" + (f"; saved to {res['saved']}" if "saved" in res else "")
     )
     return 0
+
+
+def _ensemble(args):
+    from .config import EnsembleConfig
+    from .ensemble import fit
+
+    spec = fit(_config(EnsembleConfig, args, progress=not args.no_progress))
+    f = spec.fitted
+    weights = ", ".join(f"{k} {v:.3f}" for k, v in spec.weights.items())
+    print(
+        f"weights {weights}; temperature {spec.temperature:.3f}; log loss on {f['rows']} rows: members "
+        f"{f['log_loss_members']}, equal weights {f['log_loss_equal_weights']:.4f}, fitted "
+        f"{f['log_loss_fitted']:.4f} -> {args.out or args.ensemble}"
+    )
+    return 0
+
+
+def _add_ensemble(p):
+    p.add_argument("competition", help="science_exam | lmsys")
+    p.add_argument("--ensemble", required=True, help="ensemble YAML: members (name, model, adapter, tta)")
+    p.add_argument("--truth", required=True, help="labelled validation file every member predicts")
+    p.add_argument("--out", help="write the fitted YAML here (default: update --ensemble)")
+    p.add_argument("--work", default="runs/ensemble_fit", help="prefix for the members' temporary results")
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _perplexity(args):
+    from .config import PerplexityConfig
+    from .instruct import evaluate
+
+    res = evaluate(_config(PerplexityConfig, args, progress=not args.no_progress))
+    print(f"perplexity {res.perplexity:.4f} on {res.scored} of {res.rows} examples ({res.shots} shots)")
+    return 0
+
+
+def _add_perplexity(p):
+    p.add_argument("--data", required=True, help="alpaca JSON/JSONL with reference outputs")
+    p.add_argument("--model", help="local model folder or 'demo' (default: the adapter's base, else demo)")
+    p.add_argument("--adapter", help="trained adapter (the 'tuned' comparison)")
+    p.add_argument("--shots", type=int, default=0, help="solved examples before each instruction")
+    p.add_argument("--shots-file", help="alpaca file the shots come from")
+    p.add_argument("--shots-category", help="record field the shots are balanced over")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--batch-tokens", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget")
+    p.add_argument("--quant", choices=["nf4", "int8", "none"])
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _synth(args):
+    from .config import SynthConfig
+    from .synth import synthesize
+
+    res = synthesize(_config(SynthConfig, args, progress=not args.no_progress))
+    print(f"{res.out}: {res.rows} of {res.requested} rewrites ({res.dropped} dropped), {res.seconds:.0f}s")
+    return 0
+
+
+def _add_synth(p):
+    p.add_argument("--texts", required=True, help="CSV with original texts")
+    p.add_argument("--prompts", required=True, help="rewrite prompts: .txt (one per line) or a CSV column")
+    p.add_argument("--out", default="runs/synthetic_train.csv")
+    p.add_argument("--model", help="local model folder or 'demo' (default demo)")
+    p.add_argument("--adapter")
+    p.add_argument("--text-column", default="original_text")
+    p.add_argument("--prompt-column", default="rewrite_prompt")
+    p.add_argument("--rows", type=int, help="first N texts")
+    p.add_argument("--per-text", type=int, default=1, help="different prompts per text")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def _add_calibrate(p):
@@ -166,115 +240,6 @@ def _add_serve(p):
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond this get HTTP 503")
 
 
-def _kernel(args):
-    from .kaggle import client, metadata
-
-    if args.action == "build":
-        out = metadata.build(
-            args.notebook_dir,
-            args.out or f"runs/kernels/{args.notebook_dir.rstrip('/').split('/')[-1]}",
-            competition=args.competition,
-            datasets=args.dataset or [],
-            models=args.model or [],
-            accelerator=args.accelerator,
-            kernel_id=args.id,
-        )
-        meta = metadata.read(out)
-        print(
-            f"{out}: {meta['id']} ({meta.get('machine_shape') or 'no GPU'}, internet "
-            f"{'on' if meta.get('enable_internet', True) else 'off'}) ready to push"
-        )
-    elif args.action == "check":
-        for path in args.paths:
-            folder = path if not path.endswith(".json") else str(Path(path).parent)
-            metadata.validate(metadata.read(path), folder, source=path)
-            print(f"{path}: valid")
-    elif args.action == "push":
-        res = client.push(args.folder, args.timeout)
-        print(f"pushed {res.ref} version {res.version}: {res.url}")
-    elif args.action == "status":
-        state, failure = client.status(args.kernel)
-        print(f"{args.kernel}: {state}" + (f" ({failure})" if failure else ""))
-        return 0 if state != "error" else 1
-    elif args.action == "output":
-        for f in client.output(args.kernel, args.to):
-            print(f)
-    elif args.action == "submit":
-        print(client.submit(args.competition, args.kernel, args.version, args.file, args.message or ""))
-    return 0
-
-
-def _add_kernel(p):
-    sub = p.add_subparsers(dest="action", required=True)
-    b = sub.add_parser("build", help="a push-ready kernel folder with checked metadata")
-    b.add_argument("notebook_dir", help="e.g. notebooks/lmsys (notebook + kernel-metadata.json)")
-    b.add_argument("--out", help="default runs/kernels/<name>")
-    b.add_argument("--id", help="user/slug (the title follows the slug)")
-    b.add_argument("--competition", help="competition slug: added as source, internet off")
-    b.add_argument("--dataset", action="append", help="dataset source owner/slug (repeatable)")
-    b.add_argument("--model", action="append", help="model source owner/model/framework/variation/version")
-    b.add_argument("--accelerator", choices=["t4x2", "p100", "none"])
-    c = sub.add_parser("check", help="validate kernel-metadata.json files")
-    c.add_argument("paths", nargs="+", help="kernel folders or kernel-metadata.json files")
-    pu = sub.add_parser("push", help="push a built kernel folder (official kaggle client)")
-    pu.add_argument("folder")
-    pu.add_argument("--timeout", type=int, help="session timeout in seconds")
-    for name, help_ in (("status", "latest run's status"), ("output", "download the latest run's output")):
-        q = sub.add_parser(name, help=help_)
-        q.add_argument("kernel", help="user/slug")
-        if name == "output":
-            q.add_argument("--to", default="runs/kernel_output", help="folder for the files")
-    sm = sub.add_parser("submit", help="submit a kernel version to a code competition")
-    sm.add_argument("kernel", help="user/slug")
-    sm.add_argument("--competition", required=True)
-    sm.add_argument("--version", type=int, help="kernel version (default: latest)")
-    sm.add_argument("--file", default="submission.csv", help="the kernel's output file")
-    sm.add_argument("--message")
-
-
-def _wheels(args):
-    from .kaggle.wheels import build_wheels
-
-    out = build_wheels(args.out, python=args.python, user=args.user)
-    print(f"{out}: {len(list(out.glob('*.whl')))} wheels; push with: kaggle-kit dataset push {out}")
-    return 0
-
-
-def _add_wheels(p):
-    p.add_argument("--out", default="runs/kaggle-kit-wheels")
-    p.add_argument("--python", default="3.11", help="the Kaggle image's Python (default 3.11)")
-    p.add_argument("--user", default="kagglekit", help="Kaggle user owning the dataset")
-
-
-def _dataset(args):
-    from .kaggle import client
-
-    print(client.dataset_push(args.folder, args.message))
-    return 0
-
-
-def _add_dataset(p):
-    sub = p.add_subparsers(dest="action", required=True)
-    d = sub.add_parser("push", help="upload a dataset folder: a new version, or a new private dataset")
-    d.add_argument("folder")
-    d.add_argument("--message", default="kaggle-kit wheels")
-
-
-def _data(args):
-    from .kaggle import client
-
-    files = client.download(args.competition, args.to or f"data/{args.competition}")
-    print(f"{len(files)} files: " + ", ".join(str(f) for f in files))
-    return 0
-
-
-def _add_data(p):
-    sub = p.add_subparsers(dest="action", required=True)
-    d = sub.add_parser("download", help="fetch and unzip a competition's files")
-    d.add_argument("competition", help="competition slug, e.g. lmsys-chatbot-arena")
-    d.add_argument("--to", help="default data/<slug>")
-
-
 def _add_model_args(p):
     """Model and inference-shape flags shared by predict and rehearse."""
     p.add_argument("--model", help="local model folder or 'demo' (default: the adapter's base, else demo)")
@@ -283,6 +248,8 @@ def _add_model_args(p):
     p.add_argument("--batch-tokens", type=int, help="padded tokens per batch (default: GPU 16384, CPU 2048)")
     p.add_argument("--max-new-tokens", type=int, help="generation length (default: competition's)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: hardware profile")
+    p.add_argument("--quant", choices=["nf4", "int8", "none"], help="base weights (default: as the adapter trained)")
+    p.add_argument("--chat-format", choices=["auto", "alpaca", "plain"], help="default: as the adapter trained")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
 
 
@@ -307,6 +274,12 @@ def _add_predict(p):
     p.add_argument("--context-k", type=int, default=3, help="passages retrieved per question")
     p.add_argument("--context-tokens", type=int, default=512, help="LLM tokens of context per question")
     p.add_argument("--embedder", help="retrieval embedder: 'minilm' or a sentence-transformers folder")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "auto"])
+    p.add_argument("--tensor-parallel", type=int, default=1, help="vllm: GPUs one model is split over")
+    p.add_argument("--ensemble", help="ensemble YAML: each member model in its own process, weighted")
+    p.add_argument("--cascade-model", help="second model re-answering the least confident rows")
+    p.add_argument("--cascade-adapter", help="the second model's adapter")
+    p.add_argument("--cascade-fraction", type=float, default=0.4, help="share re-answered (default 0.4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1, help="processes over shards; one per GPU (T4 x2: 2)")
     p.add_argument("--shard", help="I/N: compute shard I of N into --out (join with 'merge')")
@@ -406,16 +379,19 @@ COMMANDS = {
     "validate": ("check a submission's format and ids", _add_validate, _validate),
     "train": ("train a LoRA / QLoRA adapter from a YAML config", _add_train, _train),
     "calibrate": ("fit the choice temperature on a validation split", _add_calibrate, _calibrate),
+    "ensemble": ("fit ensemble weights + temperature on a validation split", _add_ensemble, _ensemble),
+    "perplexity": ("seed 003: perplexity of alpaca outputs, zero/few-shot or tuned", _add_perplexity, _perplexity),
+    "synth": ("synthetic Prompt Recovery rewrites from texts x prompts", _add_synth, _synth),
     "mean-prompt": ("search the Prompt Recovery mean prompt for known prompts", _add_mean_prompt, _mean_prompt),
     "average-adapters": ("average LoRA adapters trained on different folds", _add_average_adapters, _average_adapters),
     "merge-adapter": ("merge a LoRA adapter into its base model and save it", _add_merge_adapter, _merge_adapter),
     "merge": ("join shard files of predict --shard I/N into one submission", _add_merge, _merge),
     "rehearse": ("predict the runtime of a hidden test set before pushing", _add_rehearse, _rehearse),
     "serve": ("HTTP API (NeurIPS challenge endpoints) routing requests to LoRA adapters", _add_serve, _serve),
-    "kernel": ("build / check / push / status / output / submit Kaggle kernels", _add_kernel, _kernel),
-    "wheels": ("build the offline wheels dataset (kit + pinned deps Kaggle lacks)", _add_wheels, _wheels),
-    "dataset": ("push a dataset folder (the wheels) to Kaggle", _add_dataset, _dataset),
-    "data": ("download a competition's files", _add_data, _data),
+    "kernel": ("build / check / push / status / output / submit Kaggle kernels", kc._add_kernel, kc._kernel),
+    "wheels": ("build the offline wheels dataset (kit + pinned deps Kaggle lacks)", kc._add_wheels, kc._wheels),
+    "dataset": ("push a dataset folder (the wheels) to Kaggle", kc._add_dataset, kc._dataset),
+    "data": ("download a competition's files", kc._add_data, kc._data),
     "demo": ("predict and score every competition on data/ and print a table", _add_demo, _demo),
 }
 

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field, fields
 
 from .budget import parse_duration
 from .errors import ConfigError
+from .hardware import QUANTS
+from .templates import CHAT_TEMPLATES
+
+CHAT_FORMAT_NAMES = ("auto", *CHAT_TEMPLATES)
 
 
 def _check_positive(obj, *names):
@@ -39,8 +43,16 @@ class PredictConfig:
     context_k: int = 3  # passages retrieved per question
     context_tokens: int = 512  # LLM tokens of context per question (passages kept in rank order)
     embedder: str | None = None  # retrieval embedder: 'minilm' or a sentence-transformers folder
+    ensemble: str | None = None  # ensemble YAML (members, weights, temperature): each member in its own process
+    cascade_model: str | None = None  # a second (larger) model re-answering the least confident rows
+    cascade_adapter: str | None = None  # the second model's adapter (or the cascade's only change)
+    cascade_fraction: float = 0.4  # share of rows re-answered (Science Exam's 5th place: 40%)
     dtype: str | None = None  # float16 / bfloat16 / float32; None = hardware profile (T4: float16)
+    quant: str | None = None  # base weights nf4 / int8 / none (a 9B model on a T4: nf4); None = as the adapter trained
+    chat_format: str | None = None  # auto / alpaca / plain; None = as the adapter was trained, else auto
     device: str | None = None  # cpu / cuda; None = cuda when present
+    backend: str = "transformers"  # 'vllm' (GPU + vllm installed), or 'auto' = vllm when it can run
+    tensor_parallel: int = 1  # vllm: GPUs one model is split over (a model larger than one GPU)
     progress: bool = True  # progress bar with rate and ETA
     workers: int = 1  # processes over shards of the rows; one per GPU (Kaggle T4 x2: 2)
     shard: str | None = None  # 'I/N': compute shard I of N into `out` (a results file for `merge`)
@@ -51,6 +63,17 @@ class PredictConfig:
         _check_positive(
             self, "max_length", "batch_tokens", "max_new_tokens", "temperature", "workers", "tta", "context_k"
         )
+        if self.quant is not None and self.quant not in QUANTS:
+            raise ConfigError("quant", f"{self.quant!r} is not one of {list(QUANTS)}")
+        if self.chat_format is not None and self.chat_format not in CHAT_FORMAT_NAMES:
+            raise ConfigError("chat_format", f"{self.chat_format!r} is not one of {list(CHAT_FORMAT_NAMES)}")
+        if self.backend not in ("transformers", "vllm", "auto"):
+            raise ConfigError("backend", f"{self.backend!r} is not one of ['transformers', 'vllm', 'auto']")
+        _check_positive(self, "tensor_parallel")
+        if not 0.0 < self.cascade_fraction <= 1.0:
+            raise ConfigError("cascade_fraction", f"must be in (0, 1], got {self.cascade_fraction}")
+        if (self.ensemble or self.cascade_model or self.cascade_adapter) and (self.workers > 1 or self.shard):
+            raise ConfigError("ensemble", "ensembles and cascades run one model at a time: drop workers/shard")
         if self.context_tokens < 16:
             raise ConfigError("context_tokens", f"must be >= 16, got {self.context_tokens}")
         if self.shots < 0:
@@ -131,6 +154,74 @@ class CalibrateConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """Fit an ensemble's weights and temperature on a labelled validation file."""
+
+    competition: str  # a competition with label probabilities (science_exam, lmsys)
+    ensemble: str  # ensemble YAML listing the members
+    truth: str  # the labelled validation file every member predicts
+    out: str | None = None  # where the fitted YAML goes; None = overwrite `ensemble`
+    work: str = "runs/ensemble_fit"  # prefix of the members' temporary result files
+    max_length: int = 2048
+    progress: bool = True
+
+
+@dataclass
+class PerplexityConfig:
+    """Seed 003's evaluation: mean per-example perplexity of the reference outputs of alpaca records."""
+
+    data: str  # alpaca JSON/JSONL with instruction, optional input, output
+    model: str | None = "demo"  # as in PredictConfig
+    adapter: str | None = None  # a trained adapter: the 'tuned' row of zero-shot / few-shot / tuned
+    shots: int = 0  # solved examples before each instruction
+    shots_file: str | None = None  # alpaca file the shots come from (never the evaluated records)
+    shots_category: str | None = None  # a record field the shots are balanced over (seed 003)
+    max_length: int = 1024
+    batch_tokens: int | None = None
+    seed: int = 0  # which shots are drawn
+    budget: str | None = None
+    dtype: str | None = None
+    quant: str | None = None
+    device: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        _check_positive(self, "max_length", "batch_tokens")
+        if self.shots < 0:
+            raise ConfigError("shots", f"must be >= 0, got {self.shots}")
+        if self.shots and not self.shots_file:
+            raise ConfigError("shots_file", "shots > 0 needs an alpaca file to take them from")
+        parse_duration(self.budget, "budget")
+
+
+@dataclass
+class SynthConfig:
+    """Synthetic Prompt Recovery triples: original texts rewritten by an LLM under known rewrite prompts."""
+
+    texts: str  # CSV with the original texts
+    prompts: str  # rewrite prompts: a text file (one per line) or a CSV column
+    out: str = "runs/synthetic_train.csv"  # the competition's train.csv columns
+    model: str | None = "demo"  # the rewriting model (seed 002 planned Gemma-7b-it)
+    adapter: str | None = None
+    text_column: str = "original_text"
+    prompt_column: str = "rewrite_prompt"  # when `prompts` is a CSV
+    rows: int | None = None  # first N texts; None = all
+    per_text: int = 1  # different prompts per text
+    max_new_tokens: int = 256  # rewrite length
+    max_length: int = 1024  # request tokens kept
+    max_text_chars: int = 1500  # originals cut here, as the competition's examples cut them
+    seed: int = 0  # which prompts go with which text
+    budget: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        _check_positive(self, "rows", "per_text", "max_new_tokens", "max_length", "max_text_chars")
+        parse_duration(self.budget, "budget")
+
+
+@dataclass
 class MergeConfig:
     """Join shard results (`predict --shard I/N`) into one submission."""
 
@@ -156,6 +247,7 @@ class RehearseConfig:
     workers: int = 1  # the run's workers (GPUs); the time divides among them
     tta: int = 1  # views per row, as in PredictConfig (the time multiplies)
     dtype: str | None = None
+    quant: str | None = None  # as in PredictConfig
     device: str | None = None
 
     def __post_init__(self):
@@ -224,7 +316,6 @@ def from_dict(cls, values: dict):
 
 SCHEDULERS = ("constant", "linear", "cosine")
 LOSSES = ("completion", "answer")
-QUANTS = ("nf4", "none")
 
 
 @dataclass
@@ -237,7 +328,7 @@ class TrainConfig:
     valid_fraction: float = 0.1  # held-out share when `valid` is not given (split grouped by prompt)
     model: str = "demo"  # base model folder or 'demo'
     out: str = "runs/train"  # run folder: best/, last/, metrics.jsonl, loss_curve.png
-    quant: str = "nf4"  # 'nf4' = QLoRA (4-bit NF4, double quantisation); 'none' = plain LoRA in `dtype`
+    quant: str = "nf4"  # 'nf4' = QLoRA (4-bit NF4, double quant); 'int8' = 8-bit base; 'none' = LoRA in `dtype`
     dtype: str | None = None  # compute dtype; None = hardware profile (T4: float16, CPU here: float32)
     device: str | None = None  # cpu / cuda; None = cuda when present
     lora_r: int = 16  # rank; seed 001 used 32 on q,k,v,o, seed 003 64 on all linear layers
@@ -245,6 +336,9 @@ class TrainConfig:
     lora_dropout: float = 0.05
     target_modules: str | list = "all-linear"  # a list of module names, or 'all-linear'
     loss: str = "completion"  # 'completion' (prompt tokens masked) or 'answer' (only the first answer token)
+    chat_format: str = "auto"  # 'auto' = the tokenizer's template; 'alpaca' = seed 004's format; 'plain'
+    soft_labels: str | None = None  # CSV: id + a teacher's probability per label (an LMSYS submission on train)
+    distill_weight: float = 1.0  # with soft_labels: the KL term's share; the rest is the hard-label loss
     views: int = 1  # train rows under this many views: lmsys 2 = paired rows (A/B and label swapped), science <= 5
     max_length: int = 1024  # tokens per example; long prompts lose their start (the end holds the question)
     batch_size: int = 2  # rows per micro-batch; 2 x 1024 tokens fits a 9B 4-bit model on a T4
@@ -288,9 +382,16 @@ class TrainConfig:
             ("loss", LOSSES),
             ("quant", QUANTS),
             ("best_by", ("eval_loss", "metric")),
+            ("chat_format", CHAT_FORMAT_NAMES),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{getattr(self, name)!r} is not one of {list(allowed)}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError("distill_weight", f"must be in [0, 1], got {self.distill_weight}")
+        if self.soft_labels and self.loss != "answer":
+            raise ConfigError("soft_labels", "distillation scores one answer token per row: set loss: answer")
+        if self.soft_labels and self.competition == "alpaca":
+            raise ConfigError("soft_labels", "alpaca data has no labels to distil; a choice competition has")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -311,23 +412,29 @@ class TrainConfig:
             raise ConfigError("best_by", "'metric' needs eval_metric: true (or best_by: eval_loss)")
 
 
+def read_yaml_mapping(path, flag: str) -> dict:
+    """The mapping a YAML file holds; ConfigError naming `flag` when missing, invalid or not a mapping."""
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(flag, f"file {path} not found")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(flag, f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(flag, f"{path} must hold a mapping of field: value")
+    return values
+
+
 def load_yaml_config(cls, path: str | None, overrides: list[str] = (), **required):
     """A config from a YAML file plus `key=value` overrides (values parsed as YAML) and required fields."""
     import yaml
 
-    values = {}
-    if path:
-        from pathlib import Path
-
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("config", f"file {path} not found")
-        try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(values, dict):
-            raise ConfigError("config", f"{path} must hold a mapping of field: value")
+    values = read_yaml_mapping(path, "config") if path else {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError("set", f"{item!r} is not key=value")

@@ -17,6 +17,7 @@ from .errors import ConfigError
 log = logging.getLogger("kaggle_kit")
 
 DTYPES = ("float32", "float16", "bfloat16")
+QUANTS = ("nf4", "int8", "none")  # how a base model's weights are held: 4-bit, 8-bit, or the run's dtype
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,20 @@ class Profile:
             "bnb_4bit_use_double_quant": True,
             "bnb_4bit_compute_dtype": self.compute_dtype,
         }
+
+    def quantization(self, quant: str):
+        """transformers.BitsAndBytesConfig for 'nf4' (QLoRA: 4-bit NF4, double quantisation) or 'int8'
+        (LLM.int8; several LMSYS teams found an 8-bit base faster than 4-bit on a T4); None for 'none'."""
+        if quant == "none":
+            return None
+        if quant not in QUANTS:
+            raise ConfigError("quant", f"{quant!r} is not one of {list(QUANTS)}")
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        if quant == "int8":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(**{**self.bnb_4bit(), "bnb_4bit_compute_dtype": getattr(torch, self.compute_dtype)})
 
     def torch_dtype(self):
         """The torch dtype object for `dtype`."""

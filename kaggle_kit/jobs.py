@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import competitions
 from .budget import Deadline
-from .config import CalibrateConfig, MergeConfig, PredictConfig, RehearseConfig, ScoreConfig, ValidateConfig
+from .config import MergeConfig, PredictConfig, RehearseConfig, ScoreConfig, ValidateConfig
 from .errors import ConfigError, InputError, KitError
 from .io import write_csv_atomic
 
@@ -100,23 +100,13 @@ def check_tta(comp, tta: int) -> None:
         raise ConfigError("tta", f"{comp.name} supports at most {comp.max_views} view(s), got {tta}")
 
 
-def temperature(cfg) -> float:
-    """cfg.temperature, else the one fitted into the adapter's calibration.json (kaggle-kit calibrate), else 1."""
-    if cfg.temperature is not None:
-        return cfg.temperature
-    cal = Path(cfg.adapter) / "calibration.json" if cfg.adapter else None
-    if cal is not None and cal.is_file():
-        import json
-
-        t = float(json.loads(cal.read_text())["temperature"])
-        log.info("temperature %.3f from %s", t, cal)
-        return t
-    return 1.0
-
-
 def _task(comp, model, tok, df, cfg, max_length: int):
     """The inference Task for a competition's rows."""
+    from .calibration import temperature
     from .infer import choice_task, generation_task
+
+    if type(model).__name__ == "VllmModel":
+        from .infer.vllm_backend import choice_task, generation_task
 
     check_tta(comp, cfg.tta)
     shots = _shots(comp, cfg, df)
@@ -146,8 +136,28 @@ def _load(cfg):
     from .models import load_model
 
     profile = detect(cfg.dtype, cfg.device)
-    model, tok = load_model(cfg.model, profile, cfg.adapter)
+    backend = getattr(cfg, "backend", "transformers")
+    if backend != "transformers":
+        from .infer import vllm_backend
+
+        if backend == "vllm" or vllm_backend.available():
+            return _load_vllm(cfg, profile)
+    model, tok = load_model(cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None))
     return model, tok, cfg.batch_tokens or profile.batch_tokens
+
+
+def _load_vllm(cfg, profile):
+    """(vLLM engine, tokenizer, tokens per step) for cfg's model / adapter (see infer/vllm_backend.py)."""
+    from .infer import vllm_backend
+    from .models import DEMO, adapter_base, adapter_setting, load_tokenizer, resolve_model
+    from .templates import apply_chat_format
+
+    name = cfg.model or (adapter_base(cfg.adapter) if cfg.adapter else None) or DEMO
+    path = resolve_model(name)
+    fmt = cfg.chat_format or (adapter_setting(cfg.adapter, "chat_format") if cfg.adapter else None) or "auto"
+    tok = apply_chat_format(load_tokenizer(path), fmt)
+    model = vllm_backend.load(path, profile, cfg.adapter, cfg.max_length, cfg.tensor_parallel)
+    return model, tok, cfg.batch_tokens or vllm_backend.BATCH_TOKENS
 
 
 def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[int, int]):
@@ -243,6 +253,15 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _rows_with_output(outputs) -> int:
+    """Rows that got a prediction: no NaN probability / not None."""
+    import numpy as np
+
+    if isinstance(outputs, np.ndarray):
+        return int((~np.isnan(outputs).any(axis=1)).sum())
+    return sum(o is not None for o in outputs)
+
+
 def outputs_from_results(comp, n_rows: int, results: dict):
     """Outputs in input order from {row: output}: a probability array (NaN rows) or a list (None rows)."""
     from .infer.primitives import probs_from_results
@@ -263,18 +282,33 @@ def predict(cfg: PredictConfig) -> PredictResult:
     check_tta(comp, cfg.tta)
     _shots(comp, cfg, df)  # a bad shots file fails here too, not after the model loaded
     _check_context(comp, cfg)
+    if cfg.backend == "vllm":
+        from .infer import vllm_backend
+
+        if not vllm_backend.available():
+            raise ConfigError("backend", "vllm needs the vllm package and a CUDA GPU; use --backend transformers")
     ids = df["id"].tolist()
     shard = cfg.shard_tuple()
     if cfg.shard is None:
         write_csv_atomic(_finish(comp, cfg, comp.fallback(ids)), cfg.out)
         log.info("%s: %d rows read; fallback submission written to %s", comp.name, len(df), cfg.out)
-    if cfg.workers > 1:
+    if cfg.ensemble:
+        from .ensemble import predict_members
+
+        outputs, stats, leftovers = predict_members(cfg, comp, df, deadline)
+        rows_done, max_length, planned = _rows_with_output(outputs), cfg.max_length, None
+    elif cfg.workers > 1:
         results, stats, max_length, planned, parts = _run_workers(cfg, len(df), deadline)
         outputs = outputs_from_results(comp, len(df), results)
         rows_done, leftovers = len(results), [p.checkpoint_path() for p in parts]
     else:
         outputs, st, max_length, planned = _run_shard(cfg, comp, df, deadline, shard)
         stats, rows_done, leftovers = asdict(st), st.rows_done, [cfg.checkpoint_path()]
+    if cfg.cascade_model or cfg.cascade_adapter:
+        from .ensemble import cascade
+
+        outputs, stats["cascade_rows"], files = cascade(cfg, comp, df, outputs, deadline)
+        leftovers += files
     rows = len(df) if cfg.shard is None else stats["rows"]
     if cfg.shard is None:
         write_csv_atomic(_finish(comp, cfg, comp.to_submission(df, outputs)), cfg.out)
@@ -352,6 +386,7 @@ def rehearse(cfg: RehearseConfig) -> dict:
         max_new_tokens=cfg.max_new_tokens,
         tta=cfg.tta,
         dtype=cfg.dtype,
+        quant=cfg.quant,
         device=cfg.device,
     )
     check_tta(comp, cfg.tta)
@@ -393,43 +428,6 @@ def score(cfg: ScoreConfig) -> float:
 
         kw["embed"] = scorer(cfg.embedder, cfg.scs_max_tokens, cfg.scs_special_tokens_as_text)
     return comp.score(sub, truth, **kw)
-
-
-def calibrate(cfg: CalibrateConfig) -> dict:
-    """Fit the temperature that minimises log loss on a labelled validation file; save it with the adapter."""
-    import json
-
-    import pandas as pd
-
-    from .competitions.base import aligned
-    from .io import write_json_atomic
-    from .metrics import apply_temperature, fit_temperature, log_loss
-
-    comp = competitions.get(cfg.competition)
-    if comp.task != "choices" or len(comp.submission_columns) - 1 != len(comp.labels):  # one column per label
-        raise ConfigError("competition", "temperature calibration needs probability submissions (lmsys)")
-    truth = comp.read(cfg.truth, labelled=True)
-    problems = competitions.check_submission(comp, cfg.submission, truth["id"].tolist())
-    if problems:
-        raise InputError(cfg.submission, "invalid submission: " + "; ".join(problems[:5]))
-    sub = aligned(pd.read_csv(cfg.submission, dtype=str, keep_default_na=False), truth)
-    cols = list(comp.submission_columns[1:])
-    probs = sub[cols].astype(float).to_numpy()
-    y = truth[cols].astype(int).to_numpy().argmax(axis=1)
-    t = fit_temperature(y, probs)
-    res = {
-        "temperature": t,
-        "rows": len(y),
-        "log_loss_before": log_loss(y, probs),
-        "log_loss_after": log_loss(y, apply_temperature(probs, t)),
-    }
-    if cfg.adapter:
-        if not (Path(cfg.adapter) / "adapter_config.json").is_file():
-            raise InputError(cfg.adapter, "not an adapter folder (no adapter_config.json)")
-        write_json_atomic({**res, "fitted_on": str(cfg.truth)}, Path(cfg.adapter) / "calibration.json")
-        res["saved"] = str(Path(cfg.adapter) / "calibration.json")
-    log.info("calibration: %s", json.dumps(res))
-    return res
 
 
 def validate(cfg: ValidateConfig) -> list[str]:

@@ -134,12 +134,28 @@ def _check_adapter(adapter: Path) -> Path:
     return adapter
 
 
-def load_model(name: str | os.PathLike | None, profile=None, adapter=None):
+def adapter_setting(adapter, key: str):
+    """A field of a kit adapter's kit_config.json (train_config fields too), or None."""
+    import json
+
+    path = Path(adapter) / "kit_config.json"
+    if not path.is_file():
+        return None
+    cfg = json.loads(path.read_text())
+    return cfg.get(key, cfg.get("train_config", {}).get(key))
+
+
+def load_model(
+    name: str | os.PathLike | None, profile=None, adapter=None, quant: str | None = None, chat_format: str | None = None
+):
     """(model, tokenizer) from a local folder or 'demo', in the profile's device and dtype, eval mode.
 
     `adapter` is a peft adapter folder applied unmerged, or {name: folder} for several adapters loaded
     side by side (the first active; switch with model.set_adapter(name)). `name=None` takes the base
-    model the adapter's kit_config.json names, else the demo model.
+    model the adapter's kit_config.json names, else the demo model. `quant` holds the base in 'nf4' or
+    'int8' (a 7-9B model needs one of them on a 15 GB T4); None = as the adapter was trained, else 'none'
+    (adapters stay unmerged on a quantised base: merging into 4-bit weights changes the outputs).
+    `chat_format` likewise: None = the adapter's (kit_config.json), else the tokenizer's own ('auto').
     """
     from transformers import AutoModelForCausalLM
 
@@ -148,11 +164,19 @@ def load_model(name: str | os.PathLike | None, profile=None, adapter=None):
     adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
     if name is None:
         name = next((b for b in map(adapter_base, adapters.values()) if b), DEMO)
+    if quant is None:
+        quant = next((q for q in (adapter_setting(a, "quant") for a in adapters.values()) if q), "none")
+    if chat_format is None:
+        chat_format = next((f for f in (adapter_setting(a, "chat_format") for a in adapters.values()) if f), "auto")
     profile = profile or detect()
     path = resolve_model(name)
-    tok = load_tokenizer(path)
+    from .templates import apply_chat_format
+
+    tok = apply_chat_format(load_tokenizer(path), chat_format)
+    bnb = profile.quantization(quant)
+    kw = {"quantization_config": bnb, "device_map": {"": profile.device}} if bnb else {}
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=profile.torch_dtype(), local_files_only=True, attn_implementation="sdpa"
+        path, dtype=profile.torch_dtype(), local_files_only=True, attn_implementation="sdpa", **kw
     )
     if adapters:
         from peft import PeftModel
@@ -162,7 +186,8 @@ def load_model(name: str | os.PathLike | None, profile=None, adapter=None):
         for n, a in items[1:]:
             model.load_adapter(a, adapter_name=n, is_trainable=False)
         model.set_adapter(items[0][0])
-    model.to(profile.device)
+    if not bnb:  # a quantised model is placed by device_map; .to() would refuse
+        model.to(profile.device)
     model.eval()
     return model, tok
 

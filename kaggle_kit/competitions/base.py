@@ -37,6 +37,8 @@ class Competition:
     shots: Callable | None = None
     # (df) -> the retrieval query per row; examples/views then take `context=` (one text per row)
     queries: Callable | None = None
+    # (labelled df) -> the index of the right label per row (ensemble weights and temperatures are fitted on it)
+    targets: Callable | None = None
 
 
 def check_submission(comp: Competition, path, test_ids: list[str] | None = None) -> list[str]:

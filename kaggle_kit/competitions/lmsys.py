@@ -132,10 +132,14 @@ def check_row(row):
     return None
 
 
+def targets(df) -> np.ndarray:
+    """0 (model A won), 1 (model B) or 2 (tie) per row."""
+    return df[list(TARGETS)].astype(int).to_numpy().argmax(axis=1)
+
+
 def completions(df) -> list[str]:
     """A (model A), B (model B) or C (tie) per row, as in seed 001's prompt."""
-    y = df[list(TARGETS)].astype(int).to_numpy().argmax(axis=1)
-    return ["ABC"[k] for k in y]
+    return ["ABC"[k] for k in targets(df)]
 
 
 COMPETITION = Competition(
@@ -155,5 +159,6 @@ COMPETITION = Competition(
     score=score,
     check_row=check_row,
     completions=completions,
+    targets=targets,
     group_column="prompt",
 )

@@ -113,6 +113,11 @@ def check_row(row):
     return f"letters {bad} not in A-E" if bad else None
 
 
+def targets(df) -> np.ndarray:
+    """Index of the answer letter per row."""
+    return np.array([LETTERS.index(x) for x in df["answer"]])
+
+
 def completions(df) -> list[str]:
     """The answer letter per row."""
     return df["answer"].tolist()
@@ -132,6 +137,7 @@ COMPETITION = Competition(
     max_views=5,
     shots=pick_shots,
     queries=queries,
+    targets=targets,
     to_submission=to_submission,
     fallback=fallback,
     score=score,

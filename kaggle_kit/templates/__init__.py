@@ -33,6 +33,36 @@ CHAT_FORMATS = {
     "alpaca": _alpaca,
 }
 
+# The same formats as tokenizer chat templates (Jinja), so a model trained or served in one of them
+# renders it everywhere the tokenizer is used: kaggle-kit train/predict --set chat_format=alpaca.
+CHAT_TEMPLATES = {
+    "alpaca": (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] + '\\n\\n' }}"
+        "{% elif m['role'] == 'user' %}{% if loop.first %}Below is an instruction that describes a task. Write a "
+        "response that appropriately completes the request.\n\n{% endif %}"
+        "### Instruction:\n{{ m['content'] }}\n\n### Response:\n"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token + '\\n\\n' }}{% endif %}{% endfor %}"
+    ),
+    "plain": (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] + eos_token + '\\n\\n' }}"
+        "{% else %}{{ m['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'Answer: ' }}{% endif %}"
+    ),
+}
+
+
+def apply_chat_format(tokenizer, chat_format: str = "auto"):
+    """Give the tokenizer the chat template of `chat_format`: 'auto' keeps its own; 'alpaca' is seed
+    004's instruction format (LLaMA-Factory's alpaca template), 'plain' a bare prompt + 'Answer: '."""
+    if chat_format == "auto":
+        return tokenizer
+    if chat_format not in CHAT_TEMPLATES:
+        from ..errors import ConfigError
+
+        raise ConfigError("chat_format", f"{chat_format!r} is not one of {['auto', *CHAT_TEMPLATES]}")
+    tokenizer.chat_template = CHAT_TEMPLATES[chat_format]
+    return tokenizer
+
 
 def render(
     tokenizer, user: str, system: str | None = None, chat_format: str = "auto", assistant_prefix: str = ""
@@ -47,4 +77,4 @@ def render(
     return CHAT_FORMATS[chat_format](tokenizer, user, system) + assistant_prefix
 
 
-__all__ = ["CHAT_FORMATS", "PROMPTS", "render"]
+__all__ = ["CHAT_FORMATS", "CHAT_TEMPLATES", "PROMPTS", "apply_chat_format", "render"]

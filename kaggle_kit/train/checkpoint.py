@@ -69,7 +69,7 @@ def _write(tmp: Path, model, tokenizer, cfg, state, extra_files, optimizer, sche
             {
                 "base_model": cfg.model,
                 "competition": cfg.competition,
-                "chat_format": "auto",
+                "chat_format": cfg.chat_format,
                 "train_config": asdict(cfg),
             },
             indent=2,

@@ -23,6 +23,7 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
+    soft: list[float] | None = None  # a teacher's probability per competition label (distillation)
 
 
 def read_alpaca(path) -> list[dict]:
@@ -83,18 +84,19 @@ def group_split(keys: list[str], fraction: float, seed: int) -> tuple[list[int],
 
 
 def tokenize(
-    tokenizer, prompts: list[str], completions: list[str], max_length: int, loss: str = "completion"
+    tokenizer, prompts: list[str], completions: list[str], max_length: int, loss: str = "completion", softs=None
 ) -> tuple[list[Example], int]:
     """Examples with labels on the completion only; returns (examples, rows dropped).
 
     Labels are placed by token positions computed here (never by searching for a response template,
     which silently drops rows when it tokenises differently in context). A long prompt keeps its end.
     loss='completion': every completion token and EOS; loss='answer': the first completion token only.
-    A row is dropped (and counted) only when its completion alone does not fit.
+    A row is dropped (and counted) only when its completion alone does not fit. `softs` (one probability
+    list per row) ride along for distillation.
     """
     examples, dropped = [], 0
     bos = tokenizer.bos_token
-    for prompt, completion in zip(prompts, completions):
+    for k, (prompt, completion) in enumerate(zip(prompts, completions)):
         p_ids = tokenizer(prompt, add_special_tokens=bool(bos) and not prompt.startswith(bos))["input_ids"]
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
         if loss == "completion":
@@ -106,12 +108,53 @@ def tokenize(
             dropped += 1
             continue
         p_ids = p_ids[-room:]
-        examples.append(Example(p_ids + c_ids, [IGNORE] * len(p_ids) + c_ids))
+        soft = softs[k] if softs is not None else None
+        examples.append(Example(p_ids + c_ids, [IGNORE] * len(p_ids) + c_ids, soft))
     if dropped:
         log.warning(
             "%d of %d rows dropped: their completion does not fit max_length=%d", dropped, len(prompts), max_length
         )
     return examples, dropped
+
+
+def read_soft_labels(path, ids: list[str], labels: tuple[str, ...], columns: tuple[str, ...]) -> list[list[float]]:
+    """A teacher's probabilities per train row, from a CSV of id + one column per label: named as the
+    competition's submission columns (an LMSYS submission made on the train rows) or as the labels.
+    Every train id must be there; each row must be probabilities summing to 1."""
+    import pandas as pd
+
+    from ..io import Column, read_csv
+
+    head = pd.read_csv(path, nrows=0).columns.tolist() if Path(path).is_file() else []
+    cols = list(columns) if set(columns) <= set(head) and len(columns) == len(labels) else list(labels)
+    df = read_csv(path, [Column("id", "id"), *(Column(c, "probability") for c in cols)])
+    probs = df[cols].astype(float).to_numpy()
+    sums = probs.sum(axis=1)
+    for i in range(len(df)):
+        if abs(sums[i] - 1.0) > 1e-3:
+            raise InputError(path, "probabilities must sum to 1", row=i + 1, column=cols[0], got=round(sums[i], 4))
+    by_id = dict(zip(df["id"].astype(str), probs.tolist()))
+    missing = [x for x in map(str, ids) if x not in by_id]
+    if missing:
+        raise InputError(path, f"{len(missing)} train ids have no soft labels: {missing[:10]}", column="id")
+    return [by_id[str(x)] for x in ids]
+
+
+def distill_loss(logits, labels, soft, label_ids: list[int], weight: float, n_items: int):
+    """(weight * KL(teacher || model) + (1 - weight) * hard-label NLL) at each row's answer token, summed
+    and divided by the answer tokens of the whole optimizer step (as the hard loss is).
+
+    KL is over the model's full next-token distribution with the teacher's mass on the label tokens
+    (zero elsewhere); with one-hot teacher probabilities it equals the hard-label NLL.
+    """
+    import torch
+
+    rows, cols = (labels[:, 1:] != IGNORE).nonzero(as_tuple=True)  # one answer position per row
+    logp = torch.log_softmax(logits[:, :-1][rows, cols].float(), dim=-1)
+    hard = -logp.gather(1, labels[:, 1:][rows, cols][:, None]).squeeze(1)
+    q = soft[rows].to(logp.dtype)
+    kl = (q * (torch.log(q.clamp_min(1e-12)) - logp[:, label_ids])).sum(dim=1)
+    return (weight * kl + (1.0 - weight) * hard).sum() / n_items
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -71,29 +71,39 @@ def prepare_data(cfg: TrainConfig, tok) -> Split:
     else:
         tr, va = data.group_split([str(x) for x in df[comp.group_column]], cfg.valid_fraction, cfg.seed)
         train_df, valid_df = df.iloc[tr].reset_index(drop=True), df.iloc[va].reset_index(drop=True)
-    pairs = [
-        train_pairs(comp, train_df, tok, cfg),
-        (comp.examples(valid_df, tok, cfg.max_length), comp.completions(valid_df)),
-    ]
-    (train_ex, d1), (valid_ex, d2) = (data.tokenize(tok, p, c, cfg.max_length, cfg.loss) for p, c in pairs)
+    prompts, completions, perms = train_pairs(comp, train_df, tok, cfg)
+    softs = None
+    if cfg.soft_labels:
+        if comp.task != "choices":
+            raise ConfigError("soft_labels", f"{comp.name} generates text; distillation needs label probabilities")
+        ids = train_df["id"].tolist()
+        teacher = data.read_soft_labels(cfg.soft_labels, ids, comp.labels, comp.submission_columns[1:])
+        # the teacher's probabilities follow each view's label order
+        softs = [[teacher[k % len(ids)][j] for j in perm] for k, perm in enumerate(perms)]
+    train_ex, d1 = data.tokenize(tok, prompts, completions, cfg.max_length, cfg.loss, softs)
+    v_prompts, v_completions = comp.examples(valid_df, tok, cfg.max_length), comp.completions(valid_df)
+    valid_ex, d2 = data.tokenize(tok, v_prompts, v_completions, cfg.max_length, cfg.loss)
     return Split(train_ex, valid_ex, valid_df=valid_df, dropped=d1 + d2)
 
 
-def train_pairs(comp, df, tok, cfg: TrainConfig) -> tuple[list[str], list[str]]:
-    """(prompts, completions) of the train rows, plus each row under cfg.views - 1 more views with its
-    label mapped to where the view shows it (LMSYS paired rows: A/B swapped, A<->B label; the gold teams'
-    most consistent gain). Validation rows are never augmented."""
+def train_pairs(comp, df, tok, cfg: TrainConfig) -> tuple[list[str], list[str], list[list[int]]]:
+    """(prompts, completions, perms) of the train rows, plus each row under cfg.views - 1 more views with
+    its label mapped to where the view shows it (LMSYS paired rows: A/B swapped, A<->B label; the gold
+    teams' most consistent gain). perms[k][j] is the original label shown at label j in row k's view.
+    Validation rows are never augmented."""
     if cfg.views > 1 and (comp.views is None or cfg.views > comp.max_views):
         raise ConfigError("views", f"{comp.name} supports at most {comp.max_views} training view(s), got {cfg.views}")
     prompts, completions = comp.examples(df, tok, cfg.max_length), comp.completions(df)
-    if cfg.views == 1:
-        return prompts, completions
     labels = list(comp.labels)
+    perms = [list(range(len(labels)))] * len(df)
+    if cfg.views == 1:
+        return prompts, completions, perms
     base = list(completions)
     for view_prompts, perm in comp.views(df, tok, cfg.max_length, cfg.views):
         prompts = prompts + view_prompts
         completions = completions + [labels[perm.index(labels.index(c))] for c in base]
-    return prompts, completions
+        perms = perms + [perm] * len(df)
+    return prompts, completions, perms
 
 
 def evaluate(model, tok, split: Split, cfg: TrainConfig) -> dict:
@@ -216,6 +226,7 @@ def fit(
     cfg, accelerator, model, tok, opt, sched, split: Split, total: int, state: dict, deadline: Deadline
 ) -> TrainResult:
     """The loop: budget check, micro-batches with accumulation, clip, step, schedule, log, eval, save."""
+    import torch
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,6 +239,10 @@ def fit(
     trainable = [p for p in model.parameters() if p.requires_grad]
     stopped, step_seconds, window = "done", 0.0, []
     core = accelerator.unwrap_model(model)
+    label_ids = None
+    if cfg.soft_labels:  # distillation: the first token of each label, as tokenize() puts it
+        labels_ = competitions.get(cfg.competition).labels
+        label_ids = [tok(x, add_special_tokens=False)["input_ids"][0] for x in labels_]
 
     def record(entry: dict):
         history.append(entry)
@@ -310,7 +325,12 @@ def fit(
             with sync, accelerator.autocast():
                 # loss = sum of token NLLs / tokens of the whole optimizer step, so batch 4 x accum 1
                 # and batch 1 x accum 4 take the same gradient
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items).loss
+                if label_ids is None:
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items).loss
+                else:
+                    soft = torch.tensor([e.soft for e in ex], device=accelerator.device)
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+                    loss = data.distill_loss(logits, labels, soft, label_ids, cfg.distill_weight, n_items)
                 accelerator.backward(loss)
             loss_sum += float(loss.detach()) * n_items
         grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))

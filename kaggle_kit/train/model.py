@@ -15,18 +15,19 @@ def build(cfg, profile):
     """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     from ..models import load_tokenizer, resolve_model
+    from ..templates import apply_chat_format
 
     path = resolve_model(cfg.model)
-    tok = load_tokenizer(path)
+    tok = apply_chat_format(load_tokenizer(path), cfg.chat_format)
     compute = getattr(torch, profile.compute_dtype)
     kw = dict(dtype=compute, local_files_only=True, attn_implementation="sdpa")
-    if cfg.quant == "nf4":
-        settings = {**profile.bnb_4bit(), "bnb_4bit_compute_dtype": compute}
+    if cfg.quant != "none":
+        bnb = profile.quantization(cfg.quant)
         model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=BitsAndBytesConfig(**settings), device_map={"": profile.device}, **kw
+            path, quantization_config=bnb, device_map={"": profile.device}, **kw
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     else:

@@ -84,14 +84,15 @@ def test_paired_training_rows_swap_the_label_with_the_view():
     lm = get("lmsys")
     df = lm.read(DATA / "lmsys" / "train.csv", labelled=True).head(6)
     cfg = TrainConfig("lmsys", str(DATA / "lmsys" / "train.csv"), views=2, max_length=512)
-    prompts, comps = train_pairs(lm, df, tok, cfg)
+    prompts, comps, perms = train_pairs(lm, df, tok, cfg)
     n = len(df)
     assert len(prompts) == len(comps) == 2 * n
     assert comps[n:] == [{"A": "B", "B": "A", "C": "C"}[c] for c in comps[:n]]
+    assert perms[:n] == [[0, 1, 2]] * n and perms[n:] == [[1, 0, 2]] * n
     # Science: in every view the label letter shows the right answer's text
     sci = get("science_exam")
     df = sci.read(DATA / "science_exam" / "train.csv", labelled=True).head(4)
-    prompts, comps = train_pairs(sci, df, tok, TrainConfig("science_exam", "x.csv", views=5))
+    prompts, comps, _ = train_pairs(sci, df, tok, TrainConfig("science_exam", "x.csv", views=5))
     rows = df.to_dict("records") * 5
     for prompt, letter, row in zip(prompts, comps, rows):
         assert f"{letter}) {row[row['answer']]}" in prompt

@@ -55,6 +55,8 @@ def test_predict_with_context_writes_a_valid_submission_and_bad_files_fail_first
     res = jobs.predict(cfg)
     assert res.predicted == 4 and jobs.validate(ValidateConfig("science_exam", str(out), str(data))) == []
     with pytest.raises(InputError, match="no column 'passage'"):
-        jobs.predict(PredictConfig("science_exam", str(data), out=str(out), context=str(path), context_column="passage"))
+        jobs.predict(
+            PredictConfig("science_exam", str(data), out=str(out), context=str(path), context_column="passage")
+        )
     with pytest.raises(ConfigError, match="'context'"):
         jobs.predict(PredictConfig("lmsys", str(DATA / "lmsys" / "test.csv"), out=str(out), context=str(path)))

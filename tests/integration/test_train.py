@@ -166,7 +166,8 @@ def test_torchrun_two_cpu_processes_train_to_completion(tmp_path):
 
 
 def test_trained_adapter_predicts_with_nothing_else(tmp_path):
-    """predict --adapter DIR: the checkpoint names its base model; the submission is valid."""
+    """predict --adapter DIR: the checkpoint names its base model, quantisation and chat format (seed
+    004's alpaca format here); the submission is valid."""
     cfg = small(
         tmp_path,
         competition="science_exam",
@@ -177,8 +178,16 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
         max_length=400,
         max_steps=1,
         eval_every=1,
+        chat_format="alpaca",
     )
     res = train(cfg)
+    from kaggle_kit.competitions import get
+    from kaggle_kit.models import load_model
+
+    model, tok = load_model(None, detect("float32"), adapter=res.best)
+    prompt = get("science_exam").examples(get("science_exam").read(DATA / "science_exam" / "test.csv").head(1), tok)[0]
+    assert prompt.startswith("Below is an instruction") and prompt.endswith("### Response:\n")
+    assert any("Linear4bit" in type(m).__name__ for m in model.modules())  # trained on NF4: loaded on NF4
     out = tmp_path / "sub.csv"
     r = subprocess.run(
         [
@@ -204,9 +213,9 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
     assert "40 predicted" in r.stdout
 
     # several adapters side by side, switched by name; and merging into an unquantised copy
-    from kaggle_kit.models import load_model, merge_adapter
+    from kaggle_kit.models import merge_adapter
 
-    model, tok = load_model(None, detect("float32"), adapter={"best": res.best, "last": res.out / "last"})
+    model, tok = load_model(None, detect("float32"), adapter={"best": res.best, "last": res.out / "last"}, quant="none")
     assert set(model.peft_config) == {"best", "last"} and model.active_adapter == "best"
     model.set_adapter("last")
     x = tok(["Which gas do plants take in?"], return_tensors="pt")
@@ -236,11 +245,15 @@ def test_shipped_configs_are_valid():
         ("colour=red", "colour"),
         ("target_modules=7", "target_modules"),
         ("loss=all", "loss"),
+        ("soft_labels=teacher.csv,loss=completion", "soft_labels"),  # distillation needs loss: answer
+        ("chat_format=chatml", "chat_format"),
+        ("distill_weight=2", "distill_weight"),
+        ("quant=fp4", "quant"),
     ],
 )
 def test_bad_config_names_the_field(override, field):
     with pytest.raises(ConfigError, match=f"'{field}'"):
-        load_yaml_config(TrainConfig, str(ROOT / "configs" / "science_exam_demo.yaml"), [override])
+        load_yaml_config(TrainConfig, str(ROOT / "configs" / "science_exam_demo.yaml"), override.split(","))
 
 
 def test_missing_train_file_or_column_is_input_error(tmp_path):
@@ -250,3 +263,68 @@ def test_missing_train_file_or_column_is_input_error(tmp_path):
     bad.write_text("id,prompt,A,B,C,D,E\n1,q,a,b,c,d,e\n")
     with pytest.raises(InputError, match="'answer'"):
         train(small(tmp_path, competition="science_exam", train=str(bad), valid=None))
+
+
+def test_int8_base_trains_and_predicts_in_8bit(tmp_path):
+    """quant=int8 (LLM.int8 base, faster than 4-bit on a T4 for several LMSYS teams): LoRA learns, and
+    the adapter is loaded back on an 8-bit base, as it was trained."""
+    from bitsandbytes.nn import Linear8bitLt
+    from safetensors.torch import load_file
+
+    from kaggle_kit.models import load_model
+
+    res = train(small(tmp_path, quant="int8", max_steps=2, eval_every=2, max_length=96))
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in res.history if "train_loss" in h)
+    weights = load_file(res.out / "last" / "adapter_model.safetensors")
+    lora_b = [k for k in weights if "lora_B" in k]
+    assert lora_b and all(weights[k].abs().sum() > 0 for k in lora_b)  # B starts at zero: every one learned
+    model, tok = load_model(None, detect("float32"), adapter=res.out / "last")
+    assert any(isinstance(m, Linear8bitLt) for m in model.modules())
+    with torch.inference_mode():
+        assert torch.isfinite(model(**tok(["Hello"], return_tensors="pt")).logits).all()
+
+
+def _distil_cfg(tmp_path, name, **kw):
+    return small(
+        tmp_path,
+        competition="lmsys",
+        train=str(DATA / "lmsys" / "train.csv"),
+        valid=None,
+        valid_fraction=0.3,
+        loss="answer",
+        quant="none",  # the objective is what is compared; plain LoRA builds and steps faster on a CPU
+        max_length=192,
+        max_steps=1,
+        eval_every=1,
+        out=str(tmp_path / name),
+        **kw,
+    )
+
+
+def test_distillation_with_one_hot_teacher_equals_hard_labels_and_soft_teacher_differs(tmp_path):
+    """KL to a one-hot teacher is the hard-label NLL: same losses and gradient norms step by step."""
+    import pandas as pd
+
+    cols = ["winner_model_a", "winner_model_b", "winner_tie"]
+    df = pd.read_csv(DATA / "lmsys" / "train.csv")
+    df[["id", *cols]].to_csv(tmp_path / "onehot.csv", index=False)
+    soft = df[["id", *cols]].copy()
+    soft[cols] = soft[cols] * 0.4 + 0.2  # 0.6 on the winner, 0.2 elsewhere
+    soft.to_csv(tmp_path / "soft.csv", index=False)
+
+    def steps(res):
+        return [(h["train_loss"], h["grad_norm"]) for h in res.history if "train_loss" in h]
+
+    # paired rows (views=2): the teacher's A and B probabilities must swap with the responses, or the
+    # one-hot run would train on wrong targets for half its rows and differ from the hard run
+    hard = steps(train(_distil_cfg(tmp_path, "hard", views=2)))
+    onehot = steps(train(_distil_cfg(tmp_path, "onehot", soft_labels=str(tmp_path / "onehot.csv"), views=2)))
+    smooth = steps(train(_distil_cfg(tmp_path, "soft", soft_labels=str(tmp_path / "soft.csv"), views=2)))
+    assert len(hard) == len(onehot) == 1
+    assert onehot[0][0] == pytest.approx(hard[0][0], rel=1e-4)
+    assert onehot[0][1] == pytest.approx(hard[0][1], rel=1e-4)  # same gradient norm
+    assert abs(smooth[0][0] - hard[0][0]) > 1e-3  # a soft teacher is another objective
+
+    df.iloc[::2][["id", *cols]].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(InputError, match="have no soft labels"):
+        train(_distil_cfg(tmp_path, "bad", soft_labels=str(tmp_path / "short.csv")))

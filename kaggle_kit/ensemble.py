@@ -1,0 +1,299 @@
+"""Several models on one test file: weighted ensembles and the confidence cascade.
+
+Each member runs in its own process (spawned), so the GPU memory of one model is really free before
+the next loads; each keeps its own resumable checkpoint, so a killed run resumes member by member.
+Choice tasks average the members' probabilities with fitted weights, then a temperature; generation
+tasks join the members' texts (Prompt Recovery's winners concatenated several guesses).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, InputError
+
+log = logging.getLogger("kaggle_kit")
+
+
+@dataclass
+class Member:
+    """One model of an ensemble: a base model and/or adapter, with its own inference settings."""
+
+    name: str
+    model: str | None = "demo"  # a local model folder, 'demo', or None = the adapter's base
+    adapter: str | None = None
+    tta: int = 1
+    max_length: int | None = None  # None = the run's max_length
+    quant: str | None = None  # nf4 / int8 / none; None = as the adapter trained
+
+
+@dataclass
+class EnsembleSpec:
+    """An ensemble file (YAML): members, their weights and the temperature over the weighted mean."""
+
+    members: list[Member]
+    weights: dict[str, float] = field(default_factory=dict)  # name -> weight; missing = equal weights
+    temperature: float = 1.0  # applied to the weighted mean of the members' probabilities
+    fitted: dict = field(default_factory=dict)  # what `kaggle-kit ensemble` measured when fitting
+
+    def weight_vector(self) -> np.ndarray:
+        """Weights in member order, summing to 1."""
+        w = np.array([float(self.weights.get(m.name, 1.0)) for m in self.members])
+        return w / w.sum()
+
+
+def load_spec(path) -> EnsembleSpec:
+    """An EnsembleSpec from YAML; a bad field is named (members[1].adapter, weights.fold2, ...)."""
+    from .config import read_yaml_mapping
+
+    raw = read_yaml_mapping(path, "ensemble")
+    if not isinstance(raw.get("members"), list) or not raw["members"]:
+        raise ConfigError("ensemble", f"{path} needs 'members:', a list of {{name, model, adapter, tta}}")
+    unknown = sorted(set(raw) - {f.name for f in fields(EnsembleSpec)})
+    if unknown:
+        raise ConfigError(f"ensemble.{unknown[0]}", "unknown field; valid: members, weights, temperature, fitted")
+    known = {f.name for f in fields(Member)}
+    members = []
+    for i, m in enumerate(raw["members"]):
+        if not isinstance(m, dict) or not m.get("name"):
+            raise ConfigError(f"members[{i}].name", "every member needs a name")
+        bad = sorted(set(m) - known)
+        if bad:
+            raise ConfigError(f"members[{i}].{bad[0]}", f"unknown field; valid: {sorted(known)}")
+        members.append(Member(**m))
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ConfigError("members", f"member names repeat: {names}")
+    weights = raw.get("weights") or {}
+    for name, w in weights.items():
+        if name not in names:
+            raise ConfigError(f"weights.{name}", f"no member called {name!r}; members: {names}")
+        if not isinstance(w, (int, float)) or w < 0:
+            raise ConfigError(f"weights.{name}", f"must be a number >= 0, got {w!r}")
+    if weights and sum(float(weights.get(n, 1.0)) for n in names) <= 0:
+        raise ConfigError("weights", "all weights are 0")
+    t = raw.get("temperature", 1.0)
+    if not isinstance(t, (int, float)) or t <= 0:
+        raise ConfigError("temperature", f"must be > 0, got {t!r}")
+    return EnsembleSpec(members, {k: float(v) for k, v in weights.items()}, float(t), raw.get("fitted") or {})
+
+
+def save_spec(spec: EnsembleSpec, path) -> Path:
+    """Write the spec as YAML (atomically)."""
+    import yaml
+
+    from .io import write_text_atomic
+
+    data = {
+        "members": [{k: v for k, v in asdict(m).items() if v is not None} for m in spec.members],
+        "weights": {k: round(v, 6) for k, v in spec.weights.items()},
+        "temperature": round(spec.temperature, 6),
+        "fitted": spec.fitted,
+    }
+    write_text_atomic(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), path)
+    return Path(path)
+
+
+def _member_process(cfg, seconds_left: float | None) -> dict:
+    """In a fresh process: one member's predictions into its checkpoint file (see jobs._worker)."""
+    from .jobs import _worker
+
+    return _worker(cfg, (0, 1), seconds_left, os.cpu_count() or 1)
+
+
+def run_member(cfg, seconds_left: float | None):
+    """Run one PredictConfig in its own spawned process; (results {row: output}, stats dict)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .infer.checkpoint import read_results
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        stats = pool.submit(_member_process, cfg, seconds_left).result()
+    return read_results(cfg.checkpoint_path()) or {}, stats
+
+
+def member_config(cfg, member: Member, data: str, checkpoint: str):
+    """The PredictConfig a member runs with: the run's settings, the member's model, its own checkpoint."""
+    return replace(
+        cfg,
+        data=data,
+        model=member.model,
+        adapter=member.adapter,
+        tta=member.tta,
+        quant=member.quant,
+        max_length=member.max_length or cfg.max_length,
+        temperature=1.0,  # the ensemble's own temperature is applied to the mean
+        checkpoint=checkpoint,
+        ensemble=None,
+        cascade_model=None,
+        cascade_adapter=None,
+        workers=1,
+        shard=None,
+    )
+
+
+def combine(comp, outputs: list, weights: np.ndarray, temperature: float = 1.0):
+    """Members' outputs -> one: weighted mean of probabilities over the members that have the row, then
+    the temperature (choice tasks); the members' texts joined in member order (generation tasks)."""
+    from .metrics import apply_temperature
+
+    if comp.task != "choices":
+        return [" ".join(o[i] for o in outputs if o[i]) or None for i in range(len(outputs[0]))]
+    stack = np.stack([np.asarray(o, dtype=float) for o in outputs])  # (M, N, K); NaN rows = not reached
+    have = ~np.isnan(stack).any(axis=2)  # (M, N)
+    w = weights[:, None] * have
+    total = w.sum(axis=0)
+    mean = np.einsum("mn,mnk->nk", w, np.nan_to_num(stack)) / np.where(total > 0, total, 1.0)[:, None]
+    mean[total == 0] = np.nan
+    done = total > 0
+    if temperature != 1.0 and done.any():
+        mean[done] = apply_temperature(mean[done], temperature)
+    return mean
+
+
+def fit_weights(y, probs: list, steps: int = 2000, lr: float = 1.0) -> np.ndarray:
+    """Weights on the simplex minimising the log loss of the weighted mean of `probs` (each (N, K)).
+
+    The loss is convex in the weights; exponentiated gradient descent stays on the simplex.
+    """
+    from .metrics import LOG_LOSS_EPS
+
+    y = np.asarray(y)
+    p = np.stack([np.asarray(q, dtype=np.float64)[np.arange(len(y)), y] for q in probs], axis=1)  # (N, M)
+    p = np.clip(p, LOG_LOSS_EPS, 1.0)
+    w = np.full(p.shape[1], 1.0 / p.shape[1])
+    for _ in range(steps):
+        grad = -(p / (p @ w)[:, None]).mean(axis=0)
+        w = w * np.exp(-lr * (grad - grad.min()))
+        w /= w.sum()
+    return w
+
+
+def predict_members(cfg, comp, df, deadline):
+    """Every member of cfg.ensemble on cfg.data, one process each; (combined outputs, stats, checkpoints).
+
+    The budget left is shared among the members still to run, so the last one is never starved.
+    """
+    spec = load_spec(cfg.ensemble)
+    base = cfg.checkpoint_path()
+    outputs, stats, ckpts = [], [], []
+    for i, member in enumerate(spec.members):
+        mcfg = member_config(cfg, member, cfg.data, f"{base}.{member.name}")
+        seconds = None if deadline.seconds is None else deadline.remaining() / (len(spec.members) - i)
+        log.info("ensemble: member %d/%d %r", i + 1, len(spec.members), member.name)
+        results, st = run_member(mcfg, seconds)
+        outputs.append(_ordered(comp, len(df), results))
+        stats.append(st)
+        ckpts.append(mcfg.checkpoint_path())
+    return combine(comp, outputs, spec.weight_vector(), spec.temperature), _sum_stats(stats), ckpts
+
+
+def _ordered(comp, n: int, results: dict):
+    from .jobs import outputs_from_results
+
+    return outputs_from_results(comp, n, results)
+
+
+def _sum_stats(stats: list[dict]) -> dict:
+    keys = ("rows_done", "rows_resumed", "tokens", "padded_tokens", "batches", "oom_splits")
+    out = {k: sum(s.get(k, 0) for s in stats) for k in keys}
+    out["seconds"] = sum(s.get("seconds", 0.0) for s in stats)
+    return out
+
+
+def least_confident(probs, fraction: float) -> list[int]:
+    """Row indices of the `fraction` of rows with the smallest margin between the two most probable
+    labels (rows without probabilities first), in row order."""
+    p = np.asarray(probs, dtype=float)
+    top2 = -np.sort(-np.nan_to_num(p, nan=-1.0), axis=1)[:, :2]
+    margin = np.where(np.isnan(p).any(axis=1), -np.inf, top2[:, 0] - top2[:, 1])
+    n = int(round(fraction * len(p)))
+    return sorted(np.argsort(margin, kind="stable")[:n].tolist())
+
+
+def cascade(cfg, comp, df, probs, deadline):
+    """Re-answer the least confident cfg.cascade_fraction of rows with the second model (5th place in
+    Science Exam: 7B on all, 70B on the least confident 40%). Rows the budget does not reach keep the
+    first model's answer. Returns (probs, rows re-answered, checkpoint file)."""
+    from .io import write_csv_atomic
+
+    if comp.task != "choices":
+        raise ConfigError("cascade_model", f"the cascade re-ranks choice probabilities; {comp.name} generates text")
+    rows = least_confident(probs, cfg.cascade_fraction)
+    _free_cuda()  # the first model's cached blocks, before the second loads in its own process
+    if not rows:
+        return probs, 0, []
+    base = cfg.checkpoint_path()
+    subset = f"{base}.cascade.csv"
+    write_csv_atomic(df.iloc[rows], subset)  # the same rows on a rerun: first-stage results are resumed
+    member = Member("cascade", cfg.cascade_model, cfg.cascade_adapter, cfg.tta, quant=cfg.quant)
+    mcfg = member_config(cfg, member, subset, f"{base}.cascade")
+    seconds = None if deadline.seconds is None else deadline.remaining()
+    log.info("cascade: %d least confident rows to %s", len(rows), cfg.cascade_model or cfg.cascade_adapter)
+    results, _ = run_member(mcfg, seconds)
+    second = _ordered(comp, len(rows), results)
+    out = np.array(probs, dtype=float, copy=True)
+    redone = 0
+    for j, i in enumerate(rows):
+        if not np.isnan(second[j]).any():
+            out[i] = second[j]
+            redone += 1
+    return out, redone, [mcfg.checkpoint_path(), subset]
+
+
+def _free_cuda() -> None:
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def fit(cfg) -> EnsembleSpec:
+    """Run every member on a labelled validation file, fit the weights and the temperature that minimise
+    log loss there, and write them into the ensemble file (`kaggle-kit ensemble`)."""
+    from . import competitions
+    from .config import PredictConfig
+    from .metrics import fit_temperature, log_loss
+
+    comp = competitions.get(cfg.competition)
+    if comp.task != "choices" or comp.targets is None:
+        raise ConfigError("competition", f"weights are fitted on label probabilities; {comp.name} has none")
+    spec = load_spec(cfg.ensemble)
+    truth = comp.read(cfg.truth, labelled=True)
+    y = comp.targets(truth)
+    pcfg = PredictConfig(
+        cfg.competition, cfg.truth, out=cfg.work, max_length=cfg.max_length, progress=cfg.progress, plan=False
+    )
+    probs, per_member = [], {}
+    for member in spec.members:
+        results, _ = run_member(member_config(pcfg, member, cfg.truth, f"{cfg.work}.{member.name}"), None)
+        p = _ordered(comp, len(truth), results)
+        if np.isnan(p).any():
+            raise InputError(cfg.truth, f"member {member.name!r} left rows without predictions")
+        probs.append(p)
+        per_member[member.name] = log_loss(y, p)
+    w = fit_weights(y, probs)
+    mean = combine(comp, probs, w)
+    t = fit_temperature(y, mean)
+    spec.weights = {m.name: float(x) for m, x in zip(spec.members, w)}
+    spec.temperature = t
+    spec.fitted = {
+        "on": str(cfg.truth),
+        "rows": len(y),
+        "log_loss_members": {k: round(v, 6) for k, v in per_member.items()},
+        "log_loss_equal_weights": round(log_loss(y, combine(comp, probs, np.full(len(probs), 1 / len(probs)))), 6),
+        "log_loss_fitted": round(log_loss(y, combine(comp, probs, w, t)), 6),
+    }
+    save_spec(spec, cfg.out or cfg.ensemble)
+    for f in Path(cfg.work).parent.glob(Path(cfg.work).name + ".*"):
+        f.unlink(missing_ok=True)
+    return spec

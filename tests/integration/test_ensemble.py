@@ -1,0 +1,84 @@
+"""Ensembles and the cascade on the real SmolLM2: members in their own processes, weights fitted on
+labels, the least confident rows re-answered by a second model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kaggle_kit import jobs
+from kaggle_kit.competitions import get
+from kaggle_kit.config import EnsembleConfig, PredictConfig
+from kaggle_kit.ensemble import combine, fit, fit_weights, least_confident, load_spec
+from kaggle_kit.infer import run_task
+from kaggle_kit.infer.primitives import choice_task
+from kaggle_kit.metrics import fit_temperature
+
+from ..conftest import DATA
+
+COLS = ["winner_model_a", "winner_model_b", "winner_tie"]
+
+
+def test_fit_then_predict_equals_the_weighted_members(tmp_path, demo_model):
+    comp = get("lmsys")
+    truth = tmp_path / "valid.csv"
+    pd.read_csv(DATA / "lmsys" / "train.csv", dtype=str).head(3).to_csv(truth, index=False)
+    spec_path = tmp_path / "ens.yaml"
+    spec_path.write_text("members:\n  - {name: plain}\n  - {name: swap, tta: 2}\n")
+    fit(EnsembleConfig("lmsys", str(spec_path), str(truth), work=str(tmp_path / "w"), max_length=320))
+    spec = load_spec(spec_path)
+    assert not list(tmp_path.glob("w.*"))  # the members' temporary results are gone
+
+    model, tok = demo_model  # each member alone, in this process
+    df = comp.read(truth, labelled=True)
+    refs = []
+    for views in (None, comp.views(df, tok, 320, 2)):
+        task = choice_task(model, tok, comp.examples(df, tok, 320), list(comp.labels), max_length=320, views=views)
+        refs.append(np.asarray(run_task(task, model, batch_tokens=2048, progress=False)[0]))
+    y = comp.targets(df)
+    np.testing.assert_allclose(spec.weight_vector(), fit_weights(y, refs), atol=1e-3)
+    assert spec.temperature == pytest.approx(fit_temperature(y, combine(comp, refs, spec.weight_vector())), rel=1e-3)
+    assert spec.fitted["log_loss_fitted"] <= spec.fitted["log_loss_equal_weights"] + 1e-6
+
+    out = tmp_path / "sub.csv"
+    res = jobs.predict(PredictConfig("lmsys", str(truth), out=str(out), max_length=320, ensemble=str(spec_path)))
+    assert res.predicted == 3 and res.fallback == 0
+    want = combine(comp, refs, spec.weight_vector(), spec.temperature)
+    np.testing.assert_allclose(pd.read_csv(out)[COLS].to_numpy(), want, atol=1e-4)
+
+
+def test_cascade_re_answers_only_the_least_confident_rows(tmp_path, demo_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kaggle_kit.models import demo_model_dir
+
+    torch.manual_seed(0)  # a second "model": the demo model with a random LoRA adapter
+    lora = LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(demo_model_dir()), lora).save_pretrained(tmp_path / "big")
+
+    comp = get("science_exam")
+    df = comp.read(DATA / "science_exam" / "train.csv", labelled=True).head(6)
+    data = tmp_path / "test.csv"
+    df.drop(columns="answer").to_csv(data, index=False)
+    model, tok = demo_model
+    task = choice_task(model, tok, comp.examples(df, tok, 2048), list(comp.labels), max_length=2048)
+    first, _ = run_task(task, model, batch_tokens=2048, progress=False)
+    chosen = least_confident(first, 0.5)
+
+    out, second = tmp_path / "sub.csv", tmp_path / "second.csv"
+    cfg = PredictConfig(
+        "science_exam", str(data), out=str(out), cascade_adapter=str(tmp_path / "big"), cascade_fraction=0.5
+    )
+    res = jobs.predict(cfg)
+    assert res.stats["cascade_rows"] == 3
+    jobs.predict(PredictConfig("science_exam", str(data), out=str(second), adapter=str(tmp_path / "big")))
+    got, alone = pd.read_csv(out)["prediction"], pd.read_csv(second)["prediction"]
+    firsts = comp.to_submission(df, first)["prediction"]
+    assert (got[chosen] == alone[chosen]).all()
+    rest = [i for i in range(6) if i not in chosen]
+    assert (got[rest] == firsts[rest]).all()
+    assert (alone != firsts).any()  # the second model answers differently: the test can tell them apart
+    assert not list(tmp_path.glob("sub.csv.*"))  # checkpoints and the subset file cleaned up
