@@ -45,8 +45,9 @@ def run(name, comp, data, tmp, model, **kw) -> tuple[Path, float]:
     return out, time.perf_counter() - t
 
 
-def qlora(comp: str, train_csv, tmp: Path, model: str, **overrides) -> tuple[Path, float]:
-    """Train configs/<comp>_demo.yaml on `train_csv` (its own grouped valid split); (best adapter, seconds)."""
+def qlora(comp: str, train_csv, tmp: Path, model: str, **overrides) -> tuple[Path, float, int]:
+    """Train configs/<comp>_demo.yaml on `train_csv` (its own grouped valid split); (best adapter, seconds,
+    best step). Best step 0 means validation preferred the untrained adapter (the NF4 base alone)."""
     from kaggle_kit.train import train
 
     sets = [f"{k}={v}" for k, v in overrides.items()]
@@ -58,7 +59,7 @@ def qlora(comp: str, train_csv, tmp: Path, model: str, **overrides) -> tuple[Pat
     )
     t = time.perf_counter()
     res = train(cfg)
-    return res.best, time.perf_counter() - t
+    return res.best, time.perf_counter() - t, res.best_step
 
 
 def science(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
@@ -83,8 +84,10 @@ def science(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict
     if trained:
         train_csv = tmp / "science_train.csv"
         extra.head(400).to_csv(train_csv, index=False)  # never a scored question
-        adapter, train_s = qlora("science_exam", train_csv, tmp, model)
-        table.append({"technique": f"(QLoRA training: 8 steps on 400 of Radek's rows, {train_s:.0f}s)"})
+        adapter, train_s, best = qlora("science_exam", train_csv, tmp, model)
+        table.append(
+            {"technique": f"(QLoRA training: 8 steps on 400 of Radek's rows, {train_s:.0f}s; best step {best})"}
+        )
         techniques += [
             ("QLoRA adapter", {"adapter": str(adapter)}),
             ("QLoRA adapter + TTA x5", {"adapter": str(adapter), "tta": 5}),
@@ -111,22 +114,23 @@ def _two_fold_temperature(sub: Path, truth: pd.DataFrame) -> tuple[float, list[f
     return log_loss(y, out), temps
 
 
-def _two_fold_qlora(data: Path, tmp: Path, model: str, name: str, tta: int, **overrides) -> tuple[Path, float]:
+def _two_fold_qlora(data: Path, tmp: Path, model: str, name: str, tta: int, **overrides) -> tuple[Path, float, list]:
     """Train on one half, predict the other, both ways: predictions for every row, none seen in training."""
     df = pd.read_csv(data, dtype=str, keep_default_na=False)
-    parts, secs = [], 0.0
+    parts, secs, bests = [], 0.0, []
     for k in (0, 1):
         fit_rows, score_rows = df.iloc[k::2], df.iloc[1 - k :: 2]
         fit_csv, score_csv = tmp / f"lm_fit{k}.csv", tmp / f"lm_score{k}.csv"  # one adapter per fold and recipe
         fit_rows.to_csv(fit_csv, index=False)
         score_rows.to_csv(score_csv, index=False)
-        adapter, t_train = qlora("lmsys", fit_csv, tmp, model, **overrides)
+        adapter, t_train, best = qlora("lmsys", fit_csv, tmp, model, **overrides)
+        bests.append(best)
         out, t_pred = run(f"{name}_{k}", "lmsys", score_csv, tmp, model, adapter=str(adapter), max_length=512, tta=tta)
         parts.append(pd.read_csv(out, dtype=str))
         secs += t_train + t_pred
     out = tmp / f"lmsys_{name}.csv"
     pd.concat(parts).to_csv(out, index=False)
-    return out, secs
+    return out, secs, bests
 
 
 def lmsys(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
@@ -163,9 +167,15 @@ def lmsys(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
             ("QLoRA + A/B swap TTA x2", 2, {}),
             ("QLoRA on paired rows (views=2) + swap TTA", 2, {"views": 2}),
         ):
-            out, secs = _two_fold_qlora(data, tmp, model, name.split()[0] + str(tta) + str(overrides), tta, **overrides)
+            out, secs, bests = _two_fold_qlora(
+                data, tmp, model, name.split()[0] + str(tta) + str(overrides), tta, **overrides
+            )
             table.append(
-                {"technique": name, "log loss": jobs.score(ScoreConfig("lmsys", str(out), str(data))), "seconds": secs}
+                {
+                    "technique": f"{name}; best steps {bests}",
+                    "log loss": jobs.score(ScoreConfig("lmsys", str(out), str(data))),
+                    "seconds": secs,
+                }
             )
     return [{"competition": "lmsys", "rows": len(truth), **r} for r in table]
 
@@ -225,7 +235,7 @@ def prompt_recovery(rows: int, model: str, tmp: Path, trained: bool = True) -> l
             ("QLoRA on 200 real Gemma rewrites (other rows)", real, 0.0),
             (f"QLoRA on {synth.rows} synthetic rewrites by the demo model", synth.out, synth.seconds),
         ):
-            adapter, t_train = qlora("prompt_recovery", train_csv, tmp, model)
+            adapter, t_train, _ = qlora("prompt_recovery", train_csv, tmp, model)
             out, t_pred = run(name[:12], "prompt_recovery", data, tmp, model, adapter=str(adapter), max_length=768)
             pred = pd.read_csv(out, dtype=str, keep_default_na=False)["rewrite_prompt"].tolist()
             table.append((name, pred, extra_s + t_train + t_pred))
@@ -268,8 +278,8 @@ def alpaca(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]
         train_json.write_text(json.dumps(train_recs[:400], ensure_ascii=False))
         valid_json = tmp / "alpaca_valid.json"
         valid_json.write_text(json.dumps(test[rows // 2 : rows // 2 + 40], ensure_ascii=False))  # never scored
-        adapter, train_s = qlora("alpaca", train_json, tmp, model, valid=str(valid_json))
-        table.append({"technique": f"(QLoRA training: 6 steps on 400 train records, {train_s:.0f}s)"})
+        adapter, train_s, best = qlora("alpaca", train_json, tmp, model, valid=str(valid_json))
+        table.append({"technique": f"(QLoRA training: 6 steps on 400 train records, {train_s:.0f}s; best step {best})"})
         runs.append(("QLoRA adapter (seed 003 recipe, demo size)", {"adapter": str(adapter)}))
     for name, kw in runs:
         t = time.perf_counter()

@@ -228,9 +228,15 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
 
 
 def test_shipped_configs_are_valid():
-    """Every training config in configs/ loads (routes_*.yaml are serving routes, tested with the router)."""
+    """Every training config in configs/ loads (routes_*.yaml are serving routes, tested with the router;
+    ensemble_*.yaml ensemble files)."""
+    from kaggle_kit.ensemble import load_spec
+
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if path.name.startswith("routes_"):
+            continue
+        if path.name.startswith("ensemble_"):
+            assert len(load_spec(path).members) >= 2
             continue
         cfg = load_yaml_config(TrainConfig, str(path))
         assert cfg.competition in ("science_exam", "lmsys", "prompt_recovery", "alpaca"), path
