@@ -180,6 +180,60 @@ def lmsys(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
     return [{"competition": "lmsys", "rows": len(truth), **r} for r in table]
 
 
+def lmsys_ensemble(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
+    """LMSYS, 2-fold on the same 100 rows: (a) an ensemble of the plain and the A/B-swap member with weights
+    and temperature fitted on one half (`kaggle-kit ensemble`), predicting the other; (b) QLoRA distilled
+    from a teacher's soft labels on the fit half (teacher: the fitted ensemble's probabilities there)."""
+    from kaggle_kit.config import EnsembleConfig
+    from kaggle_kit.ensemble import fit as fit_ensemble
+
+    src = SHARED / "lmsys" / "train_first100.csv"
+    df = pd.read_csv(src, dtype=str, keep_default_na=False).head(rows)
+    ens_parts, dist_parts, secs, weights, bests = [], [], [0.0, 0.0], [], []
+    for k in (0, 1):
+        fit_rows, score_rows = df.iloc[k::2], df.iloc[1 - k :: 2]
+        fit_csv, score_csv = tmp / f"le_fit{k}.csv", tmp / f"le_score{k}.csv"
+        fit_rows.to_csv(fit_csv, index=False)
+        score_rows.to_csv(score_csv, index=False)
+        spec = tmp / f"ens{k}.yaml"
+        spec.write_text(f"members:\n  - {{name: plain, model: {model}}}\n  - {{name: swap, model: {model}, tta: 2}}\n")
+        t = time.perf_counter()
+        fitted = fit_ensemble(
+            EnsembleConfig("lmsys", str(spec), str(fit_csv), work=str(tmp / f"ew{k}"), max_length=512)
+        )
+        weights.append((round(fitted.weights["plain"], 2), round(fitted.temperature, 2)))
+        out, t_pred = run(f"ens{k}", "lmsys", score_csv, tmp, model, max_length=512, ensemble=str(spec))
+        secs[0] += time.perf_counter() - t
+        ens_parts.append(pd.read_csv(out, dtype=str))
+        if trained:
+            t = time.perf_counter()
+            teacher, _ = run(f"teacher{k}", "lmsys", fit_csv, tmp, model, max_length=512, ensemble=str(spec))
+            adapter, _, best = qlora("lmsys", fit_csv, tmp, model, soft_labels=str(teacher), loss="answer")
+            bests.append(best)
+            out, _ = run(f"dist{k}", "lmsys", score_csv, tmp, model, adapter=str(adapter), max_length=512, tta=2)
+            secs[1] += time.perf_counter() - t
+            dist_parts.append(pd.read_csv(out, dtype=str))
+    data = tmp / "le_all.csv"
+    df.to_csv(data, index=False)
+    table = []
+    for name, parts, sec in (
+        (
+            f"ensemble plain + swap, weights/T fitted on the other half (w_plain, T per fold: {weights})",
+            ens_parts,
+            secs[0],
+        ),
+        (f"QLoRA distilled from that ensemble's soft labels + swap TTA; best steps {bests}", dist_parts, secs[1]),
+    ):
+        if not parts:
+            continue
+        out = tmp / f"le_{len(table)}.csv"
+        pd.concat(parts).to_csv(out, index=False)
+        table.append(
+            {"technique": name, "log loss": jobs.score(ScoreConfig("lmsys", str(out), str(data))), "seconds": sec}
+        )
+    return [{"competition": "lmsys", "rows": len(df), **r} for r in table]
+
+
 def prompt_recovery(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
     """Zero-shot generation vs the fixed mean prompt vs the searched one (fallback, and appended).
 
@@ -310,7 +364,13 @@ def main(argv=None):
     print(format_table(results, cols))
 
 
-SECTIONS = {"science_exam": science, "lmsys": lmsys, "prompt_recovery": prompt_recovery, "alpaca": alpaca}
+SECTIONS = {
+    "science_exam": science,
+    "lmsys": lmsys,
+    "lmsys_ensemble": lmsys_ensemble,
+    "prompt_recovery": prompt_recovery,
+    "alpaca": alpaca,
+}
 
 
 if __name__ == "__main__":
