@@ -191,20 +191,15 @@ def predict_members(cfg, comp, df, deadline):
         outputs.append(_ordered(comp, len(df), results))
         stats.append(st)
         ckpts.append(mcfg.checkpoint_path())
-    return combine(comp, outputs, spec.weight_vector(), spec.temperature), _sum_stats(stats), ckpts
+    from .jobs import sum_stats
+
+    return combine(comp, outputs, spec.weight_vector(), spec.temperature), sum_stats(stats, parallel=False), ckpts
 
 
 def _ordered(comp, n: int, results: dict):
     from .jobs import outputs_from_results
 
     return outputs_from_results(comp, n, results)
-
-
-def _sum_stats(stats: list[dict]) -> dict:
-    keys = ("rows_done", "rows_resumed", "tokens", "padded_tokens", "batches", "oom_splits")
-    out = {k: sum(s.get(k, 0) for s in stats) for k in keys}
-    out["seconds"] = sum(s.get("seconds", 0.0) for s in stats)
-    return out
 
 
 def least_confident(probs, fraction: float) -> list[int]:

@@ -104,8 +104,9 @@ def _task(comp, model, tok, df, cfg, max_length: int):
     """The inference Task for a competition's rows."""
     from .calibration import temperature
     from .infer import choice_task, generation_task
+    from .infer.vllm_backend import VllmModel
 
-    if type(model).__name__ == "VllmModel":
+    if isinstance(model, VllmModel):
         from .infer.vllm_backend import choice_task, generation_task
 
     check_tta(comp, cfg.tta)
@@ -149,12 +150,11 @@ def _load(cfg):
 def _load_vllm(cfg, profile):
     """(vLLM engine, tokenizer, tokens per step) for cfg's model / adapter (see infer/vllm_backend.py)."""
     from .infer import vllm_backend
-    from .models import DEMO, adapter_base, adapter_setting, load_tokenizer, resolve_model
+    from .models import adapter_defaults, load_tokenizer, resolve_model
     from .templates import apply_chat_format
 
-    name = cfg.model or (adapter_base(cfg.adapter) if cfg.adapter else None) or DEMO
+    name, _, fmt = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, None, cfg.chat_format)
     path = resolve_model(name)
-    fmt = cfg.chat_format or (adapter_setting(cfg.adapter, "chat_format") if cfg.adapter else None) or "auto"
     tok = apply_chat_format(load_tokenizer(path), fmt)
     model = vllm_backend.load(path, profile, cfg.adapter, cfg.max_length, cfg.tensor_parallel)
     return model, tok, cfg.batch_tokens or vllm_backend.BATCH_TOKENS
@@ -238,13 +238,19 @@ def _run_workers(cfg: PredictConfig, n_rows: int, deadline: Deadline):
     results = {}
     for part in parts:
         results.update(read_results(part.checkpoint_path()) or {})
-    total = {
-        k: sum(s[k] for s in stats)
-        for k in ("rows_done", "rows_resumed", "tokens", "padded_tokens", "batches", "oom_splits")
-    }
-    total["seconds"] = max(s["seconds"] for s in stats)
+    total = sum_stats(stats, parallel=True)
     planned = [s["planned"] for s in stats if s["planned"] is not None]
     return results, total, min(s["max_length"] for s in stats), max(planned) if planned else None, parts
+
+
+def sum_stats(stats: list[dict], parallel: bool) -> dict:
+    """Run statistics of several runs added up; seconds the longest when they ran side by side (workers),
+    their sum when one ran after the other (ensemble members)."""
+    keys = ("rows_done", "rows_resumed", "tokens", "padded_tokens", "batches", "oom_splits")
+    total = {k: sum(s.get(k, 0) for s in stats) for k in keys}
+    seconds = [s.get("seconds", 0.0) for s in stats]
+    total["seconds"] = max(seconds) if parallel else sum(seconds)
+    return total
 
 
 def _gpu_count() -> int:

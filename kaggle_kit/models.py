@@ -122,10 +122,7 @@ def load_tokenizer(path: Path):
 
 def adapter_base(adapter: str | os.PathLike) -> str | None:
     """The base model a kit-trained adapter folder names in its kit_config.json (None if it names none)."""
-    import json
-
-    path = Path(adapter) / "kit_config.json"
-    return json.loads(path.read_text()).get("base_model") if path.is_file() else None
+    return adapter_setting(adapter, "base_model")
 
 
 def _check_adapter(adapter: Path) -> Path:
@@ -145,6 +142,20 @@ def adapter_setting(adapter, key: str):
     return cfg.get(key, cfg.get("train_config", {}).get(key))
 
 
+def adapter_defaults(adapters: list, name=None, quant=None, chat_format=None) -> tuple:
+    """(model, quant, chat_format) with each None filled from the adapters' kit_config.json: the base they
+    name, how they were trained; else 'demo', 'none', 'auto'."""
+
+    def first(key, default):
+        return next((v for v in (adapter_setting(a, key) for a in adapters) if v), default)
+
+    return (
+        name if name is not None else first("base_model", DEMO),
+        quant if quant is not None else first("quant", "none"),
+        chat_format if chat_format is not None else first("chat_format", "auto"),
+    )
+
+
 def load_model(
     name: str | os.PathLike | None, profile=None, adapter=None, quant: str | None = None, chat_format: str | None = None
 ):
@@ -162,12 +173,7 @@ def load_model(
     from .hardware import detect
 
     adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
-    if name is None:
-        name = next((b for b in map(adapter_base, adapters.values()) if b), DEMO)
-    if quant is None:
-        quant = next((q for q in (adapter_setting(a, "quant") for a in adapters.values()) if q), "none")
-    if chat_format is None:
-        chat_format = next((f for f in (adapter_setting(a, "chat_format") for a in adapters.values()) if f), "auto")
+    name, quant, chat_format = adapter_defaults(list(adapters.values()), name, quant, chat_format)
     profile = profile or detect()
     path = resolve_model(name)
     from .templates import apply_chat_format

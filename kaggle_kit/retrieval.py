@@ -4,6 +4,7 @@ many as fit a token budget of the LLM's tokenizer."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -16,7 +17,8 @@ log = logging.getLogger("kaggle_kit")
 _HITS: dict[str, list[list[int]]] = {}  # one retrieval per (passages, embedder, k, queries) in a process
 
 
-def read_passages(path, column: str = "text") -> list[str]:
+@functools.lru_cache(maxsize=2)  # predict checks the file before the model loads, then uses it
+def read_passages(path, column: str = "text") -> tuple[str, ...]:
     """The non-blank texts of `column` in a CSV or parquet passage file (e.g. a Wikipedia dump's chunks)."""
     import pandas as pd
 
@@ -33,7 +35,7 @@ def read_passages(path, column: str = "text") -> list[str]:
     texts = [t for t in texts if t]
     if not texts:
         raise InputError(path, "no non-blank passages", column=column)
-    return texts
+    return tuple(texts)
 
 
 def retrieve(queries: list[str], passages: list[str], embed, k: int, chunk: int = 4096) -> list[list[int]]:
@@ -43,7 +45,7 @@ def retrieve(queries: list[str], passages: list[str], embed, k: int, chunk: int 
     best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(q), 0), dtype=np.int64)
     for start in range(0, len(passages), chunk):  # a passage matrix never has to fit memory whole
-        p = embed(passages[start : start + chunk])
+        p = embed(list(passages[start : start + chunk]))
         s = np.concatenate([best_s, q @ p.T], axis=1)
         i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(p)), (len(q), len(p)))], axis=1)
         top = np.argsort(-s, axis=1, kind="stable")[:, :k]
