@@ -1,7 +1,7 @@
 import pytest
 
 from kaggle_kit.errors import ConfigError, KitError
-from kaggle_kit.hardware import check_cuda_arch, detect, dtype_for_capability
+from kaggle_kit.hardware import check_cuda_arch, cpu_has_native_bf16, detect, dtype_for_capability
 
 
 @pytest.mark.parametrize(
@@ -26,3 +26,13 @@ def test_cpu_profile_and_override():
     assert detect(dtype="float32", device="cpu").dtype == "float32"
     with pytest.raises(ConfigError, match="dtype"):
         detect(dtype="float8")
+
+
+def test_cpu_bf16_is_decided_by_flags():
+    """Regression: the choice was a timing race, so two worker processes could pick different dtypes."""
+    zen4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\nbogomips\t: 4800\n"
+    avx2 = "processor\t: 0\nflags\t\t: fpu avx2 fma\nmodel name\t: AMD EPYC avx512_bf16-like name\n"
+    assert cpu_has_native_bf16(zen4)
+    assert cpu_has_native_bf16(zen4.replace("avx512_bf16", "amx_bf16"))
+    assert not cpu_has_native_bf16(avx2)  # a flag-like word outside the flags line does not count
+    assert detect(device="cpu") == detect(device="cpu")
