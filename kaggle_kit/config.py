@@ -30,7 +30,7 @@ class PredictConfig:
     out: str = "submission.csv"  # written atomically; a complete fallback version first
     budget: str | None = None  # wall clock for the whole run, e.g. '9h'; rows left over get the fallback
     max_length: int = 2048  # prompt tokens kept (left-truncated); 2k fits a 9B 4-bit model on a T4
-    batch_tokens: int | None = None  # padded tokens per batch; None = hardware profile (GPU 16k, CPU 2k)
+    batch_tokens: int | None = None  # padded tokens per batch; None = GPU 16k, CPU 2k (4k to generate)
     max_new_tokens: int | None = None  # generation length; None = the competition's default
     temperature: float | None = None  # divides choice logits; None = the adapter's calibration.json, else 1.0
     tta: int = 1  # views per row: science_exam up to 5 option orders, lmsys 2 (A/B swapped); time x tta

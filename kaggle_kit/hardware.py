@@ -31,7 +31,6 @@ class Profile:
     gpu_name: str = ""
     capability: tuple[int, int] | None = None
     n_gpus: int = 0
-    batch_tokens: int = 2048  # padded tokens per inference batch (see detect)
     reason: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -113,7 +112,6 @@ def detect(dtype: str | None = None, device: str | None = None) -> Profile:
         major, minor = torch.cuda.get_device_capability(0)
         check_cuda_arch(major, minor, torch.cuda.get_arch_list())
         chosen = dtype_for_capability(major, minor)
-        # 16k padded tokens a batch keeps a T4's activations ~2-3 GB beside a 9B 4-bit model.
         return Profile(
             "cuda",
             dtype or chosen,
@@ -121,13 +119,12 @@ def detect(dtype: str | None = None, device: str | None = None) -> Profile:
             torch.cuda.get_device_name(0),
             (major, minor),
             torch.cuda.device_count(),
-            batch_tokens=16384,
             reason=f"sm_{major}{minor} -> {chosen}",
         )
     fast = cpu_bf16_is_fast()
     chosen = "bfloat16" if fast else "float32"
     reason = "CPU with native bf16" if fast else "CPU without native bf16 (emulated bf16 is slow)"
-    return Profile("cpu", dtype or chosen, dtype or chosen, batch_tokens=2048, reason=reason)
+    return Profile("cpu", dtype or chosen, dtype or chosen, reason=reason)
 
 
 def check_cuda_arch(major: int, minor: int, arch_list: list[str]) -> None:

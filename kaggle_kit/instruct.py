@@ -85,7 +85,7 @@ def evaluate(cfg) -> PerplexityResult:
         max_length=cfg.max_length,
         deadline=deadline,
         progress=cfg.progress,
-        batch_tokens=cfg.batch_tokens or profile.batch_tokens,
+        batch_tokens=cfg.batch_tokens,
     )
     done = [x for x in nlls if x is not None]
     if not done:

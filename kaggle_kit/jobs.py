@@ -144,7 +144,7 @@ def _load(cfg):
         if backend == "vllm" or vllm_backend.available():
             return _load_vllm(cfg, profile)
     model, tok = load_model(cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None))
-    return model, tok, cfg.batch_tokens or profile.batch_tokens
+    return model, tok, cfg.batch_tokens  # None: the engine's default for the device and task
 
 
 def _load_vllm(cfg, profile):
@@ -164,9 +164,11 @@ def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[in
     """Load the model and compute one shard (all rows when (0, 1)): (outputs, stats, max_length, planned)."""
     from .infer import run_task
     from .infer.planner import fit_max_length, measure, predict_seconds
+    from .infer.primitives import default_batch_tokens
 
     model, tok, batch_tokens = _load(cfg)
     task = _task(comp, model, tok, df, cfg, cfg.max_length)
+    batch_tokens = batch_tokens or default_batch_tokens(model, task.kind)
     max_length, planned = cfg.max_length, None
     # Plan only when the budget is large enough for three timing batches to be noise.
     if cfg.plan and deadline.seconds is not None and deadline.remaining() > 60:
@@ -396,8 +398,11 @@ def rehearse(cfg: RehearseConfig) -> dict:
         device=cfg.device,
     )
     check_tta(comp, cfg.tta)
+    from .infer.primitives import default_batch_tokens
+
     model, tok, batch_tokens = _load(pcfg)
     task = _task(comp, model, tok, df, pcfg, cfg.max_length)
+    batch_tokens = batch_tokens or default_batch_tokens(model, task.kind)
     tp = measure(task.step, task.lengths, batch_tokens)
     lengths = tile_lengths(task.lengths, cfg.rows)
     seconds = predict_seconds(lengths, batch_tokens, tp) / cfg.workers

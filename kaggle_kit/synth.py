@@ -79,7 +79,6 @@ def synthesize(cfg) -> SynthResult:
     outputs, _ = run_task(
         task,
         model,
-        batch_tokens=profile.batch_tokens,
         deadline=deadline,
         progress=cfg.progress,
         checkpoint=f"{cfg.out}.ckpt.jsonl",

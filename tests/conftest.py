@@ -45,6 +45,17 @@ def demo_model():
     return load_model("demo", detect())
 
 
+@pytest.fixture(scope="session")
+def demo_model_fp32():
+    """(model, tokenizer) of the demo model in fp32, for tests that compute the same numbers two ways
+    (batched vs one by one, prefix cache vs none, a view vs its mirror): in bf16 each way rounds its
+    own way and near-ties flip, which would hide the bug such a test looks for."""
+    from kaggle_kit.hardware import detect
+    from kaggle_kit.models import load_model
+
+    return load_model("demo", detect("float32"))
+
+
 class KaggleDouble:
     """A loopback stand-in for Kaggle's API, reached through the official client as its HTTP proxy.
 

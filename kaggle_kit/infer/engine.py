@@ -88,11 +88,12 @@ def shard_batches(batches: list[list[int]], lengths: list[int], shard: int, n_sh
     return mine
 
 
-def left_pad(rows: list[list[int]], pad_id: int, device):
-    """(input_ids, attention_mask, position_ids) tensors for left-padded rows."""
+def left_pad(rows: list[list[int]], pad_id: int, device, width: int = 0):
+    """(input_ids, attention_mask, position_ids) tensors for rows left-padded to their longest (or to
+    `width` when that is longer)."""
     import torch
 
-    width = max(len(r) for r in rows)
+    width = max(width, *(len(r) for r in rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for j, r in enumerate(rows):
@@ -108,10 +109,14 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
-def _step_with_backoff(step, batch: list[int], stats: RunStats) -> list:
-    """step(batch); on out-of-memory split the batch in two and retry, down to one row (-> None)."""
+def _step_with_backoff(step, batch: list[int], stats: RunStats, whole: list[int] | None = None) -> list:
+    """step(batch); on out-of-memory split the batch in two and retry, down to one row (-> None).
+
+    The halves are padded as the whole batch was (step's `pad_as`): a row's numbers depend on the padding
+    beside it (in bf16 a near-tie flips), so a split must not change it.
+    """
     try:
-        return step(batch)
+        return step(batch) if whole is None else step(batch, pad_as=whole)
     except (RuntimeError, MemoryError) as exc:
         if not is_oom(exc):
             raise
@@ -121,8 +126,8 @@ def _step_with_backoff(step, batch: list[int], stats: RunStats) -> list:
         stats.oom_rows.append(batch[0])
         return [None]
     stats.oom_splits += 1
-    half = len(batch) // 2
-    return _step_with_backoff(step, batch[:half], stats) + _step_with_backoff(step, batch[half:], stats)
+    half, whole = len(batch) // 2, whole or batch
+    return _step_with_backoff(step, batch[:half], stats, whole) + _step_with_backoff(step, batch[half:], stats, whole)
 
 
 def _free_cuda_cache():
@@ -147,7 +152,10 @@ def run_batches(
 ) -> tuple[list, RunStats]:
     """Call `step(batch_indices)` per planned batch under the deadline; results in input order.
 
-    `extra_tokens` is added to each row's length when planning (generated tokens need room too).
+    After an out-of-memory error the halves of a batch are run as `step(half, pad_as=batch)`.
+
+    `extra_tokens` is added to each row's length when planning (generated tokens need room too; negative
+    when a prefix cache runs tokens shared by all rows once).
     `shard=(i, n)` runs only shard i's batches. `checkpoint` (a Checkpoint) supplies results of an
     earlier run, which are not computed again, and receives new ones as batches finish.
     """

@@ -12,14 +12,19 @@ from ..budget import Deadline
 from ..errors import ConfigError
 from .checkpoint import Checkpoint, fingerprint
 from .engine import RunStats, encode, left_pad, run_batches
+from .prefix import SharedPrefix
 
 MAX_LENGTH = 2048
 
 
-def default_batch_tokens(model) -> int:
-    """16k padded tokens a batch on a GPU (T4 + 9B 4-bit: activations ~2-3 GB); 2k on a CPU, where big
-    batches fall out of cache (SmolLM2 on 2 cores: 233 tok/s at 16k, 551 at 2k)."""
-    return 16384 if model.device.type == "cuda" else 2048
+def default_batch_tokens(model, kind: str = "score") -> int:
+    """Padded tokens a batch when none is given. GPU: 16k (T4 + 9B 4-bit: activations ~2-3 GB).
+    CPU: 2k, where big batches fall out of cache (SmolLM2 on 2 cores: 233 tok/s at 16k, 551 at 2k),
+    except generation: 4k, so each decode step (weights read, Python overhead) serves more rows
+    (16 Prompt Recovery rows x 32 new tokens, bf16: 13.0 s at 4k, 14.7 s at 2k, 13.8 s at 8k)."""
+    if model.device.type == "cuda":
+        return 16384
+    return 4096 if kind == "generate" else 2048
 
 
 @dataclass
@@ -28,14 +33,16 @@ class Task:
 
     kind: str
     ids: list[list[int]]
-    step: Callable[[list[int]], list]
+    step: Callable[..., list]  # step(batch, pad_as=None): outputs of rows `batch`, padded as rows `pad_as` would be
     finish: Callable[[list], object]  # results in input order (None = not reached) -> outputs
     settings: dict = field(default_factory=dict)
     extra_tokens: int = 0  # planned room per row beyond its prompt (generated tokens)
+    shared: int = 0  # leading tokens common to all rows, run once through a prefix cache (not per row)
 
     @property
     def lengths(self) -> list[int]:
-        return [len(r) + self.extra_tokens for r in self.ids]
+        """Tokens each row costs in a batch: its own tokens plus room for generated ones."""
+        return [len(r) - self.shared + self.extra_tokens for r in self.ids]
 
 
 def run_task(
@@ -49,7 +56,7 @@ def run_task(
     checkpoint=None,
 ) -> tuple[object, RunStats]:
     """Run a Task: `shard=(i, n)` computes shard i of n; `checkpoint` (a path) makes it resumable."""
-    batch_tokens = batch_tokens or default_batch_tokens(model)
+    batch_tokens = batch_tokens or default_batch_tokens(model, task.kind)
     ckpt = None
     if checkpoint is not None:
         run = fingerprint(task.kind, task.settings, batch_tokens, str(getattr(model, "name_or_path", "")), task.ids)
@@ -66,7 +73,7 @@ def run_task(
         deadline=deadline,
         desc=task.kind,
         progress=progress,
-        extra_tokens=task.extra_tokens,
+        extra_tokens=task.extra_tokens - task.shared,
         shard=shard,
         checkpoint=ckpt,
     )
@@ -104,12 +111,14 @@ def choice_task(
     temperature: float = 1.0,
     max_length: int = MAX_LENGTH,
     views: list[tuple[list[str], list[int]]] | None = None,
+    prefix_cache: bool = True,
 ) -> Task:
     """Next-token probabilities over `labels`; only the last position's logits are computed.
 
     `views` adds test-time augmentation: each (prompts, perm) is scored too, where perm[j] is the label
     index shown at position j (options reordered, A/B swapped); its probabilities are mapped back and
-    averaged with the main view's, so a letter-position bias cancels out.
+    averaged with the main view's, so a letter-position bias cancels out. `prefix_cache` runs the tokens
+    all prompts of a view share once (see prefix.py).
     """
     import torch
 
@@ -118,20 +127,22 @@ def choice_task(
     label_ids = torch.tensor(label_token_ids(tokenizer, labels))
     ids = encode(tokenizer, prompts, max_length)
     extra = [(encode(tokenizer, p, max_length), list(perm)) for p, perm in views or []]
+    prefix = SharedPrefix(model, ids if prefix_cache else [])
+    view_prefixes = [SharedPrefix(model, v if prefix_cache else []) for v, _ in extra]
 
     @torch.inference_mode()
-    def score(rows):
-        input_ids, mask, pos = left_pad(rows, tokenizer.pad_token_id, model.device)
-        logits = model(
-            input_ids=input_ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False
-        ).logits[:, -1, :]
+    def score(rows, width: int, shared: SharedPrefix):
+        inputs = shared.batch(rows, tokenizer.pad_token_id, width)
+        logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
         chosen = logits.float()[:, label_ids.to(logits.device)] / temperature
         return torch.softmax(chosen, dim=-1).cpu().numpy()
 
-    def step(batch):
-        probs = score([ids[i] for i in batch])
-        for view_ids, perm in extra:
-            shown = score([view_ids[i] for i in batch])
+    def step(batch, pad_as=None):
+        pad_as = pad_as or batch
+        probs = score([ids[i] for i in batch], max(len(ids[i]) for i in pad_as), prefix)
+        for (view_ids, perm), view_prefix in zip(extra, view_prefixes):
+            width = max(len(view_ids[i]) for i in pad_as)
+            shown = score([view_ids[i] for i in batch], width, view_prefix)
             back = np.empty_like(shown)
             back[:, perm] = shown  # position j showed label perm[j]
             probs = probs + back
@@ -140,7 +151,11 @@ def choice_task(
     settings = {"labels": labels, "temperature": temperature}
     if extra:
         settings["views"] = [perm for _, perm in extra]
-    return Task("score", ids, step, lambda results: probs_from_results(results, len(labels)), settings)
+    if prefix.length:
+        settings["prefix"] = prefix.length
+    return Task(
+        "score", ids, step, lambda results: probs_from_results(results, len(labels)), settings, shared=prefix.length
+    )
 
 
 def generation_task(
@@ -151,30 +166,41 @@ def generation_task(
     max_new_tokens: int = 32,
     stop: list[str] | None = None,
     max_length: int = MAX_LENGTH,
+    prefix_cache: bool = True,
 ) -> Task:
-    """Greedy continuations with the KV cache, stopping at EOS, cut at the first stop string."""
+    """Greedy continuations with the KV cache; a row stops at EOS or its first stop string (the batch
+    ends when every row has stopped), and its text is cut there."""
     import torch
 
     ids = encode(tokenizer, prompts, max_length)
     stop = list(stop or [])
+    prefix = SharedPrefix(model, ids if prefix_cache else [])
+    until = {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
 
     @torch.inference_mode()
-    def step(batch):
-        input_ids, mask, _ = left_pad([ids[i] for i in batch], tokenizer.pad_token_id, model.device)
+    def step(batch, pad_as=None):
+        width = max(len(ids[i]) for i in pad_as or batch)
+        inputs = prefix.batch([ids[i] for i in batch], tokenizer.pad_token_id, width)
+        inputs.pop("position_ids")  # generate derives positions from the mask, padding in the middle too
+        if prefix.length:  # generate takes the whole sequence and skips what the cache already holds
+            shared = torch.tensor([prefix.ids], dtype=torch.long, device=model.device).expand(len(batch), -1)
+            inputs["input_ids"] = torch.cat([shared, inputs["input_ids"]], dim=1)
+        width = inputs["input_ids"].shape[1]
         out = model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
+            **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            **until,
         )
-        texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         return [_cut(t, stop) for t in texts]
 
-    return Task(
-        "generate", ids, step, list, {"max_new_tokens": max_new_tokens, "stop": stop}, extra_tokens=max_new_tokens
-    )
+    settings = {"max_new_tokens": max_new_tokens, "stop": stop}
+    if prefix.length:
+        settings["prefix"] = prefix.length
+    return Task("generate", ids, step, list, settings, extra_tokens=max_new_tokens, shared=prefix.length)
 
 
 def _cut(text: str, stop: list[str]) -> str:
@@ -199,8 +225,9 @@ def perplexity_task(model, tokenizer, prompts: list[str], outputs: list[str], *,
         n_out.append(len(o))
 
     @torch.inference_mode()
-    def step(batch):
-        input_ids, mask, pos = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device)
+    def step(batch, pad_as=None):
+        width = max(len(rows[i]) for i in pad_as or batch)
+        input_ids, mask, pos = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device, width)
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]

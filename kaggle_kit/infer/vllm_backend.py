@@ -84,7 +84,7 @@ def choice_task(model: VllmModel, tokenizer, prompts, labels, *, temperature=1.0
         p = np.exp(z - z.max(axis=1, keepdims=True))
         return p / p.sum(axis=1, keepdims=True)
 
-    def step(batch):
+    def step(batch, pad_as=None):  # vLLM pads nothing: pad_as has no meaning here
         probs = score([ids[i] for i in batch])
         for view_ids, perm in extra:
             back = np.empty_like(probs)
@@ -103,7 +103,7 @@ def generation_task(model: VllmModel, tokenizer, prompts, *, max_new_tokens=32, 
     params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop=list(stop or []))
     ids = encode(tokenizer, prompts, max_length)
 
-    def step(batch):
+    def step(batch, pad_as=None):
         outs = model.llm.generate(_prompts([ids[i] for i in batch]), params, lora_request=model.lora, use_tqdm=False)
         return [o.outputs[0].text.strip() for o in outs]
 

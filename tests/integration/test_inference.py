@@ -14,8 +14,8 @@ QUESTIONS = [
 ]
 
 
-def test_score_choices_matches_unbatched_full_softmax(demo_model):
-    model, tok = demo_model
+def test_score_choices_matches_unbatched_full_softmax(demo_model_fp32):
+    model, tok = demo_model_fp32
     prompts = [render(tok, q) for q in QUESTIONS]
     labels = ["A", "B", "C", "D", "E"]
     probs, stats = score_choices(model, tok, prompts, labels, batch_tokens=4096, progress=False)
@@ -38,8 +38,8 @@ def test_temperature_flattens(demo_model):
     assert p5.max() < p1.max()
 
 
-def test_generate_batched_equals_one_by_one(demo_model):
-    model, tok = demo_model
+def test_generate_batched_equals_one_by_one(demo_model_fp32):
+    model, tok = demo_model_fp32
     prompts = [render(tok, q) for q in ("Name a color.", "Say hello in French.", "What is 3 times 3?")]
     batched, _ = generate(model, tok, prompts, max_new_tokens=10, batch_tokens=4096, progress=False)
     single = [generate(model, tok, [p], max_new_tokens=10, progress=False)[0][0] for p in prompts]
@@ -47,8 +47,8 @@ def test_generate_batched_equals_one_by_one(demo_model):
     assert all(isinstance(t, str) and t for t in batched)
 
 
-def test_perplexity_matches_manual_nll(demo_model):
-    model, tok = demo_model
+def test_perplexity_matches_manual_nll(demo_model_fp32):
+    model, tok = demo_model_fp32
     prompts = [render(tok, "Translate to French: cat"), render(tok, "Say something.")]
     outputs = ["chat", "Hello there, how are you today?"]
     nlls, _ = perplexity(model, tok, prompts, outputs, progress=False)
@@ -60,3 +60,39 @@ def test_perplexity_matches_manual_nll(demo_model):
             logp = torch.log_softmax(model(input_ids=x).logits[0].float(), -1)
         manual = [-logp[len(pi) - 1 + k, t].item() for k, t in enumerate(oi)]
         np.testing.assert_allclose(got, manual, atol=2e-3)
+
+
+def test_prefix_cache_gives_the_numbers_of_whole_rows(demo_model_fp32):
+    """The shared prefix (chat template + instructions) runs once; scores and texts are unchanged."""
+    from kaggle_kit.infer import generation_task, run_task
+    from kaggle_kit.infer.primitives import choice_task
+
+    model, tok = demo_model_fp32
+    prompts = [render(tok, "Answer with one letter. " * 4 + q) for q in QUESTIONS]
+    labels = ["A", "B", "C", "D", "E"]
+    with_prefix = choice_task(model, tok, prompts, labels)
+    without = choice_task(model, tok, prompts, labels, prefix_cache=False)
+    assert with_prefix.shared >= 16 and without.shared == 0
+    assert with_prefix.lengths == [n - with_prefix.shared for n in without.lengths]  # planned on own tokens
+    # small batches: rows of different lengths pad between the prefix and their own tokens
+    p, _ = run_task(with_prefix, model, batch_tokens=128, progress=False)
+    q, _ = run_task(without, model, batch_tokens=4096, progress=False)
+    np.testing.assert_allclose(p, q, atol=1e-4)
+    assert with_prefix.settings["prefix"] == with_prefix.shared  # part of the checkpoint fingerprint
+
+    texts = {}
+    for cached in (True, False):
+        task = generation_task(model, tok, prompts, max_new_tokens=12, prefix_cache=cached)
+        texts[cached], _ = run_task(task, model, batch_tokens=4096, progress=False)
+    assert texts[True] == texts[False] and all(texts[True])
+
+
+def test_stop_strings_end_generation_early_with_the_same_text(demo_model_fp32):
+    model, tok = demo_model_fp32
+    prompts = [render(tok, "List three fruits, one per line.")]
+    full, _ = generate(model, tok, prompts, max_new_tokens=24, progress=False)
+    cut, _ = generate(model, tok, prompts, max_new_tokens=24, stop=["\n"], progress=False)
+    raw, _ = generate(model, tok, prompts, max_new_tokens=24, stop=["\x00never"], progress=False)
+    assert "\n" in raw[0].strip()  # the model does write a newline, so the stop string matters
+    assert cut[0] == raw[0].split("\n")[0].strip() and cut[0]
+    assert full == raw

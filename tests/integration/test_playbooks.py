@@ -23,8 +23,8 @@ def _probs(model, tok, comp, df, tta):
     return np.asarray(out)
 
 
-def test_science_five_views_make_the_answer_independent_of_option_order(demo_model):
-    model, tok = demo_model
+def test_science_five_views_make_the_answer_independent_of_option_order(demo_model_fp32):
+    model, tok = demo_model_fp32
     comp = get("science_exam")
     df = comp.read(DATA / "science_exam" / "train.csv", labelled=True).head(3)
     shifted = df.copy()
@@ -38,8 +38,8 @@ def test_science_five_views_make_the_answer_independent_of_option_order(demo_mod
     assert np.abs(q1 - p1[:, back]).max() > 0.01
 
 
-def test_lmsys_swap_view_makes_a_and_b_symmetric(demo_model):
-    model, tok = demo_model
+def test_lmsys_swap_view_makes_a_and_b_symmetric(demo_model_fp32):
+    model, tok = demo_model_fp32
     comp = get("lmsys")
     df = comp.read(DATA / "lmsys" / "test.csv").head(3)
     swapped = df.rename(columns={"response_a": "response_b", "response_b": "response_a"})

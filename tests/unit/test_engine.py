@@ -50,8 +50,10 @@ def test_shards_partition_the_plan_balanced_by_tokens():
 def test_oom_splits_batch_and_isolates_the_failing_row():
     """An out-of-memory batch is halved and retried; a row failing alone gets None (its fallback)."""
     ids = [[1] * 4 for _ in range(8)]
+    padded_as = []
 
-    def step(batch):
+    def step(batch, pad_as=None):
+        padded_as.append(pad_as)
         if len(batch) > 2 or 5 in batch:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return [i * 10 for i in batch]
@@ -59,6 +61,8 @@ def test_oom_splits_batch_and_isolates_the_failing_row():
     results, stats = run_batches(ids, step, batch_tokens=32, progress=False)
     assert results == [0, 10, 20, 30, 40, None, 60, 70]
     assert stats.oom_rows == [5] and stats.oom_splits > 0 and stats.rows_done == 7
+    # the planned batch runs as itself; its halves are padded as the whole batch was
+    assert padded_as[0] is None and padded_as[1:] and all(p == list(range(8)) for p in padded_as[1:])
 
 
 def test_other_errors_are_not_swallowed():
