@@ -1,8 +1,12 @@
 """Training benchmark: the kit's fit() against a plain transformers.Trainer + peft run, same data, same
 steps, each in its own process so peak RSS is its own. The peer is the usual notebook: random batches,
-each padded to its longest row, labels masked on the prompt.
+each padded to its longest row, labels masked on the prompt, the model's own loss over full logits.
 
-    python bench/train_bench.py [--steps 8] [--batch 4] [--quant nf4|none]
+The kit trains in its hardware profile's dtype (bf16 on a CPU with native bf16, else fp32); the peer in
+--peer-dtype: 'same' (the kit's, a like-for-like comparison of the loop) or float32 (a notebook that
+keeps the default).
+
+    python bench/train_bench.py [--steps 8] [--batch 4] [--quant nf4|none] [--peer-dtype same|float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ def run_kit(args, out: Path) -> dict:
 
 def run_trainer(args, out: Path) -> dict:
     import torch
+
+    dtype = getattr(torch, args.peer_dtype)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
         AutoModelForCausalLM,
@@ -97,14 +103,12 @@ def run_trainer(args, out: Path) -> dict:
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
+            bnb_4bit_compute_dtype=dtype,
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=bnb, dtype=torch.float32, device_map={"": "cpu"}
-        )
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, dtype=dtype, device_map={"": "cpu"})
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     )
@@ -118,6 +122,7 @@ def run_trainer(args, out: Path) -> dict:
         save_strategy="no",
         report_to=[],
         use_cpu=True,
+        bf16=args.peer_dtype == "bfloat16",
         seed=42,
         disable_tqdm=True,
     )
@@ -153,8 +158,13 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--quant", default="nf4", choices=["nf4", "none"])
+    ap.add_argument("--peer-dtype", default="same", choices=["same", "float32", "bfloat16"])
     ap.add_argument("--which", choices=["kit", "trainer"])
     args = ap.parse_args()
+    if args.peer_dtype == "same":
+        from kaggle_kit.hardware import detect
+
+        args.peer_dtype = detect().compute_dtype
     if args.which:
         with tempfile.TemporaryDirectory() as tmp:
             res = (run_kit if args.which == "kit" else run_trainer)(args, Path(tmp))
@@ -174,9 +184,12 @@ def main():
             str(args.batch),
             "--quant",
             args.quant,
+            "--peer-dtype",
+            args.peer_dtype,
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[which] = json.loads(out)
+    from kaggle_kit.hardware import detect
     from kaggle_kit.progress import format_table
 
     rows = [
@@ -194,7 +207,7 @@ def main():
     print(
         f"kit / Trainer tokens/s: {(k['tokens'] / k['seconds']) / (t['tokens'] / t['seconds']):.2f}x; "
         f"peak RSS {k['peak_rss_mb']:.0f} vs {t['peak_rss_mb']:.0f} MB ({args.steps} steps x batch {args.batch}, "
-        f"{args.quant}; steps 2..N timed)"
+        f"{args.quant}; kit {detect().compute_dtype}, peer {args.peer_dtype}; steps 2..N timed)"
     )
 
 

@@ -140,18 +140,43 @@ def read_soft_labels(path, ids: list[str], labels: tuple[str, ...], columns: tup
     return [by_id[str(x)] for x in ids]
 
 
-def distill_loss(logits, labels, soft, label_ids: list[int], weight: float, n_items: int):
+def label_logits(model, ids, mask, labels):
+    """(logits, targets) at the positions whose next token is labelled in some row of the batch: logits
+    (batch, K, vocab), targets (batch, K), IGNORE where a row has no label at that position.
+
+    The lm_head, the fp32 upcast and the loss then cover K positions instead of the whole sequence
+    (Science Exam, completion loss: the answer letter and EOS, 2 positions of ~250): no (batch, length,
+    vocab) logits tensor, its copies or its gradient. The same tokens and weights as the model's own
+    `labels=` loss, so the same loss and gradients.
+    """
+    targets = labels[:, 1:]
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    return logits, targets[:, keep]
+
+
+def token_loss(logits, targets, n_items: int):
+    """Sum of the targets' NLL (IGNORE skipped) / n_items, the labelled tokens of the whole optimizer step:
+    so batch 4 x accumulation 1 and batch 1 x accumulation 4 take the same gradient."""
+    import torch.nn.functional as F
+
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return nll / n_items
+
+
+def distill_loss(logits, targets, soft, label_ids: list[int], weight: float, n_items: int):
     """(weight * KL(teacher || model) + (1 - weight) * hard-label NLL) at each row's answer token, summed
-    and divided by the answer tokens of the whole optimizer step (as the hard loss is).
+    and divided by the answer tokens of the whole optimizer step (as the hard loss is). `logits` and
+    `targets` as label_logits gives them.
 
     KL is over the model's full next-token distribution with the teacher's mass on the label tokens
     (zero elsewhere); with one-hot teacher probabilities it equals the hard-label NLL.
     """
     import torch
 
-    rows, cols = (labels[:, 1:] != IGNORE).nonzero(as_tuple=True)  # one answer position per row
-    logp = torch.log_softmax(logits[:, :-1][rows, cols].float(), dim=-1)
-    hard = -logp.gather(1, labels[:, 1:][rows, cols][:, None]).squeeze(1)
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)  # one answer position per row
+    logp = torch.log_softmax(logits[rows, cols].float(), dim=-1)
+    hard = -logp.gather(1, targets[rows, cols][:, None]).squeeze(1)
     q = soft[rows].to(logp.dtype)
     kl = (q * (torch.log(q.clamp_min(1e-12)) - logp[:, label_ids])).sum(dim=1)
     return (weight * kl + (1.0 - weight) * hard).sum() / n_items

@@ -118,10 +118,8 @@ def evaluate(model, tok, split: Split, cfg: TrainConfig) -> dict:
             ids, mask, labels = data.collate(split.valid[k : k + cfg.batch_size], tok.pad_token_id)
             dev = model.device
             n_items = int((labels[:, 1:] != data.IGNORE).sum())
-            out = model(
-                input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev), num_items_in_batch=n_items
-            )
-            nll += float(out.loss) * n_items
+            logits, targets = data.label_logits(model, ids.to(dev), mask.to(dev), labels.to(dev))
+            nll += float(data.token_loss(logits, targets, n_items)) * n_items
             n += n_items
     result = {"eval_loss": nll / max(n, 1), "perplexity": math.exp(min(nll / max(n, 1), 50))}
     if cfg.eval_metric:
@@ -323,14 +321,13 @@ def fit(
             ids, mask, labels = (t.to(accelerator.device) for t in data.collate(ex, tok.pad_token_id))
             sync = contextlib.nullcontext() if k == len(examples) - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
-                # loss = sum of token NLLs / tokens of the whole optimizer step, so batch 4 x accum 1
-                # and batch 1 x accum 4 take the same gradient
+                # logits only where a label is; loss = their NLL / labelled tokens of the whole step
+                logits, targets = data.label_logits(model, ids, mask, labels)
                 if label_ids is None:
-                    loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items).loss
+                    loss = data.token_loss(logits, targets, n_items)
                 else:
                     soft = torch.tensor([e.soft for e in ex], device=accelerator.device)
-                    logits = model(input_ids=ids, attention_mask=mask).logits
-                    loss = data.distill_loss(logits, labels, soft, label_ids, cfg.distill_weight, n_items)
+                    loss = data.distill_loss(logits, targets, soft, label_ids, cfg.distill_weight, n_items)
                 accelerator.backward(loss)
             loss_sum += float(loss.detach()) * n_items
         grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))

@@ -30,6 +30,7 @@ def build(cfg, profile):
             path, quantization_config=bnb, device_map={"": profile.device}, **kw
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        keep_4bit_layout(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kw).to(profile.device)
         for p in model.parameters():
@@ -61,6 +62,22 @@ def build(cfg, profile):
         n_all / 1e6,
     )
     return model, tok
+
+
+def keep_4bit_layout(model) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel; returns modules changed.
+
+    On a CPU with AVX512-BF16, a Linear4bit's first no-grad forward in eval mode (our evaluation) repacks
+    its weight in place for a faster inference kernel, and every later training forward computes
+    slightly different numbers from it (SmolLM2: loss 2.75676 -> 2.75696 on one row). Training would
+    then depend on whether an evaluation ran before a step, and a run resumed after a kill (no step-0
+    evaluation in that process) would drift from the uninterrupted one. Training keeps one layout."""
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
 
 
 def optimizer(model, cfg, profile):

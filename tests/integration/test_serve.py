@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from kaggle_kit.config import ServeConfig
+from kaggle_kit.hardware import detect
 from kaggle_kit.models import demo_model_dir, load_model, load_tokenizer
 from kaggle_kit.serve import ServerThread, build_app, build_router
 
@@ -80,7 +81,9 @@ ROUTES = {
 @pytest.fixture(scope="module")
 def server(adapters):
     cfg = ServeConfig(adapters=adapters, max_prompt_tokens=64, max_new_tokens=40, max_num_samples=3)
-    model, tok = load_model("demo", adapter=adapters)
+    # fp32: the tests compare the server's incremental decoding with full forwards to 2e-4, which bf16
+    # rounding (a CPU with native bf16 picks it) would blur
+    model, tok = load_model("demo", detect("float32"), adapter=adapters)
     srv = ServerThread(build_app(model, tok, cfg, build_router(ROUTES)), port=_free_port())
     yield srv
     srv.stop()
@@ -89,7 +92,7 @@ def server(adapters):
 @pytest.fixture(scope="module")
 def reference(adapters):
     """A second copy of the model with the same adapters, for computing expected outputs."""
-    model, tok = load_model("demo", adapter=adapters)
+    model, tok = load_model("demo", detect("float32"), adapter=adapters)
     return model, tok
 
 

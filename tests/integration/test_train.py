@@ -57,9 +57,10 @@ def test_qlora_steps_change_every_lora_param_and_no_base_weight(tmp_path):
 
     from kaggle_kit.models import demo_model_dir
 
-    bnb = BitsAndBytesConfig(**{**detect().bnb_4bit(), "bnb_4bit_compute_dtype": torch.float32})
+    dtype = getattr(torch, detect().compute_dtype)  # as train() built it: bf16 here rounds the fp32 file
+    bnb = BitsAndBytesConfig(**{**detect().bnb_4bit(), "bnb_4bit_compute_dtype": dtype})
     base = AutoModelForCausalLM.from_pretrained(
-        demo_model_dir(), quantization_config=bnb, dtype=torch.float32, device_map={"": "cpu"}
+        demo_model_dir(), quantization_config=bnb, dtype=dtype, device_map={"": "cpu"}
     )
     trained = PeftModel.from_pretrained(base, res.out / "last")
     after = dict(trained.named_parameters())
@@ -81,9 +82,10 @@ def test_lora_gradients_through_4bit_match_dequantised_fp32(tmp_path):
     import bitsandbytes.functional as F
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    cfg = small(tmp_path, target_modules=["q_proj", "v_proj", "down_proj"])
-    q_model, tok = model_lib.build(cfg, detect())
-    plain, _ = model_lib.build(replace(cfg, quant="none", dtype="float32"), detect())
+    # fp32 compute on both sides: the test checks bitsandbytes' 4-bit backward, not bf16 rounding
+    cfg = small(tmp_path, target_modules=["q_proj", "v_proj", "down_proj"], dtype="float32")
+    q_model, tok = model_lib.build(cfg, detect("float32"))
+    plain, _ = model_lib.build(replace(cfg, quant="none"), detect("float32"))
     qmods = dict(q_model.named_modules())
     with torch.no_grad():
         for name, mod in plain.named_modules():  # plain <- dequantised NF4 weights
@@ -334,3 +336,52 @@ def test_distillation_with_one_hot_teacher_equals_hard_labels_and_soft_teacher_d
     df.iloc[::2][["id", *cols]].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(InputError, match="have no soft labels"):
         train(_distil_cfg(tmp_path, "bad", soft_labels=str(tmp_path / "short.csv")))
+
+
+def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path):
+    """The loop computes logits only where a label is (data.label_logits): the loss and every LoRA
+    gradient equal those of the model's own `labels=` loss over full logits."""
+    from kaggle_kit.train import data
+
+    cfg = small(tmp_path, quant="none", dtype="float32", max_length=96)
+    model, tok = model_lib.build(cfg, detect("float32"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    recs = json.loads(ALPACA.read_text())[:3]
+    prompts, outputs = data.alpaca_pairs(recs, tok)
+    examples, _ = data.tokenize(tok, prompts, outputs, 96)
+    ids, mask, labels = data.collate(examples, tok.pad_token_id)  # right-padded, completions of unequal length
+    n_items = int((labels[:, 1:] != data.IGNORE).sum())
+    grads = []
+    for way in ("full", "label positions"):
+        model.zero_grad()
+        if way == "full":
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items).loss
+        else:
+            logits, targets = data.label_logits(model, ids, mask, labels)
+            assert logits.shape[1] < ids.shape[1] - 1  # fewer positions than the sequence
+            loss = data.token_loss(logits, targets, n_items)
+        loss.backward()
+        grads.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for n, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][n], g, rtol=1e-4, atol=1e-7)
+
+
+def test_an_evaluation_does_not_change_the_training_numbers(tmp_path):
+    """Regression: on an AVX512-BF16 CPU bitsandbytes repacked 4-bit weights at the first no-grad eval
+    forward, so the training loss after an evaluation differed, and a resumed run (no step-0 eval in
+    its process) drifted from the uninterrupted one (kill -9 test, 1.5e-4 on the adapter)."""
+    cfg = small(tmp_path, dtype="float32")
+    model, tok = model_lib.build(cfg, detect("float32"))
+    x = tok(["The capital of France is Paris, and Berlin is in Germany."], return_tensors="pt")["input_ids"]
+    model.train()
+    before = model(input_ids=x, labels=x).loss.item()
+    model.eval()
+    with torch.inference_mode():
+        model(input_ids=x)
+    model.train()
+    assert model(input_ids=x, labels=x).loss.item() == before
