@@ -108,24 +108,25 @@ def test_lora_gradients_through_4bit_match_dequantised_fp32(tmp_path):
         torch.testing.assert_close(qg[n], pg[n], rtol=2e-3, atol=2e-5)
 
 
-def test_batch4_accum1_equals_batch1_accum4(tmp_path):
-    """Token-weighted loss over the whole optimizer step: same loss and gradient norm either way."""
+@pytest.mark.parametrize("dtype", ["float32", None])
+def test_batch4_accum1_equals_batch1_accum4(tmp_path, dtype):
+    """Token-weighted loss over the whole optimizer step: same loss and gradient norm either way. Exact to
+    fp32 rounding in fp32; in the profile's dtype (bf16 on a CPU with native bf16) each batch shape rounds
+    its own way, so the match is to bf16's precision (2^-8) instead."""
+    tol = {"float32": (1e-4, 1e-3), "bfloat16": (3e-3, 1e-2)}[detect(dtype).compute_dtype]
     recs = json.loads(ALPACA.read_text())[:4]
     four = tmp_path / "four.json"
     four.write_text(json.dumps(recs, ensure_ascii=False))
-    a = train(
-        small(tmp_path, train=str(four), out=str(tmp_path / "a"), batch_size=4, grad_accum=1, max_steps=1, eval_every=1)
-    )
-    b = train(
-        small(tmp_path, train=str(four), out=str(tmp_path / "b"), batch_size=1, grad_accum=4, max_steps=1, eval_every=1)
-    )
+    kw = dict(train=str(four), max_steps=1, eval_every=1, dtype=dtype)
+    a = train(small(tmp_path, out=str(tmp_path / "a"), batch_size=4, grad_accum=1, **kw))
+    b = train(small(tmp_path, out=str(tmp_path / "b"), batch_size=1, grad_accum=4, **kw))
     la = [h for h in a.history if "train_loss" in h][0]
     lb = [h for h in b.history if "train_loss" in h][0]
-    assert la["train_loss"] == pytest.approx(lb["train_loss"], rel=1e-4)
-    assert la["grad_norm"] == pytest.approx(lb["grad_norm"], rel=1e-3)
+    assert la["train_loss"] == pytest.approx(lb["train_loss"], rel=tol[0])
+    assert la["grad_norm"] == pytest.approx(lb["grad_norm"], rel=tol[1])
     ea = [h["eval_loss"] for h in a.history if "eval_loss" in h][-1]
     eb = [h["eval_loss"] for h in b.history if "eval_loss" in h][-1]
-    assert ea == pytest.approx(eb, rel=1e-3)
+    assert ea == pytest.approx(eb, rel=tol[1])
 
 
 def test_torchrun_two_cpu_processes_train_to_completion(tmp_path):
