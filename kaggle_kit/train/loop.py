@@ -220,14 +220,54 @@ def _any_process(accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(torch.tensor([int(flag)], device=accelerator.device), "max").item())
 
 
+def _precision(cfg, accelerator, core):
+    """A factory of the context each micro-batch's forward and backward run in."""
+    import torch
+    from peft.helpers import disable_input_dtype_casting
+
+    from ..hardware import detect
+
+    # On a CPU with native bf16 the loop autocasts to bf16 itself: accelerate's mixed precision is a
+    # process-wide setting, and a notebook that trained in fp32 could not train in bf16 after it.
+    cpu_bf16 = accelerator.device.type == "cpu" and detect(cfg.dtype, cfg.device).compute_dtype == "bfloat16"
+    autocast = cpu_bf16 or accelerator.mixed_precision != "no"
+
+    @contextlib.contextmanager
+    def context():
+        amp = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else accelerator.autocast()
+        # Under autocast peft's own cast of each LoRA input to fp32 (the LoRA weights' dtype) only makes
+        # one more copy per adapted layer to save for backward (6 per layer on SmolLM2: 0.8 GB at 4 x 512
+        # tokens); autocast casts the small LoRA weights instead.
+        with amp, disable_input_dtype_casting(core, active=autocast):
+            yield
+
+    return context
+
+
+def _warn_overfitting(history: list, window: list, state: dict):
+    """Say plainly when eval loss rose while train loss fell since the last evaluation (seed 003)."""
+    evals = [h for h in history if "eval_loss" in h]
+    if (
+        len(evals) >= 2
+        and window
+        and evals[-1]["eval_loss"] > evals[-2]["eval_loss"]
+        and np.mean(window) < state.get("last_train_loss", np.inf)
+    ):
+        log.warning(
+            "step %d: eval loss rose (%.4f -> %.4f) while train loss fell: overfitting; the best "
+            "checkpoint stays at step %s",
+            state["step"],
+            evals[-2]["eval_loss"],
+            evals[-1]["eval_loss"],
+            state["best_step"],
+        )
+
+
 def fit(
     cfg, accelerator, model, tok, opt, sched, split: Split, total: int, state: dict, deadline: Deadline
 ) -> TrainResult:
     """The loop: budget check, micro-batches with accumulation, clip, step, schedule, log, eval, save."""
     import torch
-    from peft.helpers import disable_input_dtype_casting
-
-    from ..hardware import detect
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,15 +278,9 @@ def fit(
     lengths = [len(e.input_ids) for e in split.train]
     rank, world = accelerator.process_index, accelerator.num_processes
     trainable = [p for p in model.parameters() if p.requires_grad]
-    # On a CPU with native bf16 the loop autocasts to bf16 itself: accelerate's mixed precision is a
-    # process-wide setting, and a notebook that trained in fp32 could not train in bf16 after it.
-    cpu_bf16 = accelerator.device.type == "cpu" and detect(cfg.dtype, cfg.device).compute_dtype == "bfloat16"
-    autocast = cpu_bf16 or accelerator.mixed_precision != "no"
-    # Under autocast peft's own cast of each LoRA input to fp32 (the LoRA weights' dtype) only makes one
-    # more copy per adapted layer to save for backward (6 per layer on SmolLM2: 0.8 GB at 4 x 512 tokens);
-    # autocast casts the small LoRA weights instead.
     stopped, step_seconds, window = "done", 0.0, []
     core = accelerator.unwrap_model(model)
+    precision = _precision(cfg, accelerator, core)
     label_ids = None
     if cfg.soft_labels:  # distillation: the first token of each label, as tokenize() puts it
         labels_ = competitions.get(cfg.competition).labels
@@ -277,21 +311,7 @@ def fit(
         result = {"step": state["step"], **evaluate(core, tok, split, cfg)}
         record(result)
         value = result["eval_loss" if cfg.best_by == "eval_loss" else "metric"]
-        evals = [h for h in history if "eval_loss" in h]
-        if (
-            len(evals) >= 2
-            and window
-            and evals[-1]["eval_loss"] > evals[-2]["eval_loss"]
-            and np.mean(window) < state.get("last_train_loss", np.inf)
-        ):
-            log.warning(
-                "step %d: eval loss rose (%.4f -> %.4f) while train loss fell: overfitting; the best "
-                "checkpoint stays at step %s",
-                state["step"],
-                evals[-2]["eval_loss"],
-                evals[-1]["eval_loss"],
-                state["best_step"],
-            )
+        _warn_overfitting(history, window, state)
         if window:
             state["last_train_loss"] = float(np.mean(window))
         log.info(
@@ -330,8 +350,7 @@ def fit(
         for k, ex in enumerate(examples):
             ids, mask, labels = (t.to(accelerator.device) for t in data.collate(ex, tok.pad_token_id))
             sync = contextlib.nullcontext() if k == len(examples) - 1 else accelerator.no_sync(model)
-            amp = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else accelerator.autocast()
-            with sync, amp, disable_input_dtype_casting(core, active=autocast):
+            with sync, precision():
                 # logits only where a label is; loss = their NLL / labelled tokens of the whole step
                 logits, targets = data.label_logits(model, ids, mask, labels)
                 if label_ids is None:
