@@ -366,7 +366,8 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path):
             assert logits.shape[1] < ids.shape[1] - 1  # fewer positions than the sequence
             loss = data.token_loss(logits, targets, n_items)
         loss.backward()
-        grads.append((float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+        grad = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        grads.append((float(loss.detach()), grad))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
     for n, g in grads[0][1].items():
         torch.testing.assert_close(grads[1][1][n], g, rtol=1e-4, atol=1e-7)
