@@ -7,7 +7,8 @@ bench/results/infer_<device>.json.
 
     python bench/infer_bench.py [--rows 100] [--gen-rows 16] [--repeat 2] [--device cpu|cuda] [--dtype ...]
 
-Each timing is the best of --repeat runs (a shared 2-core VM drifts by 10-20% between runs). Besides
+Each timing is the best of --repeat rounds, every contender once per round (a shared 2-core VM drifts by
+10-20% from minute to minute). Besides
 top-1 agreement with the fp32 peer, the MAP@3 of kit and peer on the labelled rows says whether the
 kit's dtype costs any score; the kit also runs in fp32, to separate the engine's gain from bf16's.
 """
@@ -80,14 +81,16 @@ def peer_generate_one_row(model, tok, prompts, max_new_tokens):
     return texts
 
 
-def timed(fn, repeat: int = 1):
-    """(result, best seconds over `repeat` runs)."""
-    best = float("inf")
+def timed_rounds(fns: dict, repeat: int) -> dict:
+    """{name: (result, best seconds)}: every function runs once per round, `repeat` rounds, so a VM that
+    slows down for a minute slows all of them alike instead of whichever happened to run then."""
+    best = {name: (None, float("inf")) for name in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            out = fn()
+            best[name] = (out, min(best[name][1], time.perf_counter() - t0))
+    return best
 
 
 def map3(probs, answers, labels) -> float:
@@ -104,7 +107,7 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, help="the kit's dtype (default: hardware profile)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per timing; the best counts")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; each timing is its best round")
     args = ap.parse_args()
 
     profile = detect(args.dtype, args.device)
@@ -122,22 +125,28 @@ def main():
     labels = list(comp.labels)
     score_choices(kit_model, tok, prompts[:2], labels, progress=False)  # warm-up
     r = args.repeat
-    (kit_probs, _), t_kit = timed(lambda: score_choices(kit_model, tok, prompts, labels, progress=False), r)
-    (kit32, _), t_kit32 = timed(lambda: score_choices(fp32_model, tok, prompts, labels, progress=False), r)
-    one, t_one = timed(lambda: peer_one_row(fp32_model, tok, prompts, label_ids), r)
-    b8, t_b8 = timed(lambda: peer_batch8(fp32_model, tok, prompts, label_ids), r)
+    pr = competitions.get("prompt_recovery")
+    pdf = pr.read(rows_file("prompt_recovery", "pedromb_gemma7b_kaggle_format.csv"), labelled=True).head(args.gen_rows)
+    gprompts = pr.examples(pdf, tok, 2048)
+    n_new = args.max_new_tokens
+    res = timed_rounds(
+        {
+            "kit": lambda: score_choices(kit_model, tok, prompts, labels, progress=False)[0],
+            "kit32": lambda: score_choices(fp32_model, tok, prompts, labels, progress=False)[0],
+            "one": lambda: peer_one_row(fp32_model, tok, prompts, label_ids),
+            "b8": lambda: peer_batch8(fp32_model, tok, prompts, label_ids),
+            "gkit": lambda: generate(kit_model, tok, gprompts, max_new_tokens=n_new, progress=False)[0],
+            "gone": lambda: peer_generate_one_row(fp32_model, tok, gprompts, n_new),
+        },
+        r,
+    )
+    (kit_probs, t_kit), (kit32, t_kit32), (one, t_one), (b8, t_b8) = (res[k] for k in ("kit", "kit32", "one", "b8"))
+    (gen_kit, t_gkit), (gen_one, t_gone) = res["gkit"], res["gone"]
     agree = float(np.mean(kit_probs.argmax(1) == one.argmax(1)))
     answers = df["answer"].tolist()
     peak = peak_gflops(profile.dtype, device=profile.device)
     limit_tok_s = peak * 1e9 / (2 * non_emb)
 
-    pr = competitions.get("prompt_recovery")
-    pdf = pr.read(rows_file("prompt_recovery", "pedromb_gemma7b_kaggle_format.csv"), labelled=True).head(args.gen_rows)
-    gprompts = pr.examples(pdf, tok, 2048)
-    (gen_kit, _), t_gkit = timed(
-        lambda: generate(kit_model, tok, gprompts, max_new_tokens=args.max_new_tokens, progress=False), r
-    )
-    gen_one, t_gone = timed(lambda: peer_generate_one_row(fp32_model, tok, gprompts, args.max_new_tokens), r)
     gen_agree = float(np.mean([a == b.strip() for a, b in zip(gen_kit, gen_one)]))
 
     rows = [
@@ -196,7 +205,7 @@ def main():
     )
     print(
         f"{len(prompts)} choice rows ({n_tokens} tokens), {len(gprompts)} generation rows x {args.max_new_tokens} "
-        f"new tokens; generation 'agree' = identical text; best of {r} runs each"
+        f"new tokens; generation 'agree' = identical text; best of {r} interleaved rounds"
     )
     out = ROOT / "bench" / "results" / f"infer_{profile.device}.json"
     out.parent.mkdir(exist_ok=True)
