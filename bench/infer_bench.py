@@ -142,46 +142,28 @@ def main():
     )
     (kit_probs, t_kit), (kit32, t_kit32), (one, t_one), (b8, t_b8) = (res[k] for k in ("kit", "kit32", "one", "b8"))
     (gen_kit, t_gkit), (gen_one, t_gone) = res["gkit"], res["gone"]
-    agree = float(np.mean(kit_probs.argmax(1) == one.argmax(1)))
     answers = df["answer"].tolist()
     peak = peak_gflops(profile.dtype, device=profile.device)
     limit_tok_s = peak * 1e9 / (2 * non_emb)
 
     gen_agree = float(np.mean([a == b.strip() for a, b in zip(gen_kit, gen_one)]))
 
+    def choice_row(run: str, probs, seconds: float) -> dict:
+        """One choice-scoring line: speed, ratio to the one-row peer, top-1 agreement with it, MAP@3."""
+        return {
+            "run": run,
+            "rows/s": len(prompts) / seconds,
+            "tok/s": n_tokens / seconds,
+            "vs one-row": t_one / seconds,
+            "top1 agree fp32": float(np.mean(probs.argmax(1) == one.argmax(1))),
+            "MAP@3": map3(probs, answers, labels),
+        }
+
     rows = [
-        {
-            "run": f"kit score_choices ({profile.dtype})",
-            "rows/s": len(prompts) / t_kit,
-            "tok/s": n_tokens / t_kit,
-            "vs one-row": t_one / t_kit,
-            "top1 agree fp32": agree,
-            "MAP@3": map3(kit_probs, answers, labels),
-        },
-        {
-            "run": "kit score_choices (float32)",
-            "rows/s": len(prompts) / t_kit32,
-            "tok/s": n_tokens / t_kit32,
-            "vs one-row": t_one / t_kit32,
-            "top1 agree fp32": float(np.mean(kit32.argmax(1) == one.argmax(1))),
-            "MAP@3": map3(kit32, answers, labels),
-        },
-        {
-            "run": "peer one row fp32",
-            "rows/s": len(prompts) / t_one,
-            "tok/s": n_tokens / t_one,
-            "vs one-row": 1.0,
-            "top1 agree fp32": 1.0,
-            "MAP@3": map3(one, answers, labels),
-        },
-        {
-            "run": "peer batch 8 fp32",
-            "rows/s": len(prompts) / t_b8,
-            "tok/s": n_tokens / t_b8,
-            "vs one-row": t_one / t_b8,
-            "top1 agree fp32": float(np.mean(b8.argmax(1) == one.argmax(1))),
-            "MAP@3": map3(b8, answers, labels),
-        },
+        choice_row(f"kit score_choices ({profile.dtype})", kit_probs, t_kit),
+        choice_row("kit score_choices (float32)", kit32, t_kit32),
+        choice_row("peer one row fp32", one, t_one),
+        choice_row("peer batch 8 fp32", b8, t_b8),
         {
             "run": f"kit generate ({profile.dtype})",
             "rows/s": len(gprompts) / t_gkit,

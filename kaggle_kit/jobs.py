@@ -147,6 +147,16 @@ def _load(cfg):
     return model, tok, cfg.batch_tokens  # None: the engine's default for the device and task
 
 
+def _load_task(cfg, comp, df):
+    """(model, tokenizer, the Task for df's rows at cfg.max_length, padded tokens per batch: cfg's, else the
+    engine's default for the device and the kind of task)."""
+    from .infer.primitives import default_batch_tokens
+
+    model, tok, batch_tokens = _load(cfg)
+    task = _task(comp, model, tok, df, cfg, cfg.max_length)
+    return model, tok, task, batch_tokens or default_batch_tokens(model, task.kind)
+
+
 def _load_vllm(cfg, profile):
     """(vLLM engine, tokenizer, tokens per step) for cfg's model / adapter (see infer/vllm_backend.py)."""
     from .infer import vllm_backend
@@ -164,11 +174,8 @@ def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[in
     """Load the model and compute one shard (all rows when (0, 1)): (outputs, stats, max_length, planned)."""
     from .infer import run_task
     from .infer.planner import fit_max_length, measure, predict_seconds
-    from .infer.primitives import default_batch_tokens
 
-    model, tok, batch_tokens = _load(cfg)
-    task = _task(comp, model, tok, df, cfg, cfg.max_length)
-    batch_tokens = batch_tokens or default_batch_tokens(model, task.kind)
+    model, tok, task, batch_tokens = _load_task(cfg, comp, df)
     max_length, planned = cfg.max_length, None
     # Plan only when the budget is large enough for three timing batches to be noise.
     if cfg.plan and deadline.seconds is not None and deadline.remaining() > 60:
@@ -398,11 +405,7 @@ def rehearse(cfg: RehearseConfig) -> dict:
         device=cfg.device,
     )
     check_tta(comp, cfg.tta)
-    from .infer.primitives import default_batch_tokens
-
-    model, tok, batch_tokens = _load(pcfg)
-    task = _task(comp, model, tok, df, pcfg, cfg.max_length)
-    batch_tokens = batch_tokens or default_batch_tokens(model, task.kind)
+    model, tok, task, batch_tokens = _load_task(pcfg, comp, df)
     tp = measure(task.step, task.lengths, batch_tokens)
     lengths = tile_lengths(task.lengths, cfg.rows)
     seconds = predict_seconds(lengths, batch_tokens, tp) / cfg.workers
