@@ -1,11 +1,13 @@
 """Where bf16 and fp32 choice scoring disagree: top-1 agreement by the fp32 margin between the two best options.
 
-    python bench/bf16_agreement.py [--rows 100]
+    python bench/bf16_agreement.py [--rows 200]
 
 Rounding the weights and activations to bf16 moves each option's probability a little; a row flips when
 that is more than the fp32 margin between its best two options. Prints agreement per margin bucket and the
 size of the bf16 - fp32 probability differences, so a low overall agreement can be read: a model whose
-answers are near-ties (SmolLM2-135M on Science Exam) flips often, a confident one rarely.
+answers are near-ties (SmolLM2-135M on Science Exam) flips often, a confident one rarely. Two bf16 runs:
+the kit's (label logits in fp32 from the bf16 hidden state, infer/label_head.py) and the model's own
+bf16-rounded logits.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from infer_bench import rows_file  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
-from kaggle_kit.infer import score_choices  # noqa: E402
+from kaggle_kit.infer.primitives import choice_task, run_task  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 
@@ -33,30 +35,34 @@ BUCKETS = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 1.01]  # fp32 probability margin, 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=100)
+    ap.add_argument("--rows", type=int, default=200)
     args = ap.parse_args()
     comp = competitions.get("science_exam")
     probs = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype, run, head in (("float32", "fp32", True), ("bfloat16", "bf16", True), ("bfloat16", "bf16 own", False)):
         model, tok = load_model("demo", detect(dtype, "cpu"))
         df = comp.read(rows_file("science_exam", "train.csv"), labelled=True).head(args.rows)
-        probs[dtype], _ = score_choices(model, tok, comp.examples(df, tok, 2048), list(comp.labels), progress=False)
-    p32, p16 = probs["float32"], probs["bfloat16"]
+        task = choice_task(model, tok, comp.examples(df, tok, 2048), list(comp.labels), fp32_head=head)
+        probs[run], _ = run_task(task, model, progress=False)
+    p32 = probs.pop("fp32")
     top2 = np.sort(p32, 1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
-    agree = p32.argmax(1) == p16.argmax(1)
+    agree = {run: p32.argmax(1) == p.argmax(1) for run, p in probs.items()}
     rows = []
     for lo, hi in zip(BUCKETS, BUCKETS[1:]):
         sel = (margin >= lo) & (margin < hi)
         if sel.any():
-            bucket = f"[{lo}, {min(hi, 1.0)})"
-            rows.append({"fp32 margin": bucket, "rows": int(sel.sum()), "agree": float(agree[sel].mean())})
+            row = {"fp32 margin": f"[{lo}, {min(hi, 1.0)})", "rows": int(sel.sum())}
+            row.update({f"agree {run}": float(a[sel].mean()) for run, a in agree.items()})
+            rows.append(row)
     print(format_table(rows))
-    diff = np.abs(p16 - p32)
-    print(
-        f"\noverall agreement {agree.mean():.3f} over {len(agree)} rows; fp32 margin median {np.median(margin):.4f}; "
-        f"|bf16 - fp32| per option: median {np.median(diff):.4f}, 95th percentile {np.percentile(diff, 95):.4f}"
-    )
+    print(f"\n{len(margin)} rows; fp32 margin median {np.median(margin):.4f}")
+    for run, p in probs.items():
+        diff = np.abs(p - p32)
+        print(
+            f"{run:9s} agreement {agree[run].mean():.3f}; |bf16 - fp32| per option: median {np.median(diff):.4f}, "
+            f"95th percentile {np.percentile(diff, 95):.4f}, max {diff.max():.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -179,10 +179,10 @@ def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[in
     max_length, planned = cfg.max_length, None
     # Plan only when the budget is large enough for three timing batches to be noise.
     if cfg.plan and deadline.seconds is not None and deadline.remaining() > 60:
-        tp = measure(task.step, task.lengths, batch_tokens)
+        tp = measure(task.step, task.lengths, batch_tokens, steps=task.steps)
         lengths = task.lengths
         share = deadline.remaining() * shard[1]  # shards run side by side
-        planned = predict_seconds(lengths, batch_tokens, tp)
+        planned = predict_seconds(lengths, batch_tokens, tp, task.steps)
         log.info(
             "planner: %d rows predicted to take %.0fs (budget left %.0fs)",
             len(lengths),
@@ -190,7 +190,7 @@ def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[in
             deadline.remaining(),
         )
         if planned > share:
-            max_length, planned = fit_max_length(lengths, batch_tokens, tp, share, cfg.max_length)
+            max_length, planned = fit_max_length(lengths, batch_tokens, tp, share, cfg.max_length, steps=task.steps)
             log.warning(
                 "planner: lowering max_length %d -> %d to fit the budget (predicted %.0fs)",
                 cfg.max_length,
@@ -406,9 +406,9 @@ def rehearse(cfg: RehearseConfig) -> dict:
     )
     check_tta(comp, cfg.tta)
     model, tok, task, batch_tokens = _load_task(pcfg, comp, df)
-    tp = measure(task.step, task.lengths, batch_tokens)
+    tp = measure(task.step, task.lengths, batch_tokens, steps=task.steps)
     lengths = tile_lengths(task.lengths, cfg.rows)
-    seconds = predict_seconds(lengths, batch_tokens, tp) / cfg.workers
+    seconds = predict_seconds(lengths, batch_tokens, tp, task.steps) / cfg.workers
     report = {
         "rows": cfg.rows,
         "mean_tokens": sum(lengths) / len(lengths),
@@ -421,7 +421,7 @@ def rehearse(cfg: RehearseConfig) -> dict:
         report["fits"] = seconds <= budget
         if seconds > budget:
             report["max_length_to_fit"], _ = fit_max_length(
-                lengths, batch_tokens, tp, budget * cfg.workers, cfg.max_length
+                lengths, batch_tokens, tp, budget * cfg.workers, cfg.max_length, steps=task.steps
             )
     return report
 

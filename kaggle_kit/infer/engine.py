@@ -53,20 +53,33 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     return ids
 
 
-def plan_batches(lengths: list[int], batch_tokens: int, max_rows: int = 256) -> list[list[int]]:
-    """Indices grouped into batches, longest rows first, each with rows x longest <= batch_tokens."""
+def plan_batches(lengths: list[int], batch_tokens: int, max_rows: int = 256, steps: int = 1) -> list[list[int]]:
+    """Indices grouped into batches, longest rows first, each with rows x longest <= batch_tokens.
+
+    Where to cut the sorted rows is chosen to cost the fewest padded tokens plus `batch_tokens // 32`
+    tokens for each of a batch's `steps` forwards (1 to score, 1 + new tokens to generate): a forward's
+    fixed cost, as on 2 Zen 4 cores SmolLM2 takes 37 ms for 1 token, the time of ~70 tokens in a 2k
+    batch. Filling each batch greedily padded 100 Science Exam rows by 10% at 2k tokens; this plan by 2%.
+    """
+    import numpy as np
+
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches, current, longest = [], [], 0
-    for i in order:
-        new_longest = max(longest, lengths[i])
-        if current and (new_longest * (len(current) + 1) > batch_tokens or len(current) >= max_rows):
-            batches.append(current)
-            current, new_longest = [], lengths[i]
-        current.append(i)
-        longest = new_longest
-    if current:
-        batches.append(current)
-    return batches
+    width = np.array([lengths[i] for i in order], dtype=np.float64)
+    n, per_batch = len(order), batch_tokens // 32 * steps
+    cost = np.full(n + 1, np.inf)  # cost[j]: cheapest plan of the first j sorted rows
+    cost[0] = 0.0
+    start = np.zeros(n + 1, dtype=np.int64)  # start[j]: where the last batch of that plan begins
+    for i in range(n):  # a batch starting at row i is as wide as row i, the longest in it
+        k = min(max_rows, n - i, max(1, int(batch_tokens // max(width[i], 1))))
+        c = cost[i] + width[i] * np.arange(1, k + 1) + per_batch
+        better = c < cost[i + 1 : i + k + 1]
+        cost[i + 1 : i + k + 1][better] = c[better]
+        start[i + 1 : i + k + 1][better] = i
+    batches, j = [], n
+    while j > 0:
+        batches.append(order[start[j] : j])
+        j = int(start[j])
+    return batches[::-1]
 
 
 def padded_tokens(batch: list[int], lengths: list[int]) -> int:
@@ -149,6 +162,7 @@ def run_batches(
     extra_tokens: int = 0,
     shard: tuple[int, int] = (0, 1),
     checkpoint=None,
+    steps: int = 1,
 ) -> tuple[list, RunStats]:
     """Call `step(batch_indices)` per planned batch under the deadline; results in input order.
 
@@ -156,12 +170,13 @@ def run_batches(
 
     `extra_tokens` is added to each row's length when planning (generated tokens need room too; negative
     when a prefix cache runs tokens shared by all rows once).
-    `shard=(i, n)` runs only shard i's batches. `checkpoint` (a Checkpoint) supplies results of an
-    earlier run, which are not computed again, and receives new ones as batches finish.
+    `steps` is the forwards a batch makes (plan_batches). `shard=(i, n)` runs only shard i's batches.
+    `checkpoint` (a Checkpoint) supplies results of an earlier run, which are not computed again, and
+    receives new ones as batches finish.
     """
     deadline = deadline or Deadline(None)
     lengths = [len(r) + extra_tokens for r in ids]
-    batches = shard_batches(plan_batches(lengths, batch_tokens), lengths, *shard)
+    batches = shard_batches(plan_batches(lengths, batch_tokens, steps=steps), lengths, *shard)
     results: list = [None] * len(ids)
     stats = RunStats(rows=sum(len(b) for b in batches))
     if checkpoint is not None:

@@ -30,12 +30,13 @@ class Throughput:
         return float(np.interp(length, self.lengths, self.sec_per_token))
 
 
-def measure(step, lengths: list[int], batch_tokens: int, n_buckets: int = 3) -> Throughput:
+def measure(step, lengths: list[int], batch_tokens: int, n_buckets: int = 3, steps: int = 1) -> Throughput:
     """Time one planned batch from each of `n_buckets` length buckets (longest, middle, shortest).
 
     `step(batch_indices)` runs a batch (results are thrown away). The first call also warms up.
+    `steps` (here and below): the forwards a batch makes, as plan_batches takes it.
     """
-    batches = plan_batches(lengths, batch_tokens)
+    batches = plan_batches(lengths, batch_tokens, steps=steps)
     picks = sorted({int(round(x)) for x in np.linspace(0, len(batches) - 1, n_buckets)})
     step(batches[picks[-1]][:1])  # warm-up: allocator, kernels, caches
     points = []
@@ -49,17 +50,23 @@ def measure(step, lengths: list[int], batch_tokens: int, n_buckets: int = 3) -> 
     return Throughput([p[0] for p in points], [p[1] for p in points])
 
 
-def predict_seconds(lengths: list[int], batch_tokens: int, tp: Throughput) -> float:
+def predict_seconds(lengths: list[int], batch_tokens: int, tp: Throughput, steps: int = 1) -> float:
     """Predicted seconds for all rows of `lengths` under the plan and the measured throughput."""
     total = 0.0
-    for batch in plan_batches(lengths, batch_tokens):
+    for batch in plan_batches(lengths, batch_tokens, steps=steps):
         longest = max(lengths[i] for i in batch)
         total += longest * len(batch) * tp.at(longest)
     return total
 
 
 def fit_max_length(
-    lengths: list[int], batch_tokens: int, tp: Throughput, seconds: float, max_length: int, floor: int = 256
+    lengths: list[int],
+    batch_tokens: int,
+    tp: Throughput,
+    seconds: float,
+    max_length: int,
+    floor: int = 256,
+    steps: int = 1,
 ) -> tuple[int, float]:
     """The largest max_length (steps of 10%, not below `floor`) whose predicted run fits `seconds`.
 
@@ -69,7 +76,7 @@ def fit_max_length(
     length = max_length
     while True:
         clipped = [min(n, length) for n in lengths]
-        need = predict_seconds(clipped, batch_tokens, tp)
+        need = predict_seconds(clipped, batch_tokens, tp, steps)
         if need <= seconds or length <= floor:
             return length, need
         length = max(floor, int(length * 0.9))

@@ -12,6 +12,7 @@ from ..budget import Deadline
 from ..errors import ConfigError
 from .checkpoint import Checkpoint, fingerprint
 from .engine import RunStats, encode, left_pad, run_batches
+from .label_head import LabelHead
 from .prefix import SharedPrefix
 
 MAX_LENGTH = 2048
@@ -43,6 +44,11 @@ class Task:
     def lengths(self) -> list[int]:
         """Tokens each row costs in a batch: its own tokens plus room for generated ones."""
         return [len(r) - self.shared + self.extra_tokens for r in self.ids]
+
+    @property
+    def steps(self) -> int:
+        """Forwards a batch makes: one, plus one per generated token."""
+        return 1 + self.extra_tokens
 
 
 def run_task(
@@ -76,6 +82,7 @@ def run_task(
         extra_tokens=task.extra_tokens - task.shared,
         shard=shard,
         checkpoint=ckpt,
+        steps=task.steps,
     )
     return task.finish(results), stats
 
@@ -112,19 +119,22 @@ def choice_task(
     max_length: int = MAX_LENGTH,
     views: list[tuple[list[str], list[int]]] | None = None,
     prefix_cache: bool = True,
+    fp32_head: bool = True,
 ) -> Task:
-    """Next-token probabilities over `labels`; only the last position's logits are computed.
+    """Next-token probabilities over `labels`; only the last position's logits are computed, and the
+    labels' in fp32 (label_head.py).
 
     `views` adds test-time augmentation: each (prompts, perm) is scored too, where perm[j] is the label
     index shown at position j (options reordered, A/B swapped); its probabilities are mapped back and
     averaged with the main view's, so a letter-position bias cancels out. `prefix_cache` runs the tokens
-    all prompts of a view share once (see prefix.py).
+    all prompts of a view share once (see prefix.py). `fp32_head=False` keeps a bf16/fp16 model's own
+    rounded logits (to measure what the fp32 label head gains).
     """
     import torch
 
     if temperature <= 0:
         raise ConfigError("temperature", f"must be > 0, got {temperature}")
-    label_ids = torch.tensor(label_token_ids(tokenizer, labels))
+    head = LabelHead(model, label_token_ids(tokenizer, labels), enabled=fp32_head)
     ids = encode(tokenizer, prompts, max_length)
     extra = [(encode(tokenizer, p, max_length), list(perm)) for p, perm in views or []]
     prefix = SharedPrefix(model, ids if prefix_cache else [])
@@ -133,8 +143,9 @@ def choice_task(
     @torch.inference_mode()
     def score(rows, width: int, shared: SharedPrefix):
         inputs = shared.batch(rows, tokenizer.pad_token_id, width)
-        logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
-        chosen = logits.float()[:, label_ids.to(logits.device)] / temperature
+        with head.capture():
+            logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
+        chosen = head.logits(logits) / temperature
         return torch.softmax(chosen, dim=-1).cpu().numpy()
 
     def step(batch, pad_as=None):
@@ -149,6 +160,8 @@ def choice_task(
         return list(probs / (1 + len(extra)))
 
     settings = {"labels": labels, "temperature": temperature}
+    if head.active:  # other numbers than the model's own logits: a checkpoint of those is not resumed
+        settings["label_head"] = "fp32"
     if extra:
         settings["views"] = [perm for _, perm in extra]
     if prefix.length:
