@@ -84,6 +84,9 @@ def _reproduces_model(model, layer) -> bool:
             got = model(input_ids=x, use_cache=False).logits[0].float()
     finally:
         hook.remove()
+    if "h" not in caught:  # the logits do not come through this layer's forward (no hook fires)
+        _checked[model] = False
+        return False
     top = got.abs().topk(64, dim=-1).indices.flatten().unique()  # large logits show a scale or a soft cap
     ours = caught["h"].float() @ w[top].float().T
     if layer.bias is not None:
