@@ -35,10 +35,7 @@ class LabelHead:
         self._hidden = None
         self.active = enabled and _reproduces_model(model, self._layer)
         if self.active:
-            w = self._layer.weight
-            self._w = w[self._ids.to(w.device)].float()
-            bias = self._layer.bias
-            self._b = None if bias is None else bias[self._ids.to(w.device)].float()
+            self._w, self._b = _fp32_rows(self._layer, self._ids)
 
     @contextmanager
     def capture(self):
@@ -57,14 +54,26 @@ class LabelHead:
 
     def logits(self, model_logits):
         """(B, K) fp32 label logits: from the caught hidden state, else from `model_logits` (B, V)."""
-        import torch
-
         if not self.active or self._hidden is None:
             return model_logits.float()[:, self._ids.to(model_logits.device)]
         hidden, self._hidden = self._hidden, None
-        with torch.autocast(hidden.device.type, enabled=False):
-            out = hidden.float() @ self._w.T
-        return out if self._b is None else out + self._b
+        return _fp32_product(hidden, self._w, self._b)
+
+
+def _fp32_rows(layer, ids):
+    """The output layer's weight rows (and bias entries) of token `ids`, in fp32."""
+    ids = ids.to(layer.weight.device)
+    bias = None if layer.bias is None else layer.bias[ids].float()
+    return layer.weight[ids].float(), bias
+
+
+def _fp32_product(hidden, w, b):
+    """hidden @ w.T (+ b) in fp32, also inside an autocast region (a training loop's evaluation)."""
+    import torch
+
+    with torch.autocast(hidden.device.type, enabled=False):
+        out = hidden.float() @ w.T
+    return out if b is None else out + b
 
 
 def _reproduces_model(model, layer) -> bool:
@@ -88,9 +97,7 @@ def _reproduces_model(model, layer) -> bool:
         _checked[model] = False
         return False
     top = got.abs().topk(64, dim=-1).indices.flatten().unique()  # large logits show a scale or a soft cap
-    ours = caught["h"].float() @ w[top].float().T
-    if layer.bias is not None:
-        ours = ours + layer.bias[top].float()
+    ours = _fp32_product(caught["h"], *_fp32_rows(layer, top))
     step = torch.finfo(w.dtype).eps  # twice the rounding of the model's own output
     ok = bool(torch.allclose(got[:, top], ours, rtol=step, atol=step))
     if not ok:
