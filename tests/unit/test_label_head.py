@@ -57,3 +57,26 @@ def test_model_logits_are_kept_where_fp32_would_not_reproduce_them_or_change_not
 
 def test_the_same_gemma2_without_its_soft_cap_gets_the_fp32_head():
     assert LabelHead(tiny("gemma2-uncapped", torch.bfloat16), [3, 7]).active
+
+
+def test_a_model_whose_logits_bypass_the_output_layers_forward_keeps_its_own_logits():
+    """No hook fires when a model multiplies by the output weight itself: the check says so instead of
+    failing, and the head falls back to the model's logits."""
+    from transformers import LlamaForCausalLM
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    class Bypass(LlamaForCausalLM):
+        def forward(self, input_ids=None, **kwargs):
+            hidden = self.model(input_ids=input_ids).last_hidden_state
+            return CausalLMOutputWithPast(logits=torch.nn.functional.linear(hidden, self.lm_head.weight))
+
+    base = tiny("llama", torch.bfloat16)
+    model = Bypass(base.config).to(torch.bfloat16).eval()
+    model.load_state_dict(base.state_dict())
+    head = LabelHead(model, [3, 7])
+    assert not head.active
+    x = torch.tensor([[5, 9, 2]])
+    with torch.inference_mode():
+        with head.capture():
+            own = model(input_ids=x).logits[:, -1]
+    assert torch.equal(head.logits(own), own.float()[:, [3, 7]])
