@@ -280,6 +280,11 @@ def _add_predict(p):
     p.add_argument("--cascade-model", help="second model re-answering the least confident rows")
     p.add_argument("--cascade-adapter", help="the second model's adapter")
     p.add_argument("--cascade-fraction", type=float, default=0.4, help="share re-answered (default 0.4)")
+    p.add_argument(
+        "--cascade-dtype",
+        choices=["float32", "float16", "bfloat16"],
+        help="the second model's dtype; alone: the same model (float32 re-checks bf16 near-ties)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1, help="processes over shards; one per GPU (T4 x2: 2)")
     p.add_argument("--shard", help="I/N: compute shard I of N into --out (join with 'merge')")

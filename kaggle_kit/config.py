@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from .budget import parse_duration
 from .errors import ConfigError
-from .hardware import QUANTS
+from .hardware import DTYPES, QUANTS
 from .templates import CHAT_TEMPLATES
 
 CHAT_FORMAT_NAMES = ("auto", *CHAT_TEMPLATES)
@@ -47,6 +47,9 @@ class PredictConfig:
     cascade_model: str | None = None  # a second (larger) model re-answering the least confident rows
     cascade_adapter: str | None = None  # the second model's adapter (or the cascade's only change)
     cascade_fraction: float = 0.4  # share of rows re-answered (Science Exam's 5th place: 40%)
+    cascade_dtype: str | None = (
+        None  # the second model's dtype; alone: the same model again (float32 re-checks near-ties)
+    )
     dtype: str | None = None  # float16 / bfloat16 / float32; None = hardware profile (T4: float16)
     quant: str | None = None  # base weights nf4 / int8 / none (a 9B model on a T4: nf4); None = as the adapter trained
     chat_format: str | None = None  # auto / alpaca / plain; None = as the adapter was trained, else auto
@@ -72,7 +75,10 @@ class PredictConfig:
         _check_positive(self, "tensor_parallel")
         if not 0.0 < self.cascade_fraction <= 1.0:
             raise ConfigError("cascade_fraction", f"must be in (0, 1], got {self.cascade_fraction}")
-        if (self.ensemble or self.cascade_model or self.cascade_adapter) and (self.workers > 1 or self.shard):
+        for name in ("dtype", "cascade_dtype"):
+            if getattr(self, name) is not None and getattr(self, name) not in DTYPES:
+                raise ConfigError(name, f"{getattr(self, name)!r} is not one of {list(DTYPES)}")
+        if (self.ensemble or self.cascades()) and (self.workers > 1 or self.shard):
             raise ConfigError("ensemble", "ensembles and cascades run one model at a time: drop workers/shard")
         if self.context_tokens < 16:
             raise ConfigError("context_tokens", f"must be >= 16, got {self.context_tokens}")
@@ -87,6 +93,10 @@ class PredictConfig:
             parse_shard(self.shard)
             if self.workers != 1:
                 raise ConfigError("workers", "use either --shard or --workers, not both")
+
+    def cascades(self) -> bool:
+        """Whether a second pass re-answers the least confident rows (another model, adapter or dtype)."""
+        return bool(self.cascade_model or self.cascade_adapter or self.cascade_dtype)
 
     def shard_tuple(self) -> tuple[int, int]:
         """(I, N) from 'I/N'; (0, 1) when not sharded."""

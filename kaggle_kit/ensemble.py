@@ -133,6 +133,7 @@ def member_config(cfg, member: Member, data: str, checkpoint: str):
         ensemble=None,
         cascade_model=None,
         cascade_adapter=None,
+        cascade_dtype=None,
         workers=1,
         shard=None,
     )
@@ -216,7 +217,7 @@ def cascade(cfg, comp, df, probs, deadline):
     """Re-answer the least confident cfg.cascade_fraction of rows with the second model (5th place in
     Science Exam: 7B on all, 70B on the least confident 40%). Rows the budget does not reach keep the
     first model's answer. Returns (probs, rows re-answered, checkpoint file)."""
-    from .io import write_csv_atomic
+    from .io import read_text_csv, write_csv_atomic
 
     if comp.task != "choices":
         raise ConfigError("cascade_model", f"the cascade re-ranks choice probabilities; {comp.name} generates text")
@@ -226,11 +227,24 @@ def cascade(cfg, comp, df, probs, deadline):
         return probs, 0, []
     base = cfg.checkpoint_path()
     subset = f"{base}.cascade.csv"
-    write_csv_atomic(df.iloc[rows], subset)  # the same rows on a rerun: first-stage results are resumed
-    member = Member("cascade", cfg.cascade_model, cfg.cascade_adapter, cfg.tta, quant=cfg.quant)
+    # The rows' cells as the test file has them (df holds parsed values: LMSYS's JSON lists as Python
+    # lists); the same rows on a rerun, whose first-stage results are resumed.
+    write_csv_atomic(read_text_csv(cfg.data).iloc[rows], subset)
+    if cfg.cascade_model or cfg.cascade_adapter:
+        member = Member("cascade", cfg.cascade_model, cfg.cascade_adapter, cfg.tta, quant=cfg.quant)
+    else:  # only the dtype changes: the same model and adapter again, e.g. bf16 near-ties re-checked in fp32
+        member = Member("cascade", cfg.model, cfg.adapter, cfg.tta, quant=cfg.quant)
     mcfg = member_config(cfg, member, subset, f"{base}.cascade")
+    # Unlike an ensemble member's, the cascade's probabilities replace the first pass's as they are: the
+    # run's temperature (or the adapter's calibration) applies to them too.
+    mcfg = replace(mcfg, temperature=cfg.temperature, dtype=cfg.cascade_dtype or cfg.dtype)
     seconds = None if deadline.seconds is None else deadline.remaining()
-    log.info("cascade: %d least confident rows to %s", len(rows), cfg.cascade_model or cfg.cascade_adapter)
+    log.info(
+        "cascade: %d least confident rows to %s (%s)",
+        len(rows),
+        member.model or member.adapter,
+        mcfg.dtype or "the profile's dtype",
+    )
     results, _ = run_member(mcfg, seconds)
     second = _ordered(comp, len(rows), results)
     out = np.array(probs, dtype=float, copy=True)

@@ -89,20 +89,7 @@ def read_csv(path, columns: list[Column], *, id_column: str = "id"):
     import pandas as pd
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise InputError(path, "file is empty", expected="a header line and data rows")
-    try:
-        # utf-8-sig drops a BOM; keep_default_na=False keeps the literal text 'NA' (a real answer option).
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(path, f"not UTF-8 text (byte {exc.start})", expected="UTF-8") from None
-    except (pd.errors.ParserError, csv.Error) as exc:
-        raise InputError(path, f"malformed CSV: {exc}") from None
-    except pd.errors.EmptyDataError:
-        raise InputError(path, "file has no header", expected="a header line") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_text_csv(path)
     for col in columns:
         if col.required and col.name not in df.columns:
             raise InputError(
@@ -136,6 +123,29 @@ def read_csv(path, columns: list[Column], *, id_column: str = "id"):
                 column=id_column,
                 expected="each id once",
             )
+    return df
+
+
+def read_text_csv(path):
+    """`path` as a DataFrame of text cells, exactly as written (no checks); InputError when it is not a
+    readable CSV. What read_csv checks, and what a subset of rows is written back from."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty", expected="a header line and data rows")
+    try:
+        # utf-8-sig drops a BOM; keep_default_na=False keeps the literal text 'NA' (a real answer option).
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text (byte {exc.start})", expected="UTF-8") from None
+    except (pd.errors.ParserError, csv.Error) as exc:
+        raise InputError(path, f"malformed CSV: {exc}") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(path, "file has no header", expected="a header line") from None
+    df.columns = [str(c).strip() for c in df.columns]
     return df
 
 

@@ -319,7 +319,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     else:
         outputs, st, max_length, planned = _run_shard(cfg, comp, df, deadline, shard)
         stats, rows_done, leftovers = asdict(st), st.rows_done, [cfg.checkpoint_path()]
-    if cfg.cascade_model or cfg.cascade_adapter:
+    if cfg.cascades():
         from .ensemble import cascade
 
         outputs, stats["cascade_rows"], files = cascade(cfg, comp, df, outputs, deadline)

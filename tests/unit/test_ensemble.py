@@ -96,3 +96,18 @@ def test_vllm_backend_is_refused_before_anything_runs_where_it_cannot(tmp_path):
     assert not out.exists()
     with pytest.raises(ConfigError, match="'backend'"):
         PredictConfig("science_exam", str(data), backend="tgi")
+
+
+def test_cascade_dtype_alone_is_a_cascade_and_bad_values_are_named():
+    from kaggle_kit.config import PredictConfig
+
+    assert PredictConfig("lmsys", "t.csv", cascade_dtype="float32").cascades()
+    assert not PredictConfig("lmsys", "t.csv", dtype="float32").cascades()
+    for kwargs, field in [
+        ({"cascade_dtype": "float64"}, "'cascade_dtype'"),
+        ({"dtype": "fp16"}, "'dtype'"),
+        ({"cascade_dtype": "float32", "workers": 2}, "'ensemble'"),
+        ({"cascade_dtype": "float32", "shard": "0/2"}, "'ensemble'"),
+    ]:
+        with pytest.raises(ConfigError, match=field):
+            PredictConfig("lmsys", "t.csv", **kwargs)
