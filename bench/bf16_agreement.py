@@ -7,7 +7,8 @@ that is more than the fp32 margin between its best two options. Prints agreement
 size of the bf16 - fp32 probability differences, so a low overall agreement can be read: a model whose
 answers are near-ties (SmolLM2-135M on Science Exam) flips often, a confident one rarely. Two bf16 runs:
 the kit's (label logits in fp32 from the bf16 hidden state, infer/label_head.py) and the model's own
-bf16-rounded logits.
+bf16-rounded logits. Last, the agreement the precision cascade (--cascade-dtype float32) reaches when it
+re-scores the least confident 0-30% of the kit's bf16 rows in fp32.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 from infer_bench import rows_file  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
+from kaggle_kit.ensemble import least_confident  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
 from kaggle_kit.infer.primitives import choice_task, run_task  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 
 BUCKETS = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 1.01]  # fp32 probability margin, top-1 minus top-2
+RECHECK = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]  # shares of least confident rows re-scored in fp32
 
 
 def main():
@@ -63,6 +66,17 @@ def main():
             f"{run:9s} agreement {agree[run].mean():.3f}; |bf16 - fp32| per option: median {np.median(diff):.4f}, "
             f"95th percentile {np.percentile(diff, 95):.4f}, max {diff.max():.4f}"
         )
+    # The precision cascade (--cascade-dtype float32): the kit's bf16 rows with the smallest bf16 margin
+    # re-scored in fp32. Which share it takes to agree with fp32, and what that share costs.
+    kit = probs["bf16"]
+    sweep = []
+    for share in RECHECK:
+        p = kit.copy()
+        rows_ = least_confident(kit, share)
+        p[rows_] = p32[rows_]
+        sweep.append({"fp32 re-check share": f"{share:.0%}", "agreement": float(np.mean(p.argmax(1) == p32.argmax(1)))})
+    print()
+    print(format_table(sweep))
 
 
 if __name__ == "__main__":

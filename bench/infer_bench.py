@@ -5,12 +5,14 @@ of 8 rows in file order, padded, full logits. Rows are real: Science Exam questi
 (data/ when absent) for choice scoring, Prompt Recovery rows for generation. Prints a table and writes
 bench/results/infer_<device>.json.
 
-    python bench/infer_bench.py [--rows 100] [--gen-rows 16] [--repeat 2] [--device cpu|cuda] [--dtype ...]
+    python bench/infer_bench.py [--rows 100] [--gen-rows 16] [--repeat 3] [--recheck 0.2] [--device cpu|cuda]
+        [--dtype ...]
 
 Each timing is the best of --repeat rounds, every contender once per round (a shared 2-core VM drifts by
-10-20% from minute to minute). Besides
-top-1 agreement with the fp32 peer, the MAP@3 of kit and peer on the labelled rows says whether the
-kit's dtype costs any score; the kit also runs in fp32, to separate the engine's gain from bf16's.
+10-20% from minute to minute). Besides top-1 agreement with the fp32 peer, the MAP@3 of kit and peer on
+the labelled rows says whether the kit's dtype costs any score; the kit also runs in fp32, to separate the
+engine's gain from bf16's, and as the dtype cascade (bf16 on every row, the --recheck share with the
+smallest top-1/top-2 margin again in fp32), the price of near-fp32 agreement.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from matmul_peak import peak_gflops  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
+from kaggle_kit.ensemble import least_confident  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
 from kaggle_kit.infer import generate, score_choices  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
@@ -108,6 +111,9 @@ def main():
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, help="the kit's dtype (default: hardware profile)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; each timing is its best round")
+    ap.add_argument(
+        "--recheck", type=float, default=0.2, help="share of least confident rows the dtype cascade re-scores in fp32"
+    )
     args = ap.parse_args()
 
     profile = detect(args.dtype, args.device)
@@ -129,9 +135,20 @@ def main():
     pdf = pr.read(rows_file("prompt_recovery", "pedromb_gemma7b_kaggle_format.csv"), labelled=True).head(args.gen_rows)
     gprompts = pr.examples(pdf, tok, 2048)
     n_new = args.max_new_tokens
+
+    def kit_recheck():
+        """The dtype cascade (--cascade-dtype float32) in this process: the kit's dtype on every row, then
+        the least confident share again in fp32 (the CLI loads the fp32 model in its own process)."""
+        probs = np.array(score_choices(kit_model, tok, prompts, labels, progress=False)[0])
+        rows = least_confident(probs, args.recheck)
+        probs[rows] = score_choices(fp32_model, tok, [prompts[i] for i in rows], labels, progress=False)[0]
+        return probs
+
+    recheck = profile.dtype != "float32" and args.recheck > 0
     res = timed_rounds(
         {
             "kit": lambda: score_choices(kit_model, tok, prompts, labels, progress=False)[0],
+            **({"kitc": kit_recheck} if recheck else {}),
             "kit32": lambda: score_choices(fp32_model, tok, prompts, labels, progress=False)[0],
             "one": lambda: peer_one_row(fp32_model, tok, prompts, label_ids),
             "b8": lambda: peer_batch8(fp32_model, tok, prompts, label_ids),
@@ -161,6 +178,11 @@ def main():
 
     rows = [
         choice_row(f"kit score_choices ({profile.dtype})", kit_probs, t_kit),
+        *(
+            [choice_row(f"kit {profile.dtype} + fp32 re-check of least confident {args.recheck:.0%}", *res["kitc"])]
+            if recheck
+            else []
+        ),
         choice_row("kit score_choices (float32)", kit32, t_kit32),
         choice_row("peer one row fp32", one, t_one),
         choice_row("peer batch 8 fp32", b8, t_b8),
