@@ -47,9 +47,7 @@ class PredictConfig:
     cascade_model: str | None = None  # a second (larger) model re-answering the least confident rows
     cascade_adapter: str | None = None  # the second model's adapter (or the cascade's only change)
     cascade_fraction: float = 0.4  # share of rows re-answered (Science Exam's 5th place: 40%)
-    cascade_dtype: str | None = (
-        None  # the second model's dtype; alone: the same model again (float32 re-checks near-ties)
-    )
+    cascade_dtype: str | None = None  # the second pass's dtype; alone: the same model (float32 re-checks)
     dtype: str | None = None  # float16 / bfloat16 / float32; None = hardware profile (T4: float16)
     quant: str | None = None  # base weights nf4 / int8 / none (a 9B model on a T4: nf4); None = as the adapter trained
     chat_format: str | None = None  # auto / alpaca / plain; None = as the adapter was trained, else auto
