@@ -285,6 +285,18 @@ def outputs_from_results(comp, n_rows: int, results: dict):
     return probs_from_results(ordered, len(comp.labels)) if comp.task == "choices" else ordered
 
 
+def _check_cascade_dtype(cfg: PredictConfig) -> None:
+    """A dtype cascade of the same model must change the dtype the run computes in, or it re-runs the
+    same numbers; said before any model loads."""
+    if not cfg.cascade_dtype or cfg.cascade_model or cfg.cascade_adapter:
+        return
+    from .hardware import detect
+
+    run = detect(cfg.dtype, cfg.device).dtype
+    if detect(cfg.cascade_dtype, cfg.device).dtype == run:
+        raise ConfigError("cascade_dtype", f"the run already computes in {run}; re-checking needs another dtype")
+
+
 def predict(cfg: PredictConfig) -> PredictResult:
     """Read and check the test file, write a complete fallback submission, then predict and replace it.
 
@@ -297,6 +309,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     check_tta(comp, cfg.tta)
     _shots(comp, cfg, df)  # a bad shots file fails here too, not after the model loaded
     _check_context(comp, cfg)
+    _check_cascade_dtype(cfg)
     if cfg.backend == "vllm":
         from .infer import vllm_backend
 

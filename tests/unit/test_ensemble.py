@@ -111,3 +111,16 @@ def test_cascade_dtype_alone_is_a_cascade_and_bad_values_are_named():
     ]:
         with pytest.raises(ConfigError, match=field):
             PredictConfig("lmsys", "t.csv", **kwargs)
+
+
+def test_a_dtype_cascade_in_the_runs_own_dtype_is_refused_before_any_model_loads(tmp_path):
+    from kaggle_kit import jobs
+    from kaggle_kit.config import PredictConfig
+
+    data = tmp_path / "test.csv"
+    data.write_text("id,prompt,A,B,C,D,E\n1,q,a,b,c,d,e\n")
+    out = tmp_path / "sub.csv"
+    cfg = PredictConfig("science_exam", str(data), out=str(out), dtype="float32", cascade_dtype="float32")
+    with pytest.raises(ConfigError, match="'cascade_dtype'"):
+        jobs.predict(cfg)
+    assert not out.exists()
