@@ -242,7 +242,7 @@ def cascade(cfg, comp, df, probs, deadline):
     log.info(
         "cascade: %d least confident rows to %s (%s)",
         len(rows),
-        member.model or member.adapter,
+        cfg.cascade_model or cfg.cascade_adapter or "the same model",
         mcfg.dtype or "the profile's dtype",
     )
     results, _ = run_member(mcfg, seconds)
