@@ -22,6 +22,17 @@ def tiny(kind: str, dtype):
     return model.to(dtype).eval()
 
 
+def assert_keeps_own_logits(model):
+    """The head is inactive for `model` and gives the model's own label logits, as fp32."""
+    head = LabelHead(model, [3, 7])
+    assert not head.active
+    x = torch.tensor([[5, 9, 2]])
+    with torch.inference_mode():
+        with head.capture():
+            own = model(input_ids=x).logits[:, -1]
+    assert torch.equal(head.logits(own), own.float()[:, [3, 7]])
+
+
 def test_label_logits_are_the_fp32_product_of_the_hidden_state_the_model_rounds():
     model = tiny("llama", torch.bfloat16)
     head = LabelHead(model, [3, 7, 11])
@@ -46,13 +57,7 @@ def test_model_logits_are_kept_where_fp32_would_not_reproduce_them_or_change_not
     """A soft-capped model (Gemma 2) gives other logits than its output layer's product, and an fp32
     model's logits are already fp32: both keep the model's own logits."""
     model = tiny(kind, dtype)
-    head = LabelHead(model, [3, 7])
-    assert not head.active
-    x = torch.tensor([[5, 9, 2]])
-    with torch.inference_mode():
-        with head.capture():
-            own = model(input_ids=x).logits[:, -1]
-    assert torch.equal(head.logits(own), own.float()[:, [3, 7]])
+    assert_keeps_own_logits(model)
 
 
 def test_the_same_gemma2_without_its_soft_cap_gets_the_fp32_head():
@@ -73,10 +78,4 @@ def test_a_model_whose_logits_bypass_the_output_layers_forward_keeps_its_own_log
     base = tiny("llama", torch.bfloat16)
     model = Bypass(base.config).to(torch.bfloat16).eval()
     model.load_state_dict(base.state_dict())
-    head = LabelHead(model, [3, 7])
-    assert not head.active
-    x = torch.tensor([[5, 9, 2]])
-    with torch.inference_mode():
-        with head.capture():
-            own = model(input_ids=x).logits[:, -1]
-    assert torch.equal(head.logits(own), own.float()[:, [3, 7]])
+    assert_keeps_own_logits(model)
