@@ -1,6 +1,6 @@
 """Where bf16 and fp32 choice scoring disagree: top-1 agreement by the fp32 margin between the two best options.
 
-    python bench/bf16_agreement.py [--rows 200]
+    python bench/bf16_agreement.py [--rows 200] [--where]
 
 Rounding the weights and activations to bf16 moves each option's probability a little; a row flips when
 that is more than the fp32 margin between its best two options. Prints agreement per margin bucket and the
@@ -9,6 +9,10 @@ answers are near-ties (SmolLM2-135M on Science Exam) flips often, a confident on
 the kit's (label logits in fp32 from the bf16 hidden state, infer/label_head.py) and the model's own
 bf16-rounded logits. Last, the agreement the precision cascade (--cascade-dtype float32) reaches when it
 re-scores the least confident 0-30% of the kit's bf16 rows in fp32.
+
+--where says which rounding costs the agreement: an fp32 model whose weights are rounded to bf16 (fp32
+arithmetic), then the same with one kind of activation also rounded to bf16 at a time (the inputs of the
+q/k/v, o, gate/up or down projections, every projection's output, the residual stream between layers).
 """
 
 from __future__ import annotations
@@ -39,12 +43,13 @@ RECHECK = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]  # shares of least confident ro
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--where", action="store_true", help="also split the bf16 error by where it is rounded")
     args = ap.parse_args()
     comp = competitions.get("science_exam")
+    df = comp.read(rows_file("science_exam", "train.csv"), labelled=True).head(args.rows)
     probs = {}
     for dtype, run, head in (("float32", "fp32", True), ("bfloat16", "bf16", True), ("bfloat16", "bf16 own", False)):
         model, tok = load_model("demo", detect(dtype, "cpu"))
-        df = comp.read(rows_file("science_exam", "train.csv"), labelled=True).head(args.rows)
         task = choice_task(model, tok, comp.examples(df, tok, 2048), list(comp.labels), fp32_head=head)
         probs[run], _ = run_task(task, model, progress=False)
     p32 = probs.pop("fp32")
@@ -77,6 +82,68 @@ def main():
         sweep.append({"fp32 re-check share": f"{share:.0%}", "agreement": float(np.mean(p.argmax(1) == p32.argmax(1)))})
     print()
     print(format_table(sweep))
+    if args.where:
+        print()
+        print(format_table(where_it_flips(comp, df, p32)))
+
+
+def _round(x):
+    import torch
+
+    return x.to(torch.bfloat16).float()
+
+
+def _rounding_hook(module, kind: str):
+    """Round a module's input ("in") or output ("out") to bf16 and back; returns the hook handle."""
+    if kind == "in":
+        return module.register_forward_pre_hook(lambda m, args: (_round(args[0]),) + args[1:])
+    return module.register_forward_hook(
+        lambda m, args, out: _round(out) if not isinstance(out, tuple) else (_round(out[0]),) + out[1:]
+    )
+
+
+def where_it_flips(comp, df, p32) -> list[dict]:
+    """Agreement with fp32 of an fp32 model with bf16-rounded weights, alone and with each kind of activation
+    rounded to bf16 as well: which roundings a bf16 run's flips come from."""
+    import torch
+
+    model, tok = load_model("demo", detect("float32", "cpu"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(_round(p))
+    layers = model.model.layers
+    proj = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn"}
+
+    def linears(names):
+        return [getattr(getattr(layer, proj.get(n, "mlp")), n) for layer in layers for n in names]
+
+    everything = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    points = {
+        "bf16 weights only": [],
+        "+ q/k/v inputs": [(m, "in") for m in linears(["q_proj", "k_proj", "v_proj"])],
+        "+ o_proj inputs": [(m, "in") for m in linears(["o_proj"])],
+        "+ gate/up inputs": [(m, "in") for m in linears(["gate_proj", "up_proj"])],
+        "+ down_proj inputs": [(m, "in") for m in linears(["down_proj"])],
+        "+ every projection's output": [(m, "out") for m in linears(everything)],
+        "+ residual stream": [(layer, "out") for layer in layers],
+    }
+    prompts = comp.examples(df, tok, 2048)
+    rows = []
+    for name, hooks in points.items():
+        handles = [_rounding_hook(m, kind) for m, kind in hooks]
+        try:
+            p, _ = run_task(choice_task(model, tok, prompts, list(comp.labels)), model, progress=False)
+        finally:
+            for h in handles:
+                h.remove()
+        rows.append(
+            {
+                "rounded to bf16 (fp32 arithmetic)": name,
+                "agreement": float(np.mean(p.argmax(1) == p32.argmax(1))),
+                "median |p - p32|": float(np.median(np.abs(p - p32))),
+            }
+        )
+    return rows
 
 
 if __name__ == "__main__":
