@@ -112,19 +112,21 @@ def where_it_flips(comp, df, p32) -> list[dict]:
         for p in model.parameters():
             p.copy_(_round(p))
     layers = model.model.layers
-    proj = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn"}
 
-    def linears(names):
-        return [getattr(getattr(layer, proj.get(n, "mlp")), n) for layer in layers for n in names]
+    def linears(paths):
+        return [layer.get_submodule(p) for layer in layers for p in paths]
 
-    everything = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    qkv = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+    gate_up = ["mlp.gate_proj", "mlp.up_proj"]
     points = {
         "bf16 weights only": [],
-        "+ q/k/v inputs": [(m, "in") for m in linears(["q_proj", "k_proj", "v_proj"])],
-        "+ o_proj inputs": [(m, "in") for m in linears(["o_proj"])],
-        "+ gate/up inputs": [(m, "in") for m in linears(["gate_proj", "up_proj"])],
-        "+ down_proj inputs": [(m, "in") for m in linears(["down_proj"])],
-        "+ every projection's output": [(m, "out") for m in linears(everything)],
+        "+ q/k/v inputs": [(m, "in") for m in linears(qkv)],
+        "+ o_proj inputs": [(m, "in") for m in linears(["self_attn.o_proj"])],
+        "+ gate/up inputs": [(m, "in") for m in linears(gate_up)],
+        "+ down_proj inputs": [(m, "in") for m in linears(["mlp.down_proj"])],
+        "+ every projection's output": [
+            (m, "out") for m in linears([*qkv, "self_attn.o_proj", *gate_up, "mlp.down_proj"])
+        ],
         "+ residual stream": [(layer, "out") for layer in layers],
     }
     prompts = comp.examples(df, tok, 2048)

@@ -96,6 +96,10 @@ class PredictConfig:
         """Whether a second pass re-answers the least confident rows (another model, adapter or dtype)."""
         return bool(self.cascade_model or self.cascade_adapter or self.cascade_dtype)
 
+    def cascades_same_model(self) -> bool:
+        """Whether the cascade changes only the dtype: the run's own model and adapter answer again."""
+        return bool(self.cascade_dtype) and not (self.cascade_model or self.cascade_adapter)
+
     def shard_tuple(self) -> tuple[int, int]:
         """(I, N) from 'I/N'; (0, 1) when not sharded."""
         return parse_shard(self.shard) if self.shard else (0, 1)

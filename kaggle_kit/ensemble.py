@@ -230,10 +230,10 @@ def cascade(cfg, comp, df, probs, deadline):
     # The rows' cells as the test file has them (df holds parsed values: LMSYS's JSON lists as Python
     # lists); the same rows on a rerun, whose first-stage results are resumed.
     write_csv_atomic(read_text_csv(cfg.data).iloc[rows], subset)
-    if cfg.cascade_model or cfg.cascade_adapter:
-        member = Member("cascade", cfg.cascade_model, cfg.cascade_adapter, cfg.tta, quant=cfg.quant)
-    else:  # only the dtype changes: the same model and adapter again, e.g. bf16 near-ties re-checked in fp32
+    if cfg.cascades_same_model():  # e.g. bf16 near-ties re-checked in fp32
         member = Member("cascade", cfg.model, cfg.adapter, cfg.tta, quant=cfg.quant)
+    else:
+        member = Member("cascade", cfg.cascade_model, cfg.cascade_adapter, cfg.tta, quant=cfg.quant)
     mcfg = member_config(cfg, member, subset, f"{base}.cascade")
     # Unlike an ensemble member's, the cascade's probabilities replace the first pass's as they are: the
     # run's temperature (or the adapter's calibration) applies to them too.
@@ -242,7 +242,7 @@ def cascade(cfg, comp, df, probs, deadline):
     log.info(
         "cascade: %d least confident rows to %s (%s)",
         len(rows),
-        cfg.cascade_model or cfg.cascade_adapter or "the same model",
+        "the same model" if cfg.cascades_same_model() else cfg.cascade_model or cfg.cascade_adapter,
         mcfg.dtype or "the profile's dtype",
     )
     results, _ = run_member(mcfg, seconds)

@@ -288,7 +288,7 @@ def outputs_from_results(comp, n_rows: int, results: dict):
 def _check_cascade_dtype(cfg: PredictConfig) -> None:
     """A dtype cascade of the same model must change the dtype the run computes in, or it re-runs the
     same numbers; said before any model loads."""
-    if not cfg.cascade_dtype or cfg.cascade_model or cfg.cascade_adapter:
+    if not cfg.cascades_same_model():
         return
     from .hardware import detect
 
