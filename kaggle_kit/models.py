@@ -171,6 +171,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     from .hardware import detect
+    from .infer import attention
 
     adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
     name, quant, chat_format = adapter_defaults(list(adapters.values()), name, quant, chat_format)
@@ -181,8 +182,10 @@ def load_model(
     tok = apply_chat_format(load_tokenizer(path), chat_format)
     bnb = profile.quantization(quant)
     kw = {"quantization_config": bnb, "device_map": {"": profile.device}} if bnb else {}
+    # CPU: blocked attention (infer/attention.py; prompt-length queries only, the rest is SDPA's)
+    attn = "sdpa" if profile.device != "cpu" else attention.register()
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=profile.torch_dtype(), local_files_only=True, attn_implementation="sdpa", **kw
+        path, dtype=profile.torch_dtype(), local_files_only=True, attn_implementation=attn, **kw
     )
     if adapters:
         from peft import PeftModel

@@ -36,6 +36,18 @@ def write_subset(comp_name: str, tmp_path: Path, n: int, labelled: bool = False,
     return path
 
 
+def tiny_llama(**config):
+    """A randomly initialised Llama of a few layers with grouped-query attention (no files, no download),
+    eval mode; `config` overrides LlamaConfig fields (attn_implementation, num_hidden_layers, ...)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = dict(vocab_size=128, hidden_size=96, intermediate_size=128, num_hidden_layers=2)
+    base.update(num_attention_heads=6, num_key_value_heads=2)
+    return LlamaForCausalLM(LlamaConfig(**{**base, **config})).eval()
+
+
 @pytest.fixture(scope="session")
 def demo_model():
     """(model, tokenizer) of the demo model in the hardware profile's dtype."""

@@ -4,6 +4,7 @@ outputs) run by engine.run_batches, so planning, sharding, checkpoints and OOM b
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +14,7 @@ from ..errors import ConfigError
 from .checkpoint import Checkpoint, fingerprint
 from .engine import RunStats, encode, left_pad, run_batches
 from .label_head import LabelHead
+from .last_position import last_position_only
 from .prefix import SharedPrefix
 
 MAX_LENGTH = 2048
@@ -120,6 +122,7 @@ def choice_task(
     views: list[tuple[list[str], list[int]]] | None = None,
     prefix_cache: bool = True,
     fp32_head: bool = True,
+    prune_last_layer: bool = True,
 ) -> Task:
     """Next-token probabilities over `labels`; only the last position's logits are computed, and the
     labels' in fp32 (label_head.py).
@@ -128,7 +131,8 @@ def choice_task(
     index shown at position j (options reordered, A/B swapped); its probabilities are mapped back and
     averaged with the main view's, so a letter-position bias cancels out. `prefix_cache` runs the tokens
     all prompts of a view share once (see prefix.py). `fp32_head=False` keeps a bf16/fp16 model's own
-    rounded logits (to measure what the fp32 label head gains).
+    rounded logits (to measure what the fp32 label head gains). `prune_last_layer` runs the last layer's
+    per-position work on the last position only (last_position.py).
     """
     import torch
 
@@ -143,7 +147,8 @@ def choice_task(
     @torch.inference_mode()
     def score(rows, width: int, shared: SharedPrefix):
         inputs = shared.batch(rows, tokenizer.pad_token_id, width)
-        with head.capture():
+        pruned = last_position_only(model) if prune_last_layer else nullcontext()
+        with head.capture(), pruned:
             logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
         chosen = head.logits(logits) / temperature
         return torch.softmax(chosen, dim=-1).cpu().numpy()

@@ -117,3 +117,23 @@ def test_bf16_label_probabilities_come_closer_to_fp32_with_the_fp32_label_head(d
     own, _ = run_task(choice_task(bf16, tok, prompts, labels, fp32_head=False), bf16, progress=False)
     err_head, err_own = np.abs(head - p32).mean(), np.abs(own - p32).mean()
     assert err_head < 0.7 * err_own, (err_head, err_own)
+
+
+def test_cpu_attention_and_last_layer_pruning_give_sdpas_numbers(demo_model_fp32):
+    """The CPU model loads with the blocked attention (infer/attention.py) and choice scoring prunes the
+    last layer (infer/last_position.py); with SDPA and no pruning the real model scores the same."""
+    from kaggle_kit.infer import attention, run_task
+    from kaggle_kit.infer.primitives import choice_task
+
+    model, tok = demo_model_fp32
+    assert model.config._attn_implementation == attention.NAME
+    prompts = [render(tok, q) for q in QUESTIONS * 2]
+    labels = ["A", "B", "C", "D", "E"]
+    ours, _ = run_task(choice_task(model, tok, prompts, labels), model, batch_tokens=256, progress=False)
+    try:
+        model.set_attn_implementation("sdpa")
+        plain = choice_task(model, tok, prompts, labels, prune_last_layer=False)
+        theirs, _ = run_task(plain, model, batch_tokens=256, progress=False)
+    finally:
+        model.set_attn_implementation(attention.NAME)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
