@@ -45,6 +45,18 @@ def rows_file(comp: str, shared_name: str) -> Path:
     return shared if shared.exists() else ROOT / "data" / comp / "train.csv"
 
 
+def plain_model(device: str):
+    """What a public notebook loads: the same weights in fp32 with transformers' defaults (SDPA attention;
+    the kit's load_model gives a CPU model its own blocked attention)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kaggle_kit.models import resolve_model
+
+    path = resolve_model("demo")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True).to(device).eval()
+
+
 def peer_one_row(model, tok, prompts, label_ids):
     """The public-notebook loop: one prompt at a time, full logits, last position."""
     import torch
@@ -119,6 +131,7 @@ def main():
     profile = detect(args.dtype, args.device)
     kit_model, tok = load_model("demo", profile)
     fp32_model, _ = load_model("demo", detect("float32", profile.device))
+    peer = plain_model(profile.device)
     comp = competitions.get("science_exam")
     df = comp.read(rows_file("science_exam", "train.csv"), labelled=True).head(args.rows)
     prompts = comp.examples(df, tok, 2048)
@@ -150,10 +163,10 @@ def main():
             "kit": lambda: score_choices(kit_model, tok, prompts, labels, progress=False)[0],
             **({"kitc": kit_recheck} if recheck else {}),
             "kit32": lambda: score_choices(fp32_model, tok, prompts, labels, progress=False)[0],
-            "one": lambda: peer_one_row(fp32_model, tok, prompts, label_ids),
-            "b8": lambda: peer_batch8(fp32_model, tok, prompts, label_ids),
+            "one": lambda: peer_one_row(peer, tok, prompts, label_ids),
+            "b8": lambda: peer_batch8(peer, tok, prompts, label_ids),
             "gkit": lambda: generate(kit_model, tok, gprompts, max_new_tokens=n_new, progress=False)[0],
-            "gone": lambda: peer_generate_one_row(fp32_model, tok, gprompts, n_new),
+            "gone": lambda: peer_generate_one_row(peer, tok, gprompts, n_new),
         },
         r,
     )
