@@ -96,11 +96,13 @@ def test_fully_masked_padding_rows_stay_finite():
     assert torch.isfinite(ours.float()).all()
 
 
-def test_short_queries_and_softcap_go_to_sdpa_unchanged():
+def test_short_queries_odd_head_sizes_and_softcap_go_to_sdpa_unchanged():
     q, k, v = inputs(2, 1, 50, torch.float32, seed=6)
     ours, sdpa = both(q, k, v, None)
     assert torch.equal(ours, sdpa)
     q, k, v = inputs(1, 64, 64, torch.float32, seed=7)
+    ours, sdpa = both(q, k, v[..., :8], None)  # value heads narrower than query heads
+    assert torch.equal(ours, sdpa)
     with pytest.raises(ValueError, match="softcap"):  # SDPA's own refusal, not a silent ignore
         attention.blocked_attention(module(), q, k, v, None, softcap=30.0)
 

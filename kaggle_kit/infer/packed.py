@@ -1,0 +1,49 @@
+"""bf16 linear layers on a CPU with their weights packed once into oneDNN's blocked layout.
+
+`F.linear` hands oneDNN a plain (out, in) weight and it is re-laid out on every call; packed once at
+load, the same products run 2-4% faster alone (bench shapes, 2 Zen 4 cores) and 100 Science Exam rows
+score 2-17% faster in interleaved pairs (mean 6%), with bit-identical probabilities. Inference only: the
+packed copy does not follow later changes to the weight (merge adapters into a fresh load, as
+models.merge_adapter does) and has no backward. The packed copy is extra memory the size of the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+log = logging.getLogger("kaggle_kit")
+
+ROWS_HINT = 2048  # tokens a CPU batch carries (primitives.default_batch_tokens): oneDNN picks its layout for it
+
+
+def _packed_forward(weight, bias, x):
+    import torch
+
+    shape = x.shape
+    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), weight, bias, "none", [None], "")
+    return y.view(*shape[:-1], y.shape[-1])
+
+
+def pack_linears(model, skip: tuple[str, ...] = ("lm_head",)) -> int:
+    """Give every plain bf16 nn.Linear of a CPU model a packed-weight forward; returns how many. The
+    output layer and LoRA matrices are left alone (the fp32 label head reads the output layer's weight;
+    peft drives its adapters). Nothing is packed where torch has no oneDNN."""
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    done = 0
+    for name, mod in model.named_modules():
+        if type(mod) is not torch.nn.Linear or mod.weight.dtype != torch.bfloat16 or mod.weight.device.type != "cpu":
+            continue
+        if name.split(".")[-1] in skip or "lora_" in name:  # adapters stay as peft drives them
+            continue
+        try:
+            weight = torch.ops.mkldnn._reorder_linear_weight(mod.weight.detach(), ROWS_HINT)
+        except RuntimeError as e:  # a torch build without the op: keep F.linear
+            log.debug("linear packing unavailable: %s", e)
+            return done
+        mod.forward = partial(_packed_forward, weight, mod.bias)
+        done += 1
+    return done
