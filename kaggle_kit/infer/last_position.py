@@ -40,8 +40,9 @@ def last_position_only(model):
     """Within the block, the model's outputs are right at the last position only (all a logits_to_keep=1
     forward reads); the per-position modules of its last layer are restored on exit, errors included."""
     layer = last_layer(model)
-    names = [n for n in PER_POSITION if layer is not None and _has(layer, n)]
-    mods = [layer.get_submodule(n) for n in names]
+    found = {n: _submodule(layer, n) for n in PER_POSITION} if layer is not None else {}
+    names = [n for n, m in found.items() if m is not None]
+    mods = [found[n] for n in names]
     saved = [m.__dict__.get("forward") for m in mods]  # an accelerate hook may have set one already
     for m in mods:
         m.forward = partial(_last_only, m.forward)
@@ -55,9 +56,9 @@ def last_position_only(model):
                 m.forward = f
 
 
-def _has(layer, name: str) -> bool:
+def _submodule(layer, name: str):
+    """layer's submodule at dotted path `name`, or None where this architecture has none."""
     try:
-        layer.get_submodule(name)
+        return layer.get_submodule(name)
     except AttributeError:
-        return False
-    return True
+        return None

@@ -2,7 +2,7 @@
 
 `F.linear` hands oneDNN a plain (out, in) weight and it is re-laid out on every call; packed once at
 load, the same products run 2-4% faster alone (bench shapes, 2 Zen 4 cores) and 100 Science Exam rows
-score 2-17% faster in interleaved pairs (mean 6%), with bit-identical probabilities. Inference only: the
+score 2-17% faster in 4 interleaved pairs (mean 8%), with bit-identical probabilities. Inference only: the
 packed copy does not follow later changes to the weight (merge adapters into a fresh load, as
 models.merge_adapter does) and has no backward. The packed copy is extra memory the size of the weights.
 """
