@@ -14,9 +14,12 @@ bidirectional spans, as image tokens have in some vision-language models).
 
 from __future__ import annotations
 
+import functools
+
 NAME = "kit_cpu"
 QUERY_BLOCK = 48  # 8 rows x 190 queries, bf16, 2 Zen 4 cores: 48 -> 4.9 ms a layer, 95 -> 5.6, 190 -> 6.7; flash 9.0
 MIN_QUERIES = 16  # decode steps (1 query) stay with SDPA, where transformers already packs a head group's queries
+_BIASES: dict = {}  # (id(mask), shape...) -> (weak reference to the mask, its bias): _shared_bias
 LOWEST = -3.4028234663852886e38  # float32 min, not -inf: a fully masked (padding) query row stays NaN-free
 
 
@@ -59,7 +62,7 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
     if attention_mask is None and causal:  # SDPA's convention (empty StaticCache slots): the first q_len keys
         key, value, kv_len = key[:, :, :q_len], value[:, :, :q_len], q_len
     offset = kv_len - q_len  # queries are the last q_len positions
-    bias = _bias(attention_mask, causal, q_len, kv_len, offset, query.device)
+    bias = _shared_bias(attention_mask, causal, q_len, kv_len, offset, query.device)
     qf = (query.float() * scale).view(b, hkv, g, q_len, d)
     kt = key.float().transpose(-1, -2)
     out = torch.empty(b, q_len, hkv, g, d, dtype=query.dtype, device=query.device)
@@ -72,6 +75,33 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
         p = torch.softmax(s, dim=-1).to(value.dtype).view(b, hkv, g * n, keys)
         out[:, start:end] = torch.matmul(p, value[:, :, :keys]).view(b, hkv, g, n, d).permute(0, 3, 1, 2, 4)
     return out.view(b, q_len, h, d), None
+
+
+def _shared_bias(attention_mask, causal: bool, q_len: int, kv_len: int, offset: int, device):
+    """_bias, built once a forward: the layers of a forward share their mask object (or one per layer
+    type, as sliding-window models have), so its bias is kept while that mask lives and handed on."""
+    import weakref
+
+    import torch
+
+    if attention_mask is None:
+        return _causal_bias(causal, q_len, kv_len, offset, str(device))
+    if attention_mask.dtype != torch.bool:  # additive: used as it is (a kept copy would keep the mask alive)
+        return _bias(attention_mask, causal, q_len, kv_len, offset, device)
+    key = (id(attention_mask), causal, q_len, kv_len, offset)
+    hit = _BIASES.get(key)
+    if hit is not None and hit[0]() is attention_mask:
+        return hit[1]
+    bias = _bias(attention_mask, causal, q_len, kv_len, offset, device)
+    _BIASES[key] = (weakref.ref(attention_mask), bias)
+    weakref.finalize(attention_mask, _BIASES.pop, key, None)  # the entry dies with its mask
+    return bias
+
+
+@functools.lru_cache(maxsize=2)
+def _causal_bias(causal: bool, q_len: int, kv_len: int, offset: int, device: str):
+    """_bias without a mask, by shape (a batch of unpadded rows: the same few shapes every layer)."""
+    return _bias(None, causal, q_len, kv_len, offset, device)
 
 
 def _bias(attention_mask, causal: bool, q_len: int, kv_len: int, offset: int, device):

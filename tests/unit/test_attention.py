@@ -96,6 +96,24 @@ def test_fully_masked_padding_rows_stay_finite():
     assert torch.isfinite(ours.float()).all()
 
 
+def test_a_masks_bias_is_built_once_and_dropped_with_it():
+    """The layers of a forward pass one mask object: its bias is built by the first and handed to the
+    rest (the same tensor), a new mask gets its own, and the kept bias goes when its mask is freed."""
+    mask = padded_causal_mask([0, 7], 60, 60)
+    first = attention._shared_bias(mask, True, 60, 60, 0, "cpu")
+    assert attention._shared_bias(mask, True, 60, 60, 0, "cpu") is first
+    torch.testing.assert_close(first, attention._bias(mask, True, 60, 60, 0, "cpu"))
+    other = mask.clone()
+    other[1, :, :, 7:20] = False
+    assert not torch.equal(attention._shared_bias(other, True, 60, 60, 0, "cpu"), first)
+    kept = len(attention._BIASES)
+    del mask
+    assert len(attention._BIASES) == kept - 1  # freed with the mask (refcounting: no collector needed)
+    additive = torch.zeros(1, 1, 60, 60)
+    assert attention._shared_bias(additive, False, 60, 60, 0, "cpu") is additive  # used as it is, not kept
+    assert len(attention._BIASES) == kept - 1
+
+
 def test_short_queries_odd_head_sizes_and_softcap_go_to_sdpa_unchanged():
     q, k, v = inputs(2, 1, 50, torch.float32, seed=6)
     ours, sdpa = both(q, k, v, None)
