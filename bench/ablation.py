@@ -1,0 +1,119 @@
+"""What each of the kit's CPU inference parts is worth: choice scoring with one part switched off against
+the kit as it is, in alternating rounds on the same rows.
+
+    python bench/ablation.py [--rows 100] [--rounds 6] [--only bias,packed,...]
+
+Parts: `attention` (infer/attention.py's blocked attention, off = SDPA), `pruning` (the last layer on the
+last position only, infer/last_position.py), `packed` (oneDNN-packed bf16 weights, infer/packed.py),
+`bias` (the mask turned into its fp32 bias once a forward, not once a layer). Each part's rounds
+alternate which arm goes first; prints best and median seconds of both arms and whether the two give
+identical probabilities. This VM's timings move 10-20% from minute to minute: read medians of several
+rounds, not one pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from infer_bench import rows_file  # noqa: E402
+
+from kaggle_kit import competitions  # noqa: E402
+from kaggle_kit.hardware import detect  # noqa: E402
+from kaggle_kit.infer import attention  # noqa: E402
+from kaggle_kit.infer import packed as packed_lib  # noqa: E402
+from kaggle_kit.infer.primitives import choice_task, run_task  # noqa: E402
+from kaggle_kit.models import load_model  # noqa: E402
+from kaggle_kit.progress import format_table  # noqa: E402
+
+PARTS = ("attention", "pruning", "packed", "bias")
+
+
+def _is_packed(forward) -> bool:
+    return isinstance(forward, partial) and forward.func is packed_lib._packed_forward
+
+
+@contextmanager
+def without(part: str, model):
+    """The model with `part` switched off inside the block."""
+    if part == "attention":
+        model.set_attn_implementation("sdpa")
+    elif part == "packed":
+        packed = {m: m.__dict__.pop("forward") for m in model.modules() if _is_packed(m.__dict__.get("forward"))}
+    elif part == "bias":
+        shared = attention._shared_bias
+        attention._shared_bias = attention._bias
+    try:
+        yield
+    finally:
+        if part == "attention":
+            model.set_attn_implementation(attention.NAME)
+        elif part == "packed":
+            for m, f in packed.items():
+                m.forward = f
+        elif part == "bias":
+            attention._shared_bias = shared
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {PARTS}")
+    args = ap.parse_args()
+    parts = [p for p in args.only.split(",") if p]
+    if not set(parts) <= set(PARTS):
+        ap.error(f"--only takes parts of {PARTS}")
+    comp = competitions.get("science_exam")
+    df = comp.read(rows_file("science_exam", "train.csv"), labelled=True).head(args.rows)
+    model, tok = load_model("demo", detect(None, "cpu"))
+    prompts, labels = comp.examples(df, tok, 2048), list(comp.labels)
+
+    def score(prune: bool = True):
+        task = choice_task(model, tok, prompts, labels, prune_last_layer=prune)
+        start = time.perf_counter()
+        probs, _ = run_task(task, model, progress=False)
+        return time.perf_counter() - start, probs
+
+    score()  # warm-up
+    table = []
+    for part in parts:
+        times, probs = {"kit": [], "off": []}, {}
+        for r in range(args.rounds):
+            for arm in ("kit", "off") if r % 2 == 0 else ("off", "kit"):
+                if arm == "kit":
+                    seconds, probs[arm] = score()
+                else:
+                    with without(part, model):
+                        seconds, probs[arm] = score(prune=part != "pruning")
+                times[arm].append(seconds)
+        kit, off = (np.array(times[a]) for a in ("kit", "off"))
+        table.append(
+            {
+                "part": part,
+                "kit best s": round(float(kit.min()), 2),
+                "off best s": round(float(off.min()), 2),
+                "kit median s": round(float(np.median(kit)), 2),
+                "off median s": round(float(np.median(off)), 2),
+                "median gain": f"{np.median(off) / np.median(kit) - 1:+.1%}",
+                "identical probs": bool(np.array_equal(probs["kit"], probs["off"])),
+            }
+        )
+    print(format_table(table))
+    print(
+        f"{args.rows} Science Exam rows, {args.rounds} alternating rounds a part, profile {detect(None, 'cpu').dtype}"
+    )
+
+
+if __name__ == "__main__":
+    main()
