@@ -106,12 +106,13 @@ def test_a_masks_bias_is_built_once_and_dropped_with_it():
     other = mask.clone()
     other[1, :, :, 7:20] = False
     assert not torch.equal(attention._shared_bias(other, True, 60, 60, 0, "cpu"), first)
-    kept = len(attention._BIASES)
+    key = (id(mask), True, 60, 60, 0)
+    assert key in attention._BIASES
     del mask
-    assert len(attention._BIASES) == kept - 1  # freed with the mask (refcounting: no collector needed)
+    assert key not in attention._BIASES  # freed with the mask (refcounting: no collector needed)
     additive = torch.zeros(1, 1, 60, 60)
     assert attention._shared_bias(additive, False, 60, 60, 0, "cpu") is additive  # used as it is, not kept
-    assert len(attention._BIASES) == kept - 1
+    assert all(ref() is not additive for ref, _ in attention._BIASES.values())
 
 
 def test_short_queries_odd_head_sizes_and_softcap_go_to_sdpa_unchanged():
