@@ -15,6 +15,7 @@ bidirectional spans, as image tokens have in some vision-language models).
 from __future__ import annotations
 
 import functools
+import weakref
 
 NAME = "kit_cpu"
 QUERY_BLOCK = 48  # 8 rows x 190 queries, bf16, 2 Zen 4 cores: 48 -> 4.9 ms a layer, 95 -> 5.6, 190 -> 6.7; flash 9.0
@@ -80,8 +81,6 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
 def _shared_bias(attention_mask, causal: bool, q_len: int, kv_len: int, offset: int, device):
     """_bias, built once a forward: the layers of a forward share their mask object (or one per layer
     type, as sliding-window models have), so its bias is kept while that mask lives and handed on."""
-    import weakref
-
     import torch
 
     if attention_mask is None:
