@@ -1,9 +1,10 @@
-"""Inference benchmark: the kit's engine against plain-transformers peers, in one process, same rows.
+"""Inference benchmark: the kit's engine against plain-transformers peers, in one run, same rows.
 
 Peers are what public notebooks do: (1) one row at a time in fp32 with full logits, (2) a fixed batch
-of 8 rows in file order, padded, full logits. Rows are real: Science Exam questions from ../shared/data
-(data/ when absent) for choice scoring, Prompt Recovery rows for generation. Prints a table and writes
-bench/results/infer_<device>.json.
+of 8 rows in file order, padded, full logits. They run in a process of their own that never loads a kit
+model, so none of the kit's process-wide CPU settings (infer/heap.py's malloc thresholds) reach them.
+Rows are real: Science Exam questions from ../shared/data (data/ when absent) for choice scoring, Prompt
+Recovery rows for generation. Prints a table and writes bench/results/infer_<device>.json.
 
     python bench/infer_bench.py [--rows 100] [--gen-rows 16] [--repeat 3] [--recheck 0.2] [--device cpu|cuda]
         [--dtype ...]
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import platform
 import sys
 import time
@@ -96,6 +98,41 @@ def peer_generate_one_row(model, tok, prompts, max_new_tokens):
     return texts
 
 
+def _peer_worker(conn, device: str, tok, prompts, label_ids, gprompts, max_new_tokens):
+    """The peers' process: load the plain model, then run each peer named on `conn` until None comes."""
+    peer = plain_model(device)
+    runs = {
+        "one": lambda: peer_one_row(peer, tok, prompts, label_ids),
+        "b8": lambda: peer_batch8(peer, tok, prompts, label_ids),
+        "gone": lambda: peer_generate_one_row(peer, tok, gprompts, max_new_tokens),
+    }
+    peer_one_row(peer, tok, prompts[:1], label_ids)  # warm-up, as the kit gets one
+    conn.send("ready")
+    while (name := conn.recv()) is not None:
+        conn.send(runs[name]())
+
+
+class PeerProcess:
+    """The peers in a spawned process; `run(name)` returns that peer's result (its time includes a pipe
+    round trip of a few kilobytes)."""
+
+    def __init__(self, *args):
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_peer_worker, args=(child, *args), daemon=True)
+        self._proc.start()
+        if self._conn.recv() != "ready":
+            raise RuntimeError("the peers' process did not start")
+
+    def run(self, name: str):
+        self._conn.send(name)
+        return self._conn.recv()
+
+    def close(self):
+        self._conn.send(None)
+        self._proc.join(timeout=60)
+
+
 def timed_rounds(fns: dict, repeat: int) -> dict:
     """{name: (result, best seconds)}: every function runs once per round, `repeat` rounds, so a VM that
     slows down for a minute slows all of them alike instead of whichever happened to run then."""
@@ -131,7 +168,6 @@ def main():
     profile = detect(args.dtype, args.device)
     kit_model, tok = load_model("demo", profile)
     fp32_model, _ = load_model("demo", detect("float32", profile.device))
-    peer = plain_model(profile.device)
     comp = competitions.get("science_exam")
     df = comp.read(rows_file("science_exam", "train.csv"), labelled=True).head(args.rows)
     prompts = comp.examples(df, tok, 2048)
@@ -148,6 +184,7 @@ def main():
     pdf = pr.read(rows_file("prompt_recovery", "pedromb_gemma7b_kaggle_format.csv"), labelled=True).head(args.gen_rows)
     gprompts = pr.examples(pdf, tok, 2048)
     n_new = args.max_new_tokens
+    peers = PeerProcess(profile.device, tok, prompts, label_ids, gprompts, n_new)
 
     def kit_recheck():
         """The dtype cascade (--cascade-dtype float32) in this process: the kit's dtype on every row, then
@@ -163,13 +200,14 @@ def main():
             "kit": lambda: score_choices(kit_model, tok, prompts, labels, progress=False)[0],
             **({"kitc": kit_recheck} if recheck else {}),
             "kit32": lambda: score_choices(fp32_model, tok, prompts, labels, progress=False)[0],
-            "one": lambda: peer_one_row(peer, tok, prompts, label_ids),
-            "b8": lambda: peer_batch8(peer, tok, prompts, label_ids),
+            "one": lambda: peers.run("one"),
+            "b8": lambda: peers.run("b8"),
             "gkit": lambda: generate(kit_model, tok, gprompts, max_new_tokens=n_new, progress=False)[0],
-            "gone": lambda: peer_generate_one_row(peer, tok, gprompts, n_new),
+            "gone": lambda: peers.run("gone"),
         },
         r,
     )
+    peers.close()
     (kit_probs, t_kit), (kit32, t_kit32), (one, t_one), (b8, t_b8) = (res[k] for k in ("kit", "kit32", "one", "b8"))
     (gen_kit, t_gkit), (gen_one, t_gone) = res["gkit"], res["gone"]
     answers = df["answer"].tolist()

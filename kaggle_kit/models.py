@@ -172,6 +172,7 @@ def load_model(
 
     from .hardware import detect
     from .infer import attention
+    from .infer.heap import keep_heap
     from .infer.packed import pack_linears
 
     adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
@@ -198,6 +199,8 @@ def load_model(
         model.set_adapter(items[0][0])
     if not bnb:  # a quantised model is placed by device_map; .to() would refuse
         model.to(profile.device)
+    if profile.device == "cpu":
+        keep_heap()  # activation buffers reused, not page-faulted again every layer (infer/heap.py)
     if profile.device == "cpu" and not bnb:
         pack_linears(model)  # bf16 weights in oneDNN's layout once (infer/packed.py); a no-op in fp32
     model.eval()

@@ -1,0 +1,45 @@
+"""glibc's heap kept from handing a CPU run's freed activation buffers back to the kernel.
+
+torch's CPU allocator is plain malloc. glibc serves an allocation above M_MMAP_THRESHOLD (which grows
+with use, to 32 MB at most) with a fresh mmap, and trims the heap's free top back to the kernel past
+M_TRIM_THRESHOLD, so a batch's multi-megabyte activations are page-faulted and zeroed again layer after
+layer: scoring 100 Science Exam rows in bf16 took 450k-1.3M minor page faults and 0.9-2.8 s of system
+time (8 processes, one 100-row run each after a warm-up). With both thresholds raised the freed
+buffers are reused: 4-13k faults and 0.04-0.15 s (8 processes alternating with those). This is what
+PyTorch's CPU tuning guide gets from preloading jemalloc or tcmalloc, with glibc's own `mallopt`.
+
+It is process-wide and stays set: up to TRIM of free heap is kept rather than returned, and an
+allocation above MMAP still gets its own mapping. Linux glibc only; elsewhere, and with
+KAGGLE_KIT_KEEP_HEAP=0, nothing changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+
+log = logging.getLogger("kaggle_kit")
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
+MMAP = 64 << 20  # a batch's activations are 1-15 MB; full-vocabulary logits (perplexity) stay mapped
+TRIM = 512 << 20
+_done: list[bool] = []  # set once per process
+
+
+def keep_heap() -> bool:
+    """Raise glibc's mmap and trim thresholds once per process; True when they are set."""
+    if _done:
+        return _done[0]
+    _done.append(False)
+    if os.environ.get("KAGGLE_KIT_KEEP_HEAP", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        if not libc.gnu_get_libc_version:  # raises AttributeError off glibc (musl)
+            return False
+        _done[0] = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP) and libc.mallopt(M_TRIM_THRESHOLD, TRIM))
+    except (OSError, AttributeError) as e:
+        log.debug("mallopt unavailable: %s", e)
+    return _done[0]
