@@ -1,6 +1,7 @@
 """keep_heap (infer/heap.py): freed buffers are reused, not page-faulted again; each case in a fresh process
 (mallopt cannot be undone in this one)."""
 
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 
 CHURN = """
-import os, resource, sys, torch
+import resource, sys, torch
 from kaggle_kit.infer.heap import keep_heap
 kept = keep_heap() if sys.argv[1] == "keep" else False
 for _ in range(4):  # the heap grows to its working size first, not counted
@@ -22,8 +23,6 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def churn(mode: str, **env) -> tuple[str, int]:
-    import os
-
     out = subprocess.run(
         [sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True, env={**os.environ, **env}
     )
@@ -43,3 +42,14 @@ def test_the_opt_out_leaves_malloc_alone():
     kept, faults = churn("keep", KAGGLE_KIT_KEEP_HEAP="0")
     assert kept == "False"
     assert faults > 20 * (40 << 20) // 4096 // 2
+
+
+def test_loading_a_cpu_model_keeps_the_heap(monkeypatch):
+    from kaggle_kit.hardware import detect
+    from kaggle_kit.infer import heap
+    from kaggle_kit.models import load_model
+
+    calls = []
+    monkeypatch.setattr(heap, "keep_heap", lambda: calls.append("kept") or True)
+    load_model("demo", detect("float32", "cpu"))
+    assert calls == ["kept"]
