@@ -17,7 +17,6 @@ import argparse
 import sys
 import time
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +38,14 @@ from kaggle_kit.progress import format_table  # noqa: E402
 PARTS = ("attention", "pruning", "packed", "bias")
 
 
-def _is_packed(forward) -> bool:
-    return isinstance(forward, partial) and forward.func is packed_lib._packed_forward
-
-
 @contextmanager
 def without(part: str, model):
     """The model with `part` switched off inside the block."""
     if part == "attention":
         model.set_attn_implementation("sdpa")
     elif part == "packed":
-        packed = {m: m.__dict__.pop("forward") for m in model.modules() if _is_packed(m.__dict__.get("forward"))}
+        mods = [m for m in model.modules() if packed_lib.is_packed(m.__dict__.get("forward"))]
+        packed = {m: m.__dict__.pop("forward") for m in mods}
     elif part == "bias":
         shared = attention._shared_bias
         attention._shared_bias = attention._bias

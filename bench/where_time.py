@@ -56,7 +56,7 @@ def timed_linears(model) -> tuple[list, int]:
 
     for m in model.modules():
         f = m.__dict__.get("forward")
-        if isinstance(f, partial) and f.func is packed_lib._packed_forward:
+        if packed_lib.is_packed(f):
             m.forward = partial(timed, *f.args)
             wrapped += 1
     return calls, wrapped

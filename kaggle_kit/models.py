@@ -201,8 +201,8 @@ def load_model(
         model.to(profile.device)
     if profile.device == "cpu":
         keep_heap()  # activation buffers reused, not page-faulted again every layer (infer/heap.py)
-    if profile.device == "cpu" and not bnb:
-        pack_linears(model)  # bf16 weights in oneDNN's layout once (infer/packed.py); a no-op in fp32
+        if not bnb:
+            pack_linears(model)  # bf16 weights in oneDNN's layout once (infer/packed.py); a no-op in fp32
     model.eval()
     return model, tok
 

@@ -16,6 +16,7 @@ KAGGLE_KIT_KEEP_HEAP=0, nothing changes.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -25,21 +26,18 @@ log = logging.getLogger("kaggle_kit")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 MMAP = 64 << 20  # a batch's activations are 1-15 MB; full-vocabulary logits (perplexity) stay mapped
 TRIM = 512 << 20
-_done: list[bool] = []  # set once per process
 
 
+@functools.cache
 def keep_heap() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; True when they are set."""
-    if _done:
-        return _done[0]
-    _done.append(False)
     if os.environ.get("KAGGLE_KIT_KEEP_HEAP", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(None)
-        if not libc.gnu_get_libc_version:  # raises AttributeError off glibc (musl)
+        if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl): its mallopt takes other options
             return False
-        _done[0] = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP) and libc.mallopt(M_TRIM_THRESHOLD, TRIM))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP) and libc.mallopt(M_TRIM_THRESHOLD, TRIM))
     except (OSError, AttributeError) as e:
         log.debug("mallopt unavailable: %s", e)
-    return _done[0]
+        return False

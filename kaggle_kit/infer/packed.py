@@ -25,6 +25,11 @@ def _packed_forward(weight, bias, x):
     return y.view(*shape[:-1], y.shape[-1])
 
 
+def is_packed(forward) -> bool:
+    """True for a forward that pack_linears gave a module."""
+    return isinstance(forward, partial) and forward.func is _packed_forward
+
+
 def pack_linears(model, skip: tuple[str, ...] = ("lm_head",)) -> int:
     """Give every plain bf16 nn.Linear of a CPU model a packed-weight forward; returns how many. The
     output layer and LoRA matrices are left alone (the fp32 label head reads the output layer's weight;

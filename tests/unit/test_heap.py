@@ -8,6 +8,7 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+HALF_AFRESH = 20 * (40 << 20) // 4096 // 2  # minor faults of half the 20 buffers below mapped afresh
 
 CHURN = """
 import resource, sys, torch
@@ -34,14 +35,14 @@ def test_kept_heap_reuses_freed_buffers_instead_of_faulting_them_in_again():
     kept, with_keep = churn("keep")
     plain_kept, plain = churn("plain")
     assert (kept, plain_kept) == ("True", "False")
-    assert plain > 20 * (40 << 20) // 4096 // 2  # every 40 MB buffer mapped and faulted in afresh
+    assert plain > HALF_AFRESH  # every 40 MB buffer mapped and faulted in afresh
     assert with_keep < plain / 5  # a buffer or two may still be mapped afresh; 20 of 20 without
 
 
 def test_the_opt_out_leaves_malloc_alone():
     kept, faults = churn("keep", KAGGLE_KIT_KEEP_HEAP="0")
     assert kept == "False"
-    assert faults > 20 * (40 << 20) // 4096 // 2
+    assert faults > HALF_AFRESH
 
 
 def test_loading_a_cpu_model_keeps_the_heap(monkeypatch):
