@@ -9,8 +9,9 @@ buffers are reused: 4-13k faults and 0.04-0.15 s (8 processes alternating with t
 PyTorch's CPU tuning guide gets from preloading jemalloc or tcmalloc, with glibc's own `mallopt`.
 
 It is process-wide and stays set: up to TRIM of free heap is kept rather than returned, and an
-allocation above MMAP still gets its own mapping. Linux glibc only; elsewhere, and with
-KAGGLE_KIT_KEEP_HEAP=0, nothing changes.
+allocation above MMAP still gets its own mapping. A glibc that refuses an mmap threshold above 32 MB
+(older releases cap it at HEAP_MAX_SIZE / 2; 2.36 here takes 1 GB) gets 32 MB, which still covers a
+batch's activations. Linux glibc only; elsewhere, and with KAGGLE_KIT_KEEP_HEAP=0, nothing changes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ log = logging.getLogger("kaggle_kit")
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 MMAP = 64 << 20  # a batch's activations are 1-15 MB; full-vocabulary logits (perplexity) stay mapped
+MMAP_CAPPED = 32 << 20  # the most an older glibc's mallopt accepts on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
 TRIM = 512 << 20
 
 
@@ -37,7 +39,17 @@ def keep_heap() -> bool:
         libc = ctypes.CDLL(None)
         if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl): its mallopt takes other options
             return False
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP) and libc.mallopt(M_TRIM_THRESHOLD, TRIM))
+        return set_thresholds(libc)
     except (OSError, AttributeError) as e:
         log.debug("mallopt unavailable: %s", e)
         return False
+
+
+def set_thresholds(libc) -> bool:
+    """Both thresholds through `libc.mallopt`, each on its own: a refused mmap threshold is tried again
+    at MMAP_CAPPED, and the trim threshold is set either way. True when both are set."""
+    mmap = libc.mallopt(M_MMAP_THRESHOLD, MMAP) or libc.mallopt(M_MMAP_THRESHOLD, MMAP_CAPPED)
+    trim = libc.mallopt(M_TRIM_THRESHOLD, TRIM)
+    if not (mmap and trim):
+        log.debug("mallopt refused: mmap threshold %s, trim threshold %s", bool(mmap), bool(trim))
+    return bool(mmap and trim)

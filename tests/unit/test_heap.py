@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from kaggle_kit.infer import heap
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 HALF_AFRESH = 20 * (40 << 20) // 4096 // 2  # minor faults of half the 20 buffers below mapped afresh
 
@@ -47,10 +49,34 @@ def test_the_opt_out_leaves_malloc_alone():
 
 def test_loading_a_cpu_model_keeps_the_heap(monkeypatch):
     from kaggle_kit.hardware import detect
-    from kaggle_kit.infer import heap
     from kaggle_kit.models import load_model
 
     calls = []
     monkeypatch.setattr(heap, "keep_heap", lambda: calls.append("kept") or True)
     load_model("demo", detect("float32", "cpu"))
     assert calls == ["kept"]
+
+
+class Glibc:
+    """mallopt as a glibc that caps the mmap threshold at `cap` answers it (0 = refused)."""
+
+    def __init__(self, cap: int):
+        self.cap, self.set = cap, {}
+
+    def mallopt(self, param: int, value: int) -> int:
+        if param == heap.M_MMAP_THRESHOLD and value > self.cap:
+            return 0
+        self.set[param] = value
+        return 1
+
+
+def test_an_older_glibc_that_refuses_64_mb_gets_the_32_mb_threshold_and_the_trim_threshold_still():
+    libc = Glibc(cap=32 << 20)
+    assert heap.set_thresholds(libc)
+    assert libc.set == {heap.M_MMAP_THRESHOLD: 32 << 20, heap.M_TRIM_THRESHOLD: heap.TRIM}
+
+
+def test_a_glibc_refusing_any_mmap_threshold_keeps_the_trim_threshold_and_says_not_kept():
+    libc = Glibc(cap=0)
+    assert not heap.set_thresholds(libc)
+    assert libc.set == {heap.M_TRIM_THRESHOLD: heap.TRIM}
