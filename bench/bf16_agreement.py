@@ -12,7 +12,10 @@ re-scores the least confident 0-30% of the kit's bf16 rows in fp32.
 
 --where says which rounding costs the agreement: an fp32 model whose weights are rounded to bf16 (fp32
 arithmetic), then the same with one kind of activation also rounded to bf16 at a time (the inputs of the
-q/k/v, o, gate/up or down projections, every projection's output, the residual stream between layers).
+q/k/v, o, gate/up or down projections, every projection's output, the residual stream between layers),
+and last every one of those rounded at once, to bf16 (which should land near the bf16 run: a check of the
+emulation) and to fp16, whose 10-bit mantissa is what a T4 or P100 computes in (the kit's profile there)
+but which this CPU has no fast arithmetic for: the agreement an fp16 GPU run can be expected to reach.
 """
 
 from __future__ import annotations
@@ -87,27 +90,29 @@ def main():
         print(format_table(where_it_flips(comp, df, p32)))
 
 
-def _round(x):
+def _round(x, dtype: str = "bfloat16"):
     import torch
 
-    return x.to(torch.bfloat16).float()
+    return x.to(getattr(torch, dtype)).float()
 
 
-def _rounding_hook(module, kind: str):
-    """Round a module's input ("in") or output ("out") to bf16 and back; returns the hook handle."""
+def _rounding_hook(module, kind: str, dtype: str = "bfloat16"):
+    """Round a module's input ("in") or output ("out") to `dtype` and back; returns the hook handle."""
     if kind == "in":
-        return module.register_forward_pre_hook(lambda m, args: (_round(args[0]),) + args[1:])
+        return module.register_forward_pre_hook(lambda m, args: (_round(args[0], dtype),) + args[1:])
     return module.register_forward_hook(
-        lambda m, args, out: _round(out) if not isinstance(out, tuple) else (_round(out[0]),) + out[1:]
+        lambda m, args, out: _round(out, dtype) if not isinstance(out, tuple) else (_round(out[0], dtype),) + out[1:]
     )
 
 
 def where_it_flips(comp, df, p32) -> list[dict]:
     """Agreement with fp32 of an fp32 model with bf16-rounded weights, alone and with each kind of activation
-    rounded to bf16 as well: which roundings a bf16 run's flips come from."""
+    rounded to bf16 as well: which roundings a bf16 run's flips come from; then all of them at once, in bf16
+    and in fp16."""
     import torch
 
     model, tok = load_model("demo", detect("float32", "cpu"))
+    exact = {name: p.detach().clone() for name, p in model.named_parameters()}
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(_round(p))
@@ -129,10 +134,12 @@ def where_it_flips(comp, df, p32) -> list[dict]:
         ],
         "+ residual stream": [(layer, "out") for layer in layers],
     }
+    everything = [hook for name, hooks in points.items() for hook in hooks]
     prompts = comp.examples(df, tok, 2048)
     rows = []
-    for name, hooks in points.items():
-        handles = [_rounding_hook(m, kind) for m, kind in hooks]
+
+    def agreement(name, hooks, dtype):
+        handles = [_rounding_hook(m, kind, dtype) for m, kind in hooks]
         try:
             p, _ = run_task(choice_task(model, tok, prompts, list(comp.labels)), model, progress=False)
         finally:
@@ -140,11 +147,20 @@ def where_it_flips(comp, df, p32) -> list[dict]:
                 h.remove()
         rows.append(
             {
-                "rounded to bf16 (fp32 arithmetic)": name,
+                "rounded (fp32 arithmetic)": name,
                 "agreement": float(np.mean(p.argmax(1) == p32.argmax(1))),
                 "median |p - p32|": float(np.median(np.abs(p - p32))),
             }
         )
+
+    for name, hooks in points.items():
+        agreement(f"{name} (bf16)", hooks, "bfloat16")
+    agreement("all of the above (bf16)", everything, "bfloat16")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(_round(exact[name], "float16"))
+    agreement("fp16 weights only", [], "float16")
+    agreement("all of the above (fp16)", everything, "float16")
     return rows
 
 
