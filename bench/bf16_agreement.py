@@ -124,7 +124,7 @@ def where_it_flips(comp, df, p32) -> list[dict]:
     qkv = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
     gate_up = ["mlp.gate_proj", "mlp.up_proj"]
     points = {
-        "bf16 weights only": [],
+        "weights only": [],
         "+ q/k/v inputs": [(m, "in") for m in linears(qkv)],
         "+ o_proj inputs": [(m, "in") for m in linears(["self_attn.o_proj"])],
         "+ gate/up inputs": [(m, "in") for m in linears(gate_up)],
@@ -134,7 +134,7 @@ def where_it_flips(comp, df, p32) -> list[dict]:
         ],
         "+ residual stream": [(layer, "out") for layer in layers],
     }
-    everything = [hook for name, hooks in points.items() for hook in hooks]
+    everything = [hook for hooks in points.values() for hook in hooks]
     prompts = comp.examples(df, tok, 2048)
     rows = []
 
@@ -159,7 +159,7 @@ def where_it_flips(comp, df, p32) -> list[dict]:
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(_round(exact[name], "float16"))
-    agreement("fp16 weights only", [], "float16")
+    agreement("weights only (fp16)", [], "float16")
     agreement("all of the above (fp16)", everything, "float16")
     return rows
 
