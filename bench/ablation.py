@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,13 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from infer_bench import rows_file  # noqa: E402
+from infer_bench import rows_file, timed_choice_run  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
 from kaggle_kit.infer import attention  # noqa: E402
 from kaggle_kit.infer import packed as packed_lib  # noqa: E402
-from kaggle_kit.infer.primitives import choice_task, run_task  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 
@@ -76,10 +74,7 @@ def main():
     prompts, labels = comp.examples(df, tok, 2048), list(comp.labels)
 
     def score(prune: bool = True):
-        task = choice_task(model, tok, prompts, labels, prune_last_layer=prune)
-        start = time.perf_counter()
-        probs, _ = run_task(task, model, progress=False)
-        return time.perf_counter() - start, probs
+        return timed_choice_run(model, tok, prompts, labels, prune_last_layer=prune)
 
     score()  # warm-up
     table = []

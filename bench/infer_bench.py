@@ -38,6 +38,7 @@ from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.ensemble import least_confident  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
 from kaggle_kit.infer import generate, score_choices  # noqa: E402
+from kaggle_kit.infer.primitives import choice_task, run_task  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 
@@ -45,6 +46,14 @@ from kaggle_kit.progress import format_table  # noqa: E402
 def rows_file(comp: str, shared_name: str) -> Path:
     shared = ROOT.parent / "shared" / "data" / comp / shared_name
     return shared if shared.exists() else ROOT / "data" / comp / "train.csv"
+
+
+def timed_choice_run(model, tok, prompts, labels, **task_kw) -> tuple[float, np.ndarray]:
+    """(seconds, probabilities) of one choice-scoring run through the engine, the task built untimed."""
+    task = choice_task(model, tok, prompts, labels, **task_kw)
+    start = time.perf_counter()
+    probs, _ = run_task(task, model, progress=False)
+    return time.perf_counter() - start, probs
 
 
 def plain_model(device: str):

@@ -23,12 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from infer_bench import rows_file  # noqa: E402
+from infer_bench import rows_file, timed_choice_run  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
 from kaggle_kit.infer import packed as packed_lib  # noqa: E402
-from kaggle_kit.infer.primitives import choice_task, run_task  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 
@@ -94,10 +93,7 @@ def main():
         print(f"no packed linears in a {profile_.dtype} model: nothing to time per linear", file=sys.stderr)
 
     def run() -> float:
-        task = choice_task(model, tok, prompts, labels)
-        t0 = time.perf_counter()
-        run_task(task, model, progress=False)
-        return time.perf_counter() - t0
+        return timed_choice_run(model, tok, prompts, labels)[0]
 
     run()  # warm-up
     calls.clear()
