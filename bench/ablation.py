@@ -3,8 +3,8 @@ the kit as it is, in alternating rounds on the same rows.
 
     python bench/ablation.py [--rows 100] [--rounds 6] [--only bias,packed,...]
 
-Parts: `attention` (infer/attention.py's blocked attention, off = SDPA), `pruning` (the last layer on the
-last position only, infer/last_position.py), `packed` (oneDNN-packed bf16 weights, infer/packed.py),
+Parts: `attention` (infer/fast/attention.py's blocked attention, off = SDPA), `pruning` (the last layer on the
+last position only, infer/fast/last_position.py), `packed` (oneDNN-packed bf16 weights, infer/fast/packed.py),
 `bias` (the mask turned into its fp32 bias once a forward, not once a layer). Each part's rounds
 alternate which arm goes first; prints best and median seconds of both arms and whether the two give
 identical probabilities. This VM's timings move 10-20% from minute to minute: read medians of several
@@ -28,8 +28,8 @@ from infer_bench import rows_file, timed_choice_run  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
-from kaggle_kit.infer import attention  # noqa: E402
-from kaggle_kit.infer import packed as packed_lib  # noqa: E402
+from kaggle_kit.infer.fast import attention  # noqa: E402
+from kaggle_kit.infer.fast import packed as packed_lib  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 

@@ -6,7 +6,7 @@ Rounding the weights and activations to bf16 moves each option's probability a l
 that is more than the fp32 margin between its best two options. Prints agreement per margin bucket and the
 size of the bf16 - fp32 probability differences, so a low overall agreement can be read: a model whose
 answers are near-ties (SmolLM2-135M on Science Exam) flips often, a confident one rarely. Two bf16 runs:
-the kit's (label logits in fp32 from the bf16 hidden state, infer/label_head.py) and the model's own
+the kit's (label logits in fp32 from the bf16 hidden state, infer/fast/label_head.py) and the model's own
 bf16-rounded logits. Last, the agreement the precision cascade (--cascade-dtype float32) reaches when it
 re-scores the least confident 0-30% of the kit's bf16 rows in fp32.
 

@@ -2,7 +2,7 @@
 
 Peers are what public notebooks do: (1) one row at a time in fp32 with full logits, (2) a fixed batch
 of 8 rows in file order, padded, full logits. They run in a process of their own that never loads a kit
-model, so none of the kit's process-wide CPU settings (infer/heap.py's malloc thresholds) reach them.
+model, so none of the kit's process-wide CPU settings (infer/fast/heap.py's malloc thresholds) reach them.
 Rows are real: Science Exam questions from ../shared/data (data/ when absent) for choice scoring, Prompt
 Recovery rows for generation. Prints a table and writes bench/results/infer_<device>.json.
 

@@ -240,7 +240,9 @@ def prompt_recovery(rows: int, model: str, tmp: Path, trained: bool = True) -> l
     The mean prompt is searched on the rewrite prompts of rows that are NOT scored; SCS uses MiniLM here
     (Kaggle scored with sentence-t5-base, whose cosines sit much higher).
     """
-    from kaggle_kit.competitions.prompt_recovery import MEAN_PROMPT
+    from kaggle_kit.competitions import get
+
+    MEAN_PROMPT = get("prompt_recovery").mean_text
     from kaggle_kit.embed import scorer
     from kaggle_kit.mean_prompt import optimize, vocabulary
     from kaggle_kit.metrics import scs_texts

@@ -85,11 +85,12 @@ def run_trainer(args, out: Path) -> dict:
         TrainingArguments,
     )
 
-    from kaggle_kit.competitions import science_exam
+    from kaggle_kit.competitions import get
     from kaggle_kit.models import demo_model_dir, load_tokenizer
 
     path = demo_model_dir()
     tok = load_tokenizer(path)
+    science_exam = get("science_exam")
     df = science_exam.read(rows_file(), labelled=True)
     prompts = science_exam.examples(df, tok, 512)
     rows = []

@@ -27,7 +27,7 @@ from infer_bench import rows_file, timed_choice_run  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
-from kaggle_kit.infer import packed as packed_lib  # noqa: E402
+from kaggle_kit.infer.fast import packed as packed_lib  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 

@@ -31,30 +31,30 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     """Fit the temperature that minimises log loss on a labelled validation file; save it with the adapter."""
     import json
 
-    import pandas as pd
-
-    from .competitions.base import aligned
-    from .io import write_json_atomic
-    from .metrics import apply_temperature, fit_temperature, log_loss
+    from .io import read_submission, write_json_atomic
+    from .metrics import apply_temperature, log_loss, temperature_fit
 
     comp = competitions.get(cfg.competition)
-    if comp.task != "choices" or len(comp.submission_columns) - 1 != len(comp.labels):  # one column per label
-        raise ConfigError("competition", "temperature calibration needs probability submissions (lmsys)")
+    if comp.kind != "label_probabilities" or comp.settings.output != "columns":
+        raise ConfigError(
+            "competition", f"{comp.name}: calibration needs a probability column per class (label_probabilities)"
+        )
     truth = comp.read(cfg.truth, labelled=True)
-    problems = competitions.check_submission(comp, cfg.submission, truth["id"].tolist())
+    problems = competitions.check_submission(comp, cfg.submission, truth[comp.id_column].tolist())
     if problems:
         raise InputError(cfg.submission, "invalid submission: " + "; ".join(problems[:5]))
-    sub = aligned(pd.read_csv(cfg.submission, dtype=str, keep_default_na=False), truth)
-    cols = list(comp.submission_columns[1:])
-    probs = sub[cols].astype(float).to_numpy()
-    y = truth[cols].astype(int).to_numpy().argmax(axis=1)
-    t = fit_temperature(y, probs)
+    sub = comp.aligned(read_submission(cfg.submission), truth)
+    probs = sub[list(comp.class_names)].astype(float).to_numpy()
+    y = comp.targets(truth)
+    fit = temperature_fit(y, probs)
     res = {
-        "temperature": t,
+        **fit,
         "rows": len(y),
         "log_loss_before": log_loss(y, probs),
-        "log_loss_after": log_loss(y, apply_temperature(probs, t)),
+        "log_loss_after": log_loss(y, apply_temperature(probs, fit["temperature"])),
     }
+    if fit["at_bound"] or not fit["converged"]:
+        log.warning("calibration: %s", fit["message"])
     if cfg.adapter:
         if not (Path(cfg.adapter) / "adapter_config.json").is_file():
             raise InputError(cfg.adapter, "not an adapter folder (no adapter_config.json)")

@@ -22,7 +22,9 @@ def _predict(args):
     from .config import PredictConfig
     from .jobs import predict
 
-    cfg = _config(PredictConfig, args, progress=not args.no_progress, plan=not args.no_plan)
+    cfg = _config(
+        PredictConfig, args, progress=not args.no_progress, plan=not args.no_plan, fast_paths=args.fast_paths == "on"
+    )
     res = predict(cfg)
     print(
         f"{res.submission}: {res.rows} rows, {res.predicted} predicted ({res.resumed} resumed), "
@@ -290,6 +292,12 @@ def _add_predict(p):
     p.add_argument("--shard", help="I/N: compute shard I of N into --out (join with 'merge')")
     p.add_argument("--checkpoint", help="resumable results file (default OUT.ckpt.jsonl)")
     p.add_argument("--no-plan", action="store_true", help="with --budget: skip the runtime planner")
+    p.add_argument(
+        "--fast-paths",
+        choices=["on", "off"],
+        default="on",
+        help="off: compute as plain transformers does (no prefix cache, pruning, fp32 label head, CPU kernels)",
+    )
 
 
 def _train(args):

@@ -59,6 +59,7 @@ class PredictConfig:
     shard: str | None = None  # 'I/N': compute shard I of N into `out` (a results file for `merge`)
     checkpoint: str | None = None  # resumable results file; None = '<out>.ckpt.jsonl'
     plan: bool = True  # with a budget: measure throughput, predict the run, lower max_length to fit
+    fast_paths: bool = True  # off: compute as plain transformers (no prefix cache, pruning, CPU kernels)
 
     def __post_init__(self):
         _check_positive(

@@ -33,7 +33,7 @@ def run_demo(
             )
         )
         truth = comp.read(data, labelled=True)
-        baseline_path = write_csv_atomic(comp.fallback(truth["id"].tolist()), out / "constant_baseline.csv")
+        baseline_path = write_csv_atomic(comp.fallback(truth[comp.id_column].tolist()), out / "constant_baseline.csv")
         rows.append(
             {
                 "competition": name,

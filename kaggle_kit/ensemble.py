@@ -18,6 +18,7 @@ import numpy as np
 from .errors import ConfigError, InputError
 
 log = logging.getLogger("kaggle_kit")
+RANKED = ("multiple_choice", "label_probabilities")  # task types whose outputs are label probabilities
 
 
 @dataclass
@@ -141,11 +142,18 @@ def member_config(cfg, member: Member, data: str, checkpoint: str):
 
 def combine(comp, outputs: list, weights: np.ndarray, temperature: float = 1.0):
     """Members' outputs -> one: weighted mean of probabilities over the members that have the row, then
-    the temperature (choice tasks); the members' texts joined in member order (generation tasks)."""
+    the temperature (label probabilities); the members' texts joined in member order (generate_text); all
+    members' solutions pooled for one vote (generate_answer)."""
     from .metrics import apply_temperature
 
-    if comp.task != "choices":
-        return [" ".join(o[i] for o in outputs if o[i]) or None for i in range(len(outputs[0]))]
+    rows = range(len(outputs[0]))
+    if comp.kind == "generate_text":
+        return [" ".join(o[i] for o in outputs if o[i]) or None for i in rows]
+    if comp.kind == "generate_answer":
+        pooled = [[t for o in outputs for t in ([o[i]] if isinstance(o[i], str) else o[i] or [])] for i in rows]
+        return [texts or None for texts in pooled]
+    if comp.kind not in RANKED:
+        raise ConfigError("ensemble", f"{comp.name} is {comp.kind}: its members' rankings cannot be combined")
     stack = np.stack([np.asarray(o, dtype=float) for o in outputs])  # (M, N, K); NaN rows = not reached
     have = ~np.isnan(stack).any(axis=2)  # (M, N)
     w = weights[:, None] * have
@@ -158,22 +166,35 @@ def combine(comp, outputs: list, weights: np.ndarray, temperature: float = 1.0):
     return mean
 
 
-def fit_weights(y, probs: list, steps: int = 2000, lr: float = 1.0) -> np.ndarray:
-    """Weights on the simplex minimising the log loss of the weighted mean of `probs` (each (N, K)).
+def fit_weights(y, probs: list) -> np.ndarray:
+    """Weights on the simplex minimising the log loss of the weighted mean of `probs` (each (N, K))."""
+    return weights_fit(y, probs)["weights"]
 
-    The loss is convex in the weights; exponentiated gradient descent stays on the simplex.
-    """
+
+def weights_fit(y, probs: list) -> dict:
+    """scipy's SLSQP on the simplex (weights >= 0 summing to 1) minimising the log loss of the weighted
+    mean: {'weights', 'converged', 'message'}; the loss is convex in the weights."""
+    from scipy.optimize import minimize
+
     from .metrics import LOG_LOSS_EPS
 
     y = np.asarray(y)
     p = np.stack([np.asarray(q, dtype=np.float64)[np.arange(len(y)), y] for q in probs], axis=1)  # (N, M)
     p = np.clip(p, LOG_LOSS_EPS, 1.0)
-    w = np.full(p.shape[1], 1.0 / p.shape[1])
-    for _ in range(steps):
-        grad = -(p / (p @ w)[:, None]).mean(axis=0)
-        w = w * np.exp(-lr * (grad - grad.min()))
-        w /= w.sum()
-    return w
+    m = p.shape[1]
+    res = minimize(
+        lambda w: -np.mean(np.log(np.clip(p @ w, LOG_LOSS_EPS, None))),
+        np.full(m, 1.0 / m),
+        jac=lambda w: -(p / np.clip(p @ w, LOG_LOSS_EPS, None)[:, None]).mean(axis=0),
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * m,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(m)}],
+        options={"ftol": 1e-12, "maxiter": 500},
+    )
+    w = np.clip(res.x, 0.0, None)
+    if not res.success:
+        log.warning("ensemble weights: the solver did not converge (%s)", res.message)
+    return {"weights": w / w.sum(), "converged": bool(res.success), "message": str(res.message)}
 
 
 def predict_members(cfg, comp, df, deadline):
@@ -189,7 +210,7 @@ def predict_members(cfg, comp, df, deadline):
         seconds = None if deadline.seconds is None else deadline.remaining() / (len(spec.members) - i)
         log.info("ensemble: member %d/%d %r", i + 1, len(spec.members), member.name)
         results, st = run_member(mcfg, seconds)
-        outputs.append(_ordered(comp, len(df), results))
+        outputs.append(_ordered(comp, df, results))
         stats.append(st)
         ckpts.append(mcfg.checkpoint_path())
     from .jobs import sum_stats
@@ -197,10 +218,10 @@ def predict_members(cfg, comp, df, deadline):
     return combine(comp, outputs, spec.weight_vector(), spec.temperature), sum_stats(stats, parallel=False), ckpts
 
 
-def _ordered(comp, n: int, results: dict):
+def _ordered(comp, df, results: dict):
     from .jobs import outputs_from_results
 
-    return outputs_from_results(comp, n, results)
+    return outputs_from_results(comp, df.reset_index(drop=True), results)
 
 
 def least_confident(probs, fraction: float) -> list[int]:
@@ -219,8 +240,8 @@ def cascade(cfg, comp, df, probs, deadline):
     first model's answer. Returns (probs, rows re-answered, checkpoint file)."""
     from .io import read_text_csv, write_csv_atomic
 
-    if comp.task != "choices":
-        raise ConfigError("cascade_model", f"the cascade re-ranks choice probabilities; {comp.name} generates text")
+    if comp.kind not in RANKED:
+        raise ConfigError("cascade_model", f"the cascade re-ranks label probabilities; {comp.name} is {comp.kind}")
     rows = least_confident(probs, cfg.cascade_fraction)
     _free_cuda()  # the first model's cached blocks, before the second loads in its own process
     if not rows:
@@ -246,7 +267,7 @@ def cascade(cfg, comp, df, probs, deadline):
         mcfg.dtype or "the profile's dtype",
     )
     results, _ = run_member(mcfg, seconds)
-    second = _ordered(comp, len(rows), results)
+    second = _ordered(comp, df.iloc[rows], results)
     out = np.array(probs, dtype=float, copy=True)
     redone = 0
     for j, i in enumerate(rows):
@@ -271,10 +292,10 @@ def fit(cfg) -> EnsembleSpec:
     log loss there, and write them into the ensemble file (`kaggle-kit ensemble`)."""
     from . import competitions
     from .config import PredictConfig
-    from .metrics import fit_temperature, log_loss
+    from .metrics import log_loss, temperature_fit
 
     comp = competitions.get(cfg.competition)
-    if comp.task != "choices" or comp.targets is None:
+    if comp.kind not in RANKED:
         raise ConfigError("competition", f"weights are fitted on label probabilities; {comp.name} has none")
     spec = load_spec(cfg.ensemble)
     truth = comp.read(cfg.truth, labelled=True)
@@ -285,14 +306,16 @@ def fit(cfg) -> EnsembleSpec:
     probs, per_member = [], {}
     for member in spec.members:
         results, _ = run_member(member_config(pcfg, member, cfg.truth, f"{cfg.work}.{member.name}"), None)
-        p = _ordered(comp, len(truth), results)
+        p = _ordered(comp, truth, results)
         if np.isnan(p).any():
             raise InputError(cfg.truth, f"member {member.name!r} left rows without predictions")
         probs.append(p)
         per_member[member.name] = log_loss(y, p)
-    w = fit_weights(y, probs)
+    wfit = weights_fit(y, probs)
+    w = wfit["weights"]
     mean = combine(comp, probs, w)
-    t = fit_temperature(y, mean)
+    tfit = temperature_fit(y, mean)
+    t = tfit["temperature"]
     spec.weights = {m.name: float(x) for m, x in zip(spec.members, w)}
     spec.temperature = t
     spec.fitted = {
@@ -301,6 +324,9 @@ def fit(cfg) -> EnsembleSpec:
         "log_loss_members": {k: round(v, 6) for k, v in per_member.items()},
         "log_loss_equal_weights": round(log_loss(y, combine(comp, probs, np.full(len(probs), 1 / len(probs)))), 6),
         "log_loss_fitted": round(log_loss(y, combine(comp, probs, w, t)), 6),
+        "weights_converged": wfit["converged"],
+        "temperature_converged": tfit["converged"] and not tfit["at_bound"],
+        "notes": [x["message"] for x in (wfit, tfit) if not x["converged"] or x.get("at_bound")],
     }
     save_spec(spec, cfg.out or cfg.ensemble)
     for f in Path(cfg.work).parent.glob(Path(cfg.work).name + ".*"):

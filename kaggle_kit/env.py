@@ -42,15 +42,15 @@ def predict_config(competition: str, kaggle_model: str, local_model: str = "demo
     comp = get(competition)
     if on_kaggle():
         paths = dict(
-            data=str(KAGGLE_INPUT / comp.slug / "test.csv"),
+            data=str(KAGGLE_INPUT / comp.slug / comp.spec.files.test),
             model=kaggle_model,
             out=str(KAGGLE_WORKING / "submission.csv"),
         )
     else:
         data = repo_data_dir()
         paths = dict(
-            data=str(data / competition / "test.csv"),
+            data=str(data / comp.name / comp.spec.files.test),
             model=local_model,
-            out=str(data.parent / "runs" / "notebooks" / competition / "submission.csv"),
+            out=str(data.parent / "runs" / "notebooks" / comp.name / "submission.csv"),
         )
     return PredictConfig(competition, **{**paths, **overrides})

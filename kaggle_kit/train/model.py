@@ -17,21 +17,24 @@ def build(cfg, profile):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    from ..models import load_tokenizer, resolve_model
+    from ..hardware import guard_half
+    from ..models import attention_implementation, device_map, load_config, load_tokenizer, resolve_model
     from ..templates import apply_chat_format
 
     path = resolve_model(cfg.model)
+    config = load_config(path)
+    profile = guard_half(profile, config.model_type)
     tok = apply_chat_format(load_tokenizer(path), cfg.chat_format)
     compute = getattr(torch, profile.compute_dtype)
-    kw = dict(dtype=compute, local_files_only=True, attn_implementation="sdpa")
+    # training runs transformers' own attention: SDPA, or eager where scores are soft-capped (Gemma 2)
+    attn = attention_implementation(config, profile.device, fast_paths=False)
+    kw = dict(dtype=compute, local_files_only=True, attn_implementation=attn, **device_map(profile))
     if cfg.quant != "none":
         bnb = profile.quantization(cfg.quant)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=bnb, device_map={"": profile.device}, **kw
-        )
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, **kw)
         keep_4bit_layout(model)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kw).to(profile.device)
+        model = AutoModelForCausalLM.from_pretrained(path, **kw)
     if cfg.quant != "none" and compute == torch.float16:
         # fp16 (T4): peft's recipe, norms / embeddings / lm_head upcast to fp32, or fp16 activations overflow
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)

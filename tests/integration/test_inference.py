@@ -120,9 +120,10 @@ def test_bf16_label_probabilities_come_closer_to_fp32_with_the_fp32_label_head(d
 
 
 def test_cpu_attention_and_last_layer_pruning_give_sdpas_numbers(demo_model_fp32):
-    """The CPU model loads with the blocked attention (infer/attention.py) and choice scoring prunes the
-    last layer (infer/last_position.py); with SDPA and no pruning the real model scores the same."""
-    from kaggle_kit.infer import attention, run_task
+    """The CPU model loads with the blocked attention (infer/fast/attention.py) and choice scoring prunes the
+    last layer (infer/fast/last_position.py); with SDPA and no pruning the real model scores the same."""
+    from kaggle_kit.infer import run_task
+    from kaggle_kit.infer.fast import attention
     from kaggle_kit.infer.primitives import choice_task
 
     model, tok = demo_model_fp32

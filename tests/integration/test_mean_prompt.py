@@ -6,12 +6,14 @@ import pandas as pd
 import pytest
 
 from kaggle_kit import jobs
-from kaggle_kit.competitions.prompt_recovery import MEAN_PROMPT
+from kaggle_kit.competitions import get
 from kaggle_kit.config import MeanPromptConfig, PredictConfig, ValidateConfig
 from kaggle_kit.embed import load_embedder
 from kaggle_kit.mean_prompt import mean_scs, optimize, vocabulary
 
 from ..conftest import DATA, write_subset
+
+MEAN_PROMPT = get("prompt_recovery").mean_text
 
 
 def _known_prompts() -> list[str]:

@@ -22,6 +22,8 @@ def test_one_notebook_folder_per_competition():
 @pytest.mark.parametrize("name", list(competitions.COMPETITIONS))
 def test_notebook_runs_locally_and_writes_valid_submission(name, tmp_path):
     """Run from a folder whose data/ holds the first 8 rows of the sample (env.py finds the nearest data/)."""
+    import shutil
+
     import pandas as pd
 
     path = NOTEBOOKS / name / f"{name}.ipynb"
@@ -29,8 +31,14 @@ def test_notebook_runs_locally_and_writes_valid_submission(name, tmp_path):
     assert len(nb.cells) <= 6, "notebooks stay thin: the work lives in the package"
     for comp in competitions.COMPETITIONS:
         (tmp_path / "data" / comp).mkdir(parents=True)
-    test = tmp_path / "data" / name / "test.csv"
-    pd.read_csv(DATA / name / "test.csv", dtype=str, keep_default_na=False).head(8).to_csv(test, index=False)
+    comp = competitions.get(name)
+    test = comp.file("test", tmp_path / "data" / name)
+    if test.suffix == ".csv":
+        pd.read_csv(comp.file("test", DATA / name), dtype=str, keep_default_na=False).head(8).to_csv(test, index=False)
+    else:
+        shutil.copy(comp.file("test", DATA / name), test)
+    if comp.spec.files.catalogue:
+        shutil.copy(comp.file("catalogue", DATA / name), comp.file("catalogue", tmp_path / "data" / name))
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     sub = tmp_path / "runs" / "notebooks" / name / "submission.csv"
     assert validate(ValidateConfig(name, str(sub), str(test))) == []

@@ -78,7 +78,9 @@ def test_predict_with_shots_and_tta_writes_a_valid_submission(tmp_path):
 def test_paired_training_rows_swap_the_label_with_the_view():
     from kaggle_kit.config import TrainConfig
     from kaggle_kit.models import demo_model_dir, load_tokenizer
-    from kaggle_kit.train.loop import train_pairs
+
+    def train_pairs(comp, df, tok, cfg):
+        return comp.train_pairs(df, tok, cfg.max_length, cfg.views)
 
     tok = load_tokenizer(demo_model_dir())
     lm = get("lmsys")

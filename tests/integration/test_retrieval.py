@@ -37,10 +37,10 @@ def test_each_question_retrieves_its_own_passage_within_the_token_budget(tmp_pat
         ctx = context_texts(tok, passages, hits, budget)
         assert all(0 < len(tok.encode(c, add_special_tokens=False)) <= budget for c in ctx)
     ctx = context_texts(tok, passages, hits, 200)
-    prompts = comp.examples(df, tok, 2048, "", ctx)
+    prompts = comp.examples(df, tok, 2048, "", context=ctx)
     for prompt, fact, row in zip(prompts, facts, df.to_dict("records")):
         assert prompt.index(fact) < prompt.index("Question: " + row["prompt"])
-    views = comp.views(df, tok, 2048, 2, "", ctx)
+    views = comp.views(df, tok, 2048, 2, "", context=ctx)
     assert all(fact in p for p, fact in zip(views[0][0], facts))
 
 

@@ -112,8 +112,9 @@ def test_lora_gradients_through_4bit_match_dequantised_fp32(tmp_path):
 def test_batch4_accum1_equals_batch1_accum4(tmp_path, dtype):
     """Token-weighted loss over the whole optimizer step: same loss and gradient norm either way. Exact to
     fp32 rounding in fp32; in the profile's dtype (bf16 on a CPU with native bf16) each batch shape rounds
-    its own way, so the match is to bf16's precision (2^-8) instead."""
-    tol = {"float32": (1e-4, 1e-3), "bfloat16": (3e-3, 1e-2)}[detect(dtype).compute_dtype]
+    its own way, so the match is to bf16's precision instead (AMX kernels, Intel: 0.45% apart on the loss;
+    a wrongly weighted accumulation would be off by a factor up to 4)."""
+    tol = {"float32": (1e-4, 1e-3), "bfloat16": (1e-2, 2e-2)}[detect(dtype).compute_dtype]
     recs = json.loads(ALPACA.read_text())[:4]
     four = tmp_path / "four.json"
     four.write_text(json.dumps(recs, ensure_ascii=False))

@@ -1,4 +1,4 @@
-"""The blocked CPU attention (infer/attention.py) against transformers' SDPA path, on random tensors and
+"""The blocked CPU attention (infer/fast/attention.py) against transformers' SDPA path, on random tensors and
 on a tiny randomly initialised Llama (no files, no download)."""
 
 import types
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from kaggle_kit.infer import attention
+from kaggle_kit.infer.fast import attention
 
 from .. import conftest
 
@@ -15,7 +15,7 @@ HEADS, KV_HEADS, DIM = 6, 2, 16
 
 
 def module(causal=True):
-    return types.SimpleNamespace(num_key_value_groups=HEADS // KV_HEADS, is_causal=causal, layer_idx=0)
+    return types.SimpleNamespace(num_key_value_groups=HEADS // KV_HEADS, is_causal=causal, layer_idx=0, training=False)
 
 
 def inputs(batch, q_len, kv_len, dtype, seed=0):
@@ -115,15 +115,33 @@ def test_a_masks_bias_is_built_once_and_dropped_with_it():
     assert all(ref() is not additive for ref, _ in attention._BIASES.values())
 
 
-def test_short_queries_odd_head_sizes_and_softcap_go_to_sdpa_unchanged():
+def test_short_queries_and_odd_head_sizes_go_to_sdpa_unchanged():
     q, k, v = inputs(2, 1, 50, torch.float32, seed=6)
     ours, sdpa = both(q, k, v, None)
     assert torch.equal(ours, sdpa)
     q, k, v = inputs(1, 64, 64, torch.float32, seed=7)
     ours, sdpa = both(q, k, v[..., :8], None)  # value heads narrower than query heads
     assert torch.equal(ours, sdpa)
-    with pytest.raises(ValueError, match="softcap"):  # SDPA's own refusal, not a silent ignore
-        attention.blocked_attention(module(), q, k, v, None, softcap=30.0)
+
+
+@pytest.mark.parametrize("q_len,kv_len", [(64, 90), (1, 50), (5, 40)])
+def test_soft_capped_scores_are_capped_as_gemma2s_eager_code_caps_them(q_len, kv_len):
+    """Regression: a capped layer (Gemma 2) went to SDPA, which raises on a cap (transformers 5.24;
+    older versions silently dropped it), so no Gemma 2 could run. Long query blocks take the blocked
+    path, decode steps an eager product; both equal transformers' own Gemma 2 eager attention."""
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    q, k, v = inputs(3, q_len, kv_len, torch.float32, seed=9)
+    q = q * 4  # scores of tens of units: a cap of 5 changes them
+    mask = padded_causal_mask([0, 3, 11], q_len, kv_len)
+    additive = torch.where(mask, 0.0, torch.finfo(torch.float32).min)
+    mod = module()
+    ours = attention.blocked_attention(mod, q, k, v, mask, scaling=DIM**-0.5, softcap=5.0)[0]
+    theirs = eager_attention_forward(mod, q, k, v, additive, scaling=DIM**-0.5, softcap=5.0)[0]
+    uncapped = eager_attention_forward(mod, q, k, v, additive, scaling=DIM**-0.5)[0]
+    real = mask[:, 0].any(-1)
+    torch.testing.assert_close(ours[real], theirs[real], atol=2e-5, rtol=1e-4)
+    assert (ours[real] - uncapped[real]).abs().max() > 0.1  # the cap mattered
 
 
 def tiny_llama(attn: str):

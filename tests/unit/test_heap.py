@@ -1,4 +1,4 @@
-"""keep_heap (infer/heap.py): freed buffers are reused, not page-faulted again; each case in a fresh process
+"""keep_heap (infer/fast/heap.py): freed buffers are reused, not page-faulted again; each case in a fresh process
 (mallopt cannot be undone in this one)."""
 
 import os
@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from kaggle_kit.infer import heap
+from kaggle_kit.infer.fast import heap
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 HALF_AFRESH = 20 * (40 << 20) // 4096 // 2  # minor faults of half the 20 buffers below mapped afresh
 
 CHURN = """
 import resource, sys, torch
-from kaggle_kit.infer.heap import keep_heap
+from kaggle_kit.infer.fast.heap import keep_heap
 kept = keep_heap() if sys.argv[1] == "keep" else False
 for _ in range(4):  # the heap grows to its working size first, not counted
     torch.empty(40 << 20, dtype=torch.uint8).fill_(1)

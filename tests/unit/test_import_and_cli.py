@@ -37,7 +37,8 @@ def test_unknown_competition_is_one_line_exit_2():
     r = run_cli("predict", "titanic", "--data", str(DATA / "science_exam" / "test.csv"))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "error: unknown competition 'titanic'; valid: science_exam, lmsys, prompt_recovery"
+        "error: unknown competition 'titanic'; valid: science_exam, lmsys, prompt_recovery, eedi, llm_detect, "
+        "aimo, wsdm, map, or the path of a spec file"
     ]
     assert "Traceback" not in r.stderr
 

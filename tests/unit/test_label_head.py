@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kaggle_kit.infer.label_head import LabelHead
+from kaggle_kit.infer.fast.label_head import LabelHead
 
 
 def tiny(kind: str, dtype):

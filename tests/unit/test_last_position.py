@@ -1,9 +1,9 @@
-"""last_position_only (infer/last_position.py) on a tiny randomly initialised Llama (no files)."""
+"""last_position_only (infer/fast/last_position.py) on a tiny randomly initialised Llama (no files)."""
 
 import pytest
 import torch
 
-from kaggle_kit.infer.last_position import PER_POSITION, last_layer, last_position_only
+from kaggle_kit.infer.fast.last_position import PER_POSITION, last_layer, last_position_only
 
 from ..conftest import tiny_llama
 

@@ -1,8 +1,8 @@
-"""pack_linears (infer/packed.py) on a tiny randomly initialised Llama (no files)."""
+"""pack_linears (infer/fast/packed.py) on a tiny randomly initialised Llama (no files)."""
 
 import torch
 
-from kaggle_kit.infer.packed import pack_linears
+from kaggle_kit.infer.fast.packed import pack_linears
 
 from ..conftest import tiny_llama
 

@@ -10,13 +10,18 @@ import pytest
 
 from kaggle_kit.calibration import calibrate, temperature
 from kaggle_kit.competitions import get
-from kaggle_kit.competitions.science_exam import LETTERS, pick_shots
 from kaggle_kit.config import CalibrateConfig, PredictConfig
 from kaggle_kit.errors import ConfigError, InputError
 from kaggle_kit.jobs import check_tta
 from kaggle_kit.metrics import fit_temperature, log_loss
 
 from ..conftest import DATA
+
+LETTERS = ("A", "B", "C", "D", "E")
+
+
+def pick_shots(train, k, exclude=(), seed=0):
+    return get("science_exam").shots(train, k, exclude=exclude, seed=seed)
 
 
 class Tok:
@@ -48,9 +53,9 @@ def test_science_views_are_the_cyclic_shifts():
     df = pd.read_csv(DATA / "science_exam" / "test.csv", dtype=str, keep_default_na=False).head(3)
     comp = get("science_exam")
     views = comp.views(df, Tok(), 2048, 5)
-    assert [perm for _, perm in views] == [[(j + k) % 5 for j in range(5)] for k in range(1, 5)]
-    for prompts, perm in views:
-        for prompt, row in zip(prompts, df.to_dict("records")):
+    assert [perm for _, perm in views] == [[[(j + k) % 5 for j in range(5)]] * 3 for k in range(1, 5)]
+    for prompts, perms in views:
+        for prompt, row, perm in zip(prompts, df.to_dict("records"), perms):
             for j, letter in enumerate(LETTERS):
                 assert f"{letter}) {row[LETTERS[perm[j]]]}\n" in prompt + "\n"
 
@@ -117,14 +122,13 @@ def test_calibrate_saves_with_the_adapter_and_predict_uses_it(tmp_path):
 
 
 def test_mean_prompt_replaces_the_fallback_and_is_appended():
-    from kaggle_kit.competitions.prompt_recovery import MEAN_PROMPT, with_mean_prompt
-
-    sub = pd.DataFrame({"id": ["0", "1"], "rewrite_prompt": ["Make it a poem", MEAN_PROMPT]})
-    assert with_mean_prompt(sub, "rewrite text tone")["rewrite_prompt"].tolist() == [
+    comp = get("prompt_recovery")
+    sub = pd.DataFrame({"id": ["0", "1"], "rewrite_prompt": ["Make it a poem", comp.mean_text]})
+    assert comp.with_mean_text(sub, "rewrite text tone")["rewrite_prompt"].tolist() == [
         "Make it a poem",
         "rewrite text tone",
     ]
-    assert with_mean_prompt(sub, "rewrite text tone", append=True)["rewrite_prompt"].tolist() == [
+    assert comp.with_mean_text(sub, "rewrite text tone", append=True)["rewrite_prompt"].tolist() == [
         "Make it a poem rewrite text tone",
         "rewrite text tone",
     ]

@@ -1,4 +1,4 @@
-from kaggle_kit.infer.prefix import MIN_PREFIX, SharedPrefix, common_prefix
+from kaggle_kit.infer.fast.prefix import MIN_PREFIX, SharedPrefix, common_prefix
 
 
 def test_common_prefix_leaves_every_row_a_token_of_its_own():

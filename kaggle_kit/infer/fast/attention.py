@@ -6,8 +6,10 @@ a row is one block: the causal mask saves nothing, and its small per-head GEMMs 
 `QUERY_BLOCK`, each block meets only the keys it may see (causal: the first kv_len - q_len + end), and a
 key/value head's query heads are stacked into one matrix so no key is copied. Precision is the flash
 kernel's: q.k products in fp32 (bf16 x bf16 is exact in fp32), softmax in fp32, probabilities rounded to
-the value dtype for the second GEMM. Anything else (decode steps, GPUs, softcap, attention sinks,
-position bias, dropout) goes to transformers' own SDPA path unchanged. A layer whose `is_causal` is true
+the value dtype for the second GEMM. Gemma 2's soft-capped scores are capped here as its eager code caps
+them (tanh(s / cap) * cap before the mask): transformers' SDPA refuses a cap, so a capped layer never goes
+there. Anything else (decode steps, GPUs, attention sinks, position bias, dropout) goes to transformers'
+own SDPA path unchanged, or to an eager product where a cap is set. A layer whose `is_causal` is true
 is taken at its word: keys after a query block are not scored even where a mask would show them (no
 bidirectional spans, as image tokens have in some vision-language models).
 """
@@ -35,11 +37,12 @@ def register() -> str:
 
 
 def _delegate(query, key, value, kwargs: dict, dropout: float) -> bool:
-    """True when the blocked path does not apply and SDPA should run."""
-    odd = ("softcap", "s_aux", "position_bias", "cache", "output_attentions")
+    """True when the blocked path does not apply and SDPA (or, for a capped layer, eager) should run."""
+    odd = ("s_aux", "position_bias", "cache", "output_attentions")
+    capped = kwargs.get("softcap") is not None
     return (
         query.device.type != "cpu"
-        or query.shape[2] < MIN_QUERIES
+        or (query.shape[2] < MIN_QUERIES and not capped)  # SDPA cannot cap: the blocked path takes any length
         or dropout > 0
         or not query.shape[-1] == key.shape[-1] == value.shape[-1]  # e.g. latent attention's head sizes
         or query.shape[1] % key.shape[1] != 0
@@ -53,7 +56,10 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    softcap = kwargs.get("softcap")
     if _delegate(query, key, value, kwargs, dropout):
+        if softcap is not None:
+            return eager_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     b, h, q_len, d = query.shape
     hkv, kv_len = key.shape[1], key.shape[2]
@@ -71,11 +77,35 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
         end = min(start + QUERY_BLOCK, q_len)
         n, keys = end - start, (offset + end if causal else kv_len)
         s = torch.matmul(qf[:, :, :, start:end].reshape(b, hkv, g * n, d), kt[..., :keys]).view(b, hkv, g, n, keys)
+        if softcap is not None:
+            s = torch.tanh(s / softcap) * softcap
         if bias is not None:
             s.add_(bias[:, :, None, start:end, :keys])
         p = torch.softmax(s, dim=-1).to(value.dtype).view(b, hkv, g * n, keys)
         out[:, start:end] = torch.matmul(p, value[:, :, :keys]).view(b, hkv, g, n, d).permute(0, 3, 1, 2, 4)
     return out.view(b, q_len, h, d), None
+
+
+def eager_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' eager product (the one Gemma 2 ships: scores, soft cap, additive mask, fp32 softmax),
+    taking the boolean or missing mask this implementation is given; for what the blocked path does not
+    cover in a capped layer (dropout in training, odd head sizes)."""
+    import torch
+
+    b, h, q_len, d = query.shape
+    hkv, kv_len = key.shape[1], key.shape[2]
+    scale = d**-0.5 if scaling is None else scaling
+    causal = getattr(module, "is_causal", True) if kwargs.get("is_causal") is None else kwargs["is_causal"]
+    bias = _bias(attention_mask, causal, q_len, kv_len, kv_len - q_len, query.device)
+    k = key.repeat_interleave(h // hkv, dim=1)
+    v = value.repeat_interleave(h // hkv, dim=1)
+    s = torch.matmul(query, k.transpose(2, 3)) * scale
+    if kwargs.get("softcap") is not None:
+        s = torch.tanh(s / kwargs["softcap"]) * kwargs["softcap"]
+    s = s.float() if bias is None else s.float() + bias  # fp32: the bias's LOWEST is -inf in half precision
+    p = torch.softmax(s, dim=-1).to(query.dtype)
+    p = torch.nn.functional.dropout(p, p=dropout, training=getattr(module, "training", False))
+    return torch.matmul(p, v).transpose(1, 2).contiguous(), None
 
 
 def _shared_bias(attention_mask, causal: bool, q_len: int, kv_len: int, offset: int, device):

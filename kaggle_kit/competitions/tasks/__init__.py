@@ -1,0 +1,48 @@
+"""The task types a competition spec can name, one module each, in one explicit dict.
+
+Each module has `Settings` (the dataclass of the spec block named after the task), `FIELDS` (the names
+its prompt templates may read besides the row's columns) and a Competition subclass `Task`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from ..spec import SpecError, suggest
+from . import generate_answer, generate_text, label_probabilities, multiple_choice, rank_candidates
+
+TASK_TYPES = {
+    "multiple_choice": multiple_choice,
+    "label_probabilities": label_probabilities,
+    "rank_candidates": rank_candidates,
+    "generate_text": generate_text,
+    "generate_answer": generate_answer,
+}
+
+
+def settings_for(spec):
+    """The task block of a spec as its Settings dataclass; unknown or missing fields name the spec field."""
+    module = TASK_TYPES[spec.task]
+    valid = [f.name for f in fields(module.Settings)]
+    for key in spec.settings:
+        if key not in valid:
+            raise SpecError(
+                spec.path, f"{spec.task}.{key}", f"unknown field{suggest(key, valid)}; valid: {', '.join(valid)}"
+            )
+    try:
+        settings = module.Settings(**spec.settings)
+    except TypeError as exc:
+        missing = str(exc).split("argument")[-1].strip(": '")
+        raise SpecError(spec.path, f"{spec.task}.{missing}", f"required ({exc})") from None
+    module.check_settings(spec, settings)
+    return settings
+
+
+def template_fields(task: str) -> set[str]:
+    """Names a task's prompt templates may read besides the row's columns."""
+    return set(TASK_TYPES[task].FIELDS)
+
+
+def build(spec):
+    """The Competition of a spec."""
+    return TASK_TYPES[spec.task].Task(spec, settings_for(spec))

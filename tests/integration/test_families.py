@@ -1,0 +1,228 @@
+"""Every fast path equals plain transformers, on every model family: the kit's choice scoring (batched,
+prefix cache, TTA views, shards, resume), generation and perplexity against eager attention in fp32, one
+row at a time. Tiny random configs of six families (tests/tiny_models.py: Gemma 2's soft caps, Mistral's
+and Gemma's sliding windows, Qwen2's biases, Phi-3's fused projections) and the two real models.
+
+Regression: the shared-prefix cache laid rows out as [prefix][padding][row], and a sliding window counts
+cache slots, so padding pushed real keys out of a window one row alone keeps (Gemma-3-270M: 0.005 in
+probability on a 538-token LMSYS row). Gemma 2 could not run at all (SDPA refuses soft-capping).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kaggle_kit.infer import generation_task, perplexity_task, run_task
+from kaggle_kit.infer.primitives import choice_task, label_token_ids
+from kaggle_kit.models import demo_model_dir
+from kaggle_kit.templates import render
+
+from .. import tiny_models
+from ..conftest import DATA
+
+LABELS = ["A", "B", "C"]
+HEAD = "Read the question and answer with the letter of the best option only.\n\n"
+WORDS = "the quick brown fox jumps over a lazy dog near the river bank at dawn while birds sing".split()
+
+
+def questions(n: int, lengths=(2, 6, 40, 9, 70, 3, 25, 55)) -> list[str]:
+    """Question texts of very different lengths: rows shorter and longer than a tiny model's window."""
+    out = []
+    for i in range(n):
+        words = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(lengths[i % len(lengths)]))
+        out.append(f"{HEAD}Question {i}: {words}?\nA) yes\nB) no\nC) maybe")
+    return out
+
+
+def swapped(q: str) -> str:
+    """The question with options A and B swapped (a TTA view whose label order is [1, 0, 2])."""
+    return q.replace("A) yes\nB) no", "A) no\nB) yes")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+def load_pair(folder):
+    """(the kit's model, plain eager fp32 model, tokenizer) of one model folder."""
+    from transformers import AutoModelForCausalLM
+
+    from kaggle_kit.hardware import detect
+    from kaggle_kit.models import load_model
+
+    kit, tok = load_model(str(folder), detect("float32", "cpu"))
+    plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    return kit, plain, tok
+
+
+def kit_choice_runs(kit, tok, prompts, views, labels, tmp_path, batch_tokens):
+    """The kit's probabilities four ways: one run in small batches, two shards joined, and a run killed
+    after its first batch then resumed from its checkpoint."""
+    task = choice_task(kit, tok, prompts, labels, views=views)
+    whole, _ = run_task(task, kit, batch_tokens=batch_tokens, progress=False)
+    shards = np.full_like(whole, np.nan)
+    for i in range(2):
+        part, _ = run_task(task, kit, batch_tokens=batch_tokens, progress=False, shard=(i, 2))
+        done = ~np.isnan(part).any(axis=1)
+        shards[done] = part[done]
+    ckpt = tmp_path / "run.ckpt.jsonl"
+    step, calls = task.step, []
+
+    def dies_after_one(batch, pad_as=None):
+        if calls:
+            raise KeyboardInterrupt  # a kill after the first batch was saved
+        calls.append(batch)
+        return step(batch, pad_as)
+
+    task.step = dies_after_one
+    with pytest.raises(KeyboardInterrupt):
+        run_task(task, kit, batch_tokens=batch_tokens, progress=False, checkpoint=ckpt)
+    task.step = step
+    resumed, stats = run_task(task, kit, batch_tokens=batch_tokens, progress=False, checkpoint=ckpt)
+    assert stats.rows_resumed == len(calls[0]) > 0
+    return whole, shards, resumed
+
+
+def check_choices(kit, plain, tok, prompts, view, labels, tmp_path, batch_tokens=160):
+    """Choice scoring with one TTA view (prompts, perm): the mean of the plain probabilities of both
+    orders, mapped back, in every way the kit can run it."""
+    ref = plain_choice(plain, tok, prompts, labels)
+    ref_view = plain_choice(plain, tok, view[0], labels)
+    back = np.empty_like(ref_view)
+    perms = view[1] if isinstance(view[1][0], list) else [view[1]] * len(prompts)  # one per row, or one for all
+    for i, perm in enumerate(perms):
+        back[i, perm] = ref_view[i]
+    expected = (ref + back) / 2
+    for got in kit_choice_runs(kit, tok, prompts, [view], labels, tmp_path, batch_tokens):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def _ids(tok, text: str) -> list[int]:
+    """Token ids as the kit encodes a prompt: BOS added unless the chat template already wrote it."""
+    bos = tok.bos_token
+    return tok(text, add_special_tokens=bool(bos) and not text.startswith(bos))["input_ids"]
+
+
+def check_generation(kit, plain, tok, prompts, new_tokens=6, batch_tokens=400):
+    """Greedy texts token for token, batched against one row at a time."""
+    task = generation_task(kit, tok, prompts, max_new_tokens=new_tokens)
+    texts, _ = run_task(task, kit, batch_tokens=batch_tokens, progress=False)
+    for p, text in zip(prompts, texts):
+        x = torch.tensor([_ids(tok, p)])
+        with torch.inference_mode():
+            out = plain.generate(input_ids=x, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert text == tok.decode(out[0, x.shape[1] :], skip_special_tokens=True).strip()
+
+
+def check_perplexity(kit, plain, tok, prompts, outputs, batch_tokens=300):
+    """Each output token's NLL."""
+    nlls, _ = run_task(perplexity_task(kit, tok, prompts, outputs), kit, batch_tokens=batch_tokens, progress=False)
+    for p, o, got in zip(prompts, outputs, nlls):
+        pi, oi = _ids(tok, p), tok(o, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(plain(input_ids=torch.tensor([pi + oi])).logits[0].float(), -1)
+        np.testing.assert_allclose(got, [-logp[len(pi) - 1 + k, t].item() for k, t in enumerate(oi)], atol=1e-4)
+
+
+def plain_choice(plain, tok, prompts, labels):
+    """Label probabilities from plain transformers, one row at a time."""
+    ids = label_token_ids(tok, labels)
+    out = []
+    for p in prompts:
+        with torch.inference_mode():
+            logits = plain(input_ids=torch.tensor([_ids(tok, p)])).logits[0, -1].float()
+        out.append(torch.softmax(logits[ids], -1).numpy())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("family", tiny_models.FAMILIES)
+def test_tiny_family_equals_plain_transformers(family, tiny_dir, tmp_path):
+    """Rows of 40-150 tokens around a 64-token window, with a ~40-token shared head."""
+    from kaggle_kit.infer import fast
+
+    kit, plain, tok = load_pair(tiny_models.save(family, tiny_dir))
+    prompts = [render(tok, q) for q in questions(8)]
+    view = ([render(tok, swapped(q)) for q in questions(8)], [1, 0, 2])
+    check_choices(kit, plain, tok, prompts, view, LABELS, tmp_path)
+    check_generation(kit, plain, tok, prompts[:6])
+    check_perplexity(kit, plain, tok, prompts[:4], [" ".join(WORDS[: 3 + 4 * i]) for i in range(4)])
+    paths = fast.paths(kit)
+    assert paths.window == (tiny_models.WINDOW if family in ("gemma2", "mistral", "gemma3") else None)
+    assert paths.prefix_cache and paths.prune_last_layer and paths.cpu_attention  # on, and still exact
+
+
+@pytest.fixture(scope="module")
+def gemma3_pair():
+    from kaggle_kit.models import resolve_model
+
+    return load_pair(resolve_model("demo:gemma3"))
+
+
+def lmsys_rows(tok, lengths):
+    """LMSYS prompts (and their A/B-swapped view) of data/lmsys/train.csv nearest to the given lengths."""
+    from kaggle_kit.competitions import get
+
+    comp = get("lmsys")
+    df = comp.read(DATA / "lmsys" / "train.csv", labelled=True)
+    prompts = comp.examples(df, tok, 1400)
+    sizes = [len(_ids(tok, p)) for p in prompts]
+    pick = [min(range(len(sizes)), key=lambda i: abs(sizes[i] - n)) for n in lengths]
+    ((view, perm),) = comp.views(df.iloc[pick].reset_index(drop=True), tok, 1400)
+    return [prompts[i] for i in pick], (view, perm), [sizes[i] for i in pick]
+
+
+def test_gemma3_270m_on_lmsys_rows_around_its_window(gemma3_pair, tmp_path):
+    """The real Gemma-3-270M (512-token windows on 15 of 18 layers) on LMSYS rows of ~100-700 tokens:
+    the rows of the original report (538 tokens differed by 0.005) and rows on both sides of it."""
+    kit, plain, tok = gemma3_pair
+    prompts, view, sizes = lmsys_rows(tok, (98, 338, 507, 538, 693))
+    assert min(sizes) < 512 < max(sizes)
+    check_choices(kit, plain, tok, prompts, view, ["A", "B", "C"], tmp_path, batch_tokens=4096)  # rows share batches
+    check_generation(kit, plain, tok, [prompts[0], prompts[3]], new_tokens=4, batch_tokens=2048)
+    check_perplexity(kit, plain, tok, [prompts[0], prompts[4]], ["Model A", "It is a tie between both."], 2048)
+
+
+def test_smollm2_on_science_exam_rows(tmp_path):
+    """The real SmolLM2-135M-Instruct (Llama-style, no window) with a five-option permutation view."""
+    from kaggle_kit.competitions import get
+
+    kit, plain, tok = load_pair(demo_model_dir())
+    comp = get("science_exam")
+    df = comp.read(DATA / "science_exam" / "train.csv", labelled=True).head(6)
+    prompts = comp.examples(df, tok)
+    ((view, perm),) = comp.views(df, tok, n=2)
+    check_choices(kit, plain, tok, prompts, (view, perm), list(comp.labels), tmp_path, batch_tokens=700)
+    check_generation(kit, plain, tok, prompts[:3], new_tokens=5)
+
+
+def test_an_fp16_overflow_is_an_error_and_leaves_the_fallback_submission(tiny_dir, tmp_path):
+    """Regression: NaN probabilities from an fp16 overflow became fallback rows that were checkpointed as
+    done. A tiny Llama whose MLP output overflows float16 (planted): predict stops with the reason, the
+    submission on disk is the complete fallback, and no NaN row is in the checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    from kaggle_kit import PredictConfig, predict
+    from kaggle_kit.infer.checkpoint import read_results
+    from kaggle_kit.infer.engine import NonFiniteOutput
+
+    folder = tmp_path / "overflowing"
+    model = AutoModelForCausalLM.from_pretrained(tiny_models.save("llama", tiny_dir))
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(1e6)  # activations past fp16's 65,504
+    model.save_pretrained(folder)
+    from kaggle_kit.models import load_tokenizer
+
+    load_tokenizer(tiny_dir / "llama").save_pretrained(folder)
+    cfg = PredictConfig(
+        "science_exam", str(DATA / "science_exam" / "test.csv"), model=str(folder), out=str(tmp_path / "sub.csv"),
+        dtype="float16", device="cpu", progress=False,
+    )  # fmt: skip
+    with pytest.raises(NonFiniteOutput, match="float32"):
+        predict(cfg)
+    sub = (tmp_path / "sub.csv").read_text().splitlines()
+    assert len(sub) == 41 and all(line.endswith("A B C") for line in sub[1:])  # the fallback, every id
+    saved = read_results(cfg.checkpoint_path()) or {}
+    assert all(np.isfinite(v).all() for v in saved.values())

@@ -1,0 +1,80 @@
+"""Tiny randomly initialised models of the families Kaggle winners run, saved as model folders with the
+demo model's tokenizer, for exactness tests (tests/integration/test_families.py) and the GPU check
+(bench/gpu_check.sh). Nothing is downloaded; a folder is a few MB.
+
+Each config keeps what makes its family differ: Gemma 2's soft-capped attention and logits and its
+alternating sliding windows, Mistral's sliding window on every layer, Qwen2's q/k/v biases, Phi-3's fused
+qkv and gate_up projections, Gemma 3's QK-norm and local/global layers, Llama's grouped-query attention.
+Windows are small (WINDOW tokens) so that test rows fall on both sides of them. Weights are drawn larger
+than the families' own initialisers so that attention scores reach the soft cap.
+
+    python tests/tiny_models.py OUT_DIR [family ...]   # writes OUT_DIR/<family>/
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+WINDOW = 64  # sliding window of the tiny configs: the chat template's head (~30 tokens) fits, long rows do not
+SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+
+
+def _configs():
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+    )
+
+    gemma = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW, initializer_range=0.2)
+    return {
+        "llama": (LlamaConfig, {}),
+        "gemma2": (Gemma2Config, dict(gemma, attn_logit_softcapping=2.0, final_logit_softcapping=5.0)),
+        "mistral": (MistralConfig, dict(sliding_window=WINDOW, head_dim=16)),
+        "qwen2": (Qwen2Config, {}),
+        "phi3": (Phi3Config, dict(sliding_window=None)),
+        "gemma3": (Gemma3TextConfig, dict(gemma, layer_types=["sliding_attention"] * 3 + ["full_attention"])),
+    }
+
+
+FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3")
+
+
+def build(family: str, tokenizer):
+    """A randomly initialised (seed 0) causal LM of `family` sized for tests, vocabulary from `tokenizer`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cls, extra = _configs()[family]
+    ids = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = cls(**SIZE, **ids, **extra)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def save(family: str, out: Path) -> Path:
+    """Write the tiny `family` model and the demo tokenizer to out/<family>/ (once); returns the folder."""
+    from kaggle_kit.models import demo_model_dir, load_tokenizer
+
+    folder = Path(out) / family
+    if (folder / "config.json").is_file():
+        return folder
+    tok = load_tokenizer(demo_model_dir())
+    build(family, tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1])
+    for name in sys.argv[2:] or FAMILIES:
+        print(save(name, target))
