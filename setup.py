@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 REQUIRES = [
     "transformers>=5.0,<6", "accelerate>=1.0", "peft>=0.17", "safetensors>=0.4", "gguf>=0.10",
     "numpy>=1.26", "pandas>=2.2", "scikit-learn>=1.4", "sentence-transformers>=5.0", "pyyaml>=6.0",
-    "tqdm>=4.66", "matplotlib>=3.8",
+    "tqdm>=4.66", "matplotlib>=3.8", "jinja2>=3.1", "pyarrow>=14.0", "sacrebleu>=2.4", "scipy>=1.11",
 ]
 
 setup(
@@ -16,6 +16,7 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8") if Path("README.md").exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["kaggle_kit", "kaggle_kit.*"]),
+    package_data={"kaggle_kit": ["competitions/specs/*/*.yaml", "competitions/specs/*/*.py"]},
     python_requires=">=3.10",
     install_requires=REQUIRES,
     extras_require={

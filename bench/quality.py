@@ -4,7 +4,7 @@ Science Exam: the 200-question official train.csv from ../shared/data (first --r
 Radek's extra set (a different file, so no question is its own example). LMSYS: the 100 labelled rows of
 ../shared/data/lmsys/train_first100.csv; the temperature is fitted on one half and applied to the other
 (2-fold), never on the rows it is scored on. Prompt Recovery: rows of the public Gemma-7B rewrite set,
-the mean prompt searched on the prompts of other rows, SCS with MiniLM. Seed 003 (alpaca): perplexity of
+the mean prompt searched on the prompts of other rows, SCS with MiniLM. The NTU ADL homework (alpaca): perplexity of
 the NTU ADL HW3 public-test outputs. QLoRA rows train the configs/<comp>_demo.yaml recipe (8 steps on
 this CPU) on rows that are never scored. Everything goes through `predict`, `train`, `score` as a user
 runs them. Prints a table and writes bench/results/quality_<model>_<competition>.json.
@@ -309,7 +309,7 @@ def prompt_recovery(rows: int, model: str, tmp: Path, trained: bool = True) -> l
 
 
 def alpaca(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
-    """Seed 003: perplexity of the public-test outputs; zero-shot, 3-shot (random / balanced over the
+    """The NTU ADL homework: perplexity of the public-test outputs; zero-shot, 3-shot (random / balanced over the
     translation direction), and the QLoRA demo recipe. Shots and training use train records only."""
     from kaggle_kit.config import PerplexityConfig
     from kaggle_kit.instruct import evaluate
@@ -319,7 +319,7 @@ def alpaca(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]
     data = tmp / "alpaca_test.json"
     data.write_text(json.dumps(test[: rows // 2], ensure_ascii=False))
     train_recs = json.loads((src / "train_first3000.json").read_text(encoding="utf-8"))
-    for r in train_recs:  # the category seed 003 balanced: which way the translation goes
+    for r in train_recs:  # the category the NTU ADL homework balanced: which way the translation goes
         r["direction"] = "to_modern" if ("現代" in r["instruction"] or "白話" in r["instruction"]) else "to_classical"
     shots = tmp / "alpaca_train.json"
     shots.write_text(json.dumps(train_recs, ensure_ascii=False))
@@ -336,12 +336,12 @@ def alpaca(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]
         valid_json.write_text(json.dumps(test[rows // 2 : rows // 2 + 40], ensure_ascii=False))  # never scored
         adapter, train_s, best = qlora("alpaca", train_json, tmp, model, valid=str(valid_json))
         table.append({"technique": f"(QLoRA training: 6 steps on 400 train records, {train_s:.0f}s; best step {best})"})
-        runs.append(("QLoRA adapter (seed 003 recipe, demo size)", {"adapter": str(adapter)}))
+        runs.append(("QLoRA adapter (the NTU ADL homework recipe, demo size)", {"adapter": str(adapter)}))
     for name, kw in runs:
         t = time.perf_counter()
         res = evaluate(PerplexityConfig(str(data), model=model, max_length=512, progress=False, **kw))
         table.append({"technique": name, "perplexity": res.perplexity, "seconds": time.perf_counter() - t})
-    return [{"competition": "alpaca (seed 003)", "rows": rows // 2, **r} for r in table]
+    return [{"competition": "alpaca (the NTU ADL homework)", "rows": rows // 2, **r} for r in table]
 
 
 def main(argv=None):

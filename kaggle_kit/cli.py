@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .errors import KitError
 from .kaggle import commands as kc
@@ -216,6 +217,7 @@ def _demo(args):
             budget=args.budget,
             names=args.competition or None,
             progress=not args.no_progress,
+            rows=args.rows,
         )
     )
     return 0
@@ -382,7 +384,41 @@ def _add_demo(p):
     p.add_argument("--model", default="demo")
     p.add_argument("--budget", help="per-competition budget")
     p.add_argument("--competition", action="append", help="only this one (repeatable)")
+    p.add_argument("--rows", type=int, default=40, help="labelled rows per competition (default 40)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _init(args):
+    from .competitions.draft import draft
+    from .competitions.spec import load_spec
+    from .io import write_text_atomic
+
+    out = Path(args.out) if args.out else Path(args.folder) / "competition.yaml"
+    if out.exists() and not args.force:
+        raise KitError(f"{out} exists; pass --force to replace it, or --out another file")
+    write_text_atomic(draft(args.folder), out)
+    spec = load_spec(out)
+    print(f"{out}: draft spec for {spec.name!r} ({spec.task}, {spec.metric}); read the lines marked CHECK")
+    return 0
+
+
+def _add_init(p):
+    p.add_argument("folder", help="a folder with the competition's test, sample_submission (and train) files")
+    p.add_argument("--out", help="where the draft goes (default FOLDER/competition.yaml)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+
+
+def _check_spec(args):
+    from .competitions import get
+
+    for path in args.specs:
+        comp = get(path)
+        print(f"{path}: valid: {comp.name} ({comp.kind}, {comp.metric}), submission {list(comp.submission_columns)}")
+    return 0
+
+
+def _add_check_spec(p):
+    p.add_argument("specs", nargs="+", help="competition spec files (YAML)")
 
 
 # name -> (help, add arguments, run)
@@ -393,7 +429,7 @@ COMMANDS = {
     "train": ("train a LoRA / QLoRA adapter from a YAML config", _add_train, _train),
     "calibrate": ("fit the choice temperature on a validation split", _add_calibrate, _calibrate),
     "ensemble": ("fit ensemble weights + temperature on a validation split", _add_ensemble, _ensemble),
-    "perplexity": ("seed 003: perplexity of alpaca outputs, zero/few-shot or tuned", _add_perplexity, _perplexity),
+    "perplexity": ("perplexity of instruction outputs (alpaca), zero/few-shot or tuned", _add_perplexity, _perplexity),
     "synth": ("synthetic Prompt Recovery rewrites from texts x prompts", _add_synth, _synth),
     "mean-prompt": ("search the Prompt Recovery mean prompt for known prompts", _add_mean_prompt, _mean_prompt),
     "average-adapters": ("average LoRA adapters trained on different folds", _add_average_adapters, _average_adapters),
@@ -406,6 +442,8 @@ COMMANDS = {
     "dataset": ("push a dataset folder (the wheels) to Kaggle", kc._add_dataset, kc._dataset),
     "data": ("download a competition's files", kc._add_data, kc._data),
     "demo": ("predict and score every competition on data/ and print a table", _add_demo, _demo),
+    "init": ("write a draft competition spec from a folder of competition files", _add_init, _init),
+    "check-spec": ("validate competition spec files", _add_check_spec, _check_spec),
 }
 
 

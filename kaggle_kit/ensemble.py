@@ -100,8 +100,12 @@ def save_spec(spec: EnsembleSpec, path) -> Path:
     return Path(path)
 
 
-def _member_process(cfg, seconds_left: float | None) -> dict:
-    """In a fresh process: one member's predictions into its checkpoint file (see jobs._worker)."""
+def _member_process(cfg, seconds_left: float | None, gpu: int | None = None) -> dict:
+    """In a fresh process: one member's predictions into its checkpoint file (see jobs._worker), on GPU
+    `gpu` alone when given (T4 x2: two members at once)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    os.environ["KAGGLE_KIT_WORKER_GPUS"] = "0"  # the device is chosen above, not by a shard index
     from .jobs import _worker
 
     return _worker(cfg, (0, 1), seconds_left, os.cpu_count() or 1)
@@ -200,22 +204,35 @@ def weights_fit(y, probs: list) -> dict:
 def predict_members(cfg, comp, df, deadline):
     """Every member of cfg.ensemble on cfg.data, one process each; (combined outputs, stats, checkpoints).
 
-    The budget left is shared among the members still to run, so the last one is never starved.
+    With several GPUs the members run side by side, one per GPU (T4 x2: two at a time), else one after
+    another. The budget left is shared among the rounds still to run, so the last member is never starved.
     """
+    import math
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .infer.checkpoint import read_results
+    from .jobs import _gpu_count, sum_stats
+
+    if comp.kind == "rank_candidates":
+        raise ConfigError("ensemble", f"{comp.name} ranks catalogue items: its members' rankings cannot be combined")
     spec = load_spec(cfg.ensemble)
     base = cfg.checkpoint_path()
-    outputs, stats, ckpts = [], [], []
-    for i, member in enumerate(spec.members):
-        mcfg = member_config(cfg, member, cfg.data, f"{base}.{member.name}")
-        seconds = None if deadline.seconds is None else deadline.remaining() / (len(spec.members) - i)
-        log.info("ensemble: member %d/%d %r", i + 1, len(spec.members), member.name)
-        results, st = run_member(mcfg, seconds)
-        outputs.append(_ordered(comp, df, results))
-        stats.append(st)
-        ckpts.append(mcfg.checkpoint_path())
-    from .jobs import sum_stats
-
-    return combine(comp, outputs, spec.weight_vector(), spec.temperature), sum_stats(stats, parallel=False), ckpts
+    gpus = _gpu_count()
+    slots = max(1, gpus)
+    configs = [member_config(cfg, m, cfg.data, f"{base}.{m.name}") for m in spec.members]
+    outputs, stats = [], []
+    for start in range(0, len(configs), slots):
+        group = configs[start : start + slots]
+        rounds_left = math.ceil((len(configs) - start) / slots)
+        seconds = None if deadline.seconds is None else deadline.remaining() / rounds_left
+        log.info("ensemble: members %s side by side", [spec.members[start + k].name for k in range(len(group))])
+        with ProcessPoolExecutor(len(group), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_member_process, c, seconds, k if gpus else None) for k, c in enumerate(group)]
+            stats += [f.result() for f in futures]
+        outputs += [_ordered(comp, df, read_results(c.checkpoint_path()) or {}) for c in group]
+    combined = combine(comp, outputs, spec.weight_vector(), spec.temperature)
+    return combined, sum_stats(stats, parallel=False), [c.checkpoint_path() for c in configs]
 
 
 def _ordered(comp, df, results: dict):

@@ -35,9 +35,10 @@ def repo_data_dir(start: Path | None = None) -> Path:
 
 
 def predict_config(competition: str, kaggle_model: str, local_model: str = "demo", **overrides) -> PredictConfig:
-    """A PredictConfig for here: on Kaggle the competition's test.csv, the given model folder and
-    /kaggle/working/submission.csv; locally data/<competition>/test.csv, `local_model` and runs/."""
-    from .competitions import get
+    """A PredictConfig for here: on Kaggle the competition's test file, the given model folder and
+    /kaggle/working/submission.csv; locally data/<competition>/ (a spec file of your own: the test file
+    beside it), `local_model` and runs/notebooks/."""
+    from .competitions import COMPETITIONS, get
 
     comp = get(competition)
     if on_kaggle():
@@ -47,10 +48,8 @@ def predict_config(competition: str, kaggle_model: str, local_model: str = "demo
             out=str(KAGGLE_WORKING / "submission.csv"),
         )
     else:
-        data = repo_data_dir()
-        paths = dict(
-            data=str(data / comp.name / comp.spec.files.test),
-            model=local_model,
-            out=str(data.parent / "runs" / "notebooks" / comp.name / "submission.csv"),
-        )
-    return PredictConfig(competition, **{**paths, **overrides})
+        shipped = competition in COMPETITIONS
+        data = repo_data_dir() / comp.name if shipped else comp.spec.folder
+        runs = (data.parent.parent if shipped else Path.cwd()) / "runs" / "notebooks" / comp.name
+        paths = dict(data=str(data / comp.spec.files.test), model=local_model, out=str(runs / "submission.csv"))
+    return PredictConfig(str(competition), **{**paths, **overrides})

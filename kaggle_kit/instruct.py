@@ -1,4 +1,4 @@
-"""Instruction tuning evaluated by perplexity (seed 003): alpaca records in, the mean per-example
+"""Instruction tuning evaluated by perplexity (the NTU ADL homework): alpaca records in, the mean per-example
 perplexity of each reference output out, zero-shot, few-shot (examples balanced over a category) or
 with a trained adapter."""
 
@@ -16,7 +16,7 @@ log = logging.getLogger("kaggle_kit")
 
 @dataclass
 class PerplexityResult:
-    """Seed 003's metric and what it was computed on."""
+    """The NTU ADL homework's metric and what it was computed on."""
 
     perplexity: float  # mean over examples of exp(mean NLL of the output tokens)
     rows: int
@@ -27,7 +27,7 @@ class PerplexityResult:
 
 def pick_shots(records: list[dict], k: int, category: str | None = None, exclude=(), seed: int = 0) -> list[dict]:
     """k solved records; with `category` (a record field), taken from each category value in turn, so
-    no kind of instruction dominates the examples (seed 003 found imbalanced shots hurt)."""
+    no kind of instruction dominates the examples (the NTU ADL homework found imbalanced shots hurt)."""
     excluded = {r.get("id", r["instruction"]) for r in exclude} | {r["instruction"] for r in exclude}
     pool = [r for r in records if r.get("id", r["instruction"]) not in excluded and r["instruction"] not in excluded]
     rng = random.Random(seed)
@@ -62,7 +62,7 @@ def prompts(tokenizer, records: list[dict], shots: list[dict] = ()) -> list[str]
 
 
 def evaluate(cfg) -> PerplexityResult:
-    """Seed 003's evaluation of cfg.data (alpaca JSON/JSONL with outputs) as the config says."""
+    """The NTU ADL homework's evaluation of cfg.data (alpaca JSON/JSONL with outputs) as the config says."""
     from .budget import Deadline
     from .hardware import detect
     from .infer import perplexity

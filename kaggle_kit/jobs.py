@@ -92,6 +92,18 @@ def mean_prompt(cfg):
     return res
 
 
+def _check_labels(comp, cfg) -> None:
+    """A label that is not a single token for the model's tokenizer stops the run before the model
+    loads (the tokenizer alone is read), naming the label."""
+    if not comp.labels or cfg.ensemble:
+        return
+    from .infer import label_token_ids
+    from .models import adapter_defaults, load_tokenizer, resolve_model
+
+    name, _, _ = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, None, None)
+    label_token_ids(load_tokenizer(resolve_model(name)), list(comp.labels))
+
+
 def check_tta(comp, tta: int) -> None:
     """ConfigError unless the competition supports `tta` views."""
     if tta > comp.max_views:
@@ -130,15 +142,27 @@ def _load(cfg):
 
     profile = detect(cfg.dtype, cfg.device)
     backend = getattr(cfg, "backend", "transformers")
-    if backend != "transformers":
-        from .infer import vllm_backend
-
-        if backend == "vllm" or vllm_backend.available():
-            return _load_vllm(cfg, profile)
+    if backend != "transformers" and _vllm_can_run(cfg, profile, backend):
+        return _load_vllm(cfg, profile)
     model, tok = load_model(
         cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None), getattr(cfg, "fast_paths", True)
     )
     return model, tok, cfg.batch_tokens  # None: the engine's default for the device and task
+
+
+def _vllm_can_run(cfg, profile, backend: str) -> bool:
+    """Whether vLLM runs this model here: `auto` falls back to transformers (saying why), `vllm` refuses."""
+    from .infer import vllm_backend
+    from .models import adapter_defaults, load_config, resolve_model
+
+    name, quant, _ = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, cfg.quant, None)
+    reason = vllm_backend.why_not() or vllm_backend.check(load_config(resolve_model(name)).model_type, profile, quant)
+    if reason is None:
+        return True
+    if backend == "vllm":
+        raise ConfigError("backend", f"vllm cannot run this: {reason}; use --backend transformers")
+    log.info("backend auto: transformers (%s)", reason)
+    return False
 
 
 def _load_task(cfg, comp, df):
@@ -157,10 +181,10 @@ def _load_vllm(cfg, profile):
     from .models import adapter_defaults, load_tokenizer, resolve_model
     from .templates import apply_chat_format
 
-    name, _, fmt = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, None, cfg.chat_format)
+    name, quant, fmt = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, None, cfg.chat_format)
     path = resolve_model(name)
     tok = apply_chat_format(load_tokenizer(path), fmt)
-    model = vllm_backend.load(path, profile, cfg.adapter, cfg.max_length, cfg.tensor_parallel)
+    model = vllm_backend.load(path, profile, cfg.adapter, cfg.max_length, cfg.tensor_parallel, cfg.quant or quant)
     return model, tok, cfg.batch_tokens or vllm_backend.BATCH_TOKENS
 
 
@@ -305,13 +329,14 @@ def predict(cfg: PredictConfig) -> PredictResult:
     if cfg.backend == "vllm":
         from .infer import vllm_backend
 
-        if not vllm_backend.available():
-            raise ConfigError("backend", "vllm needs the vllm package and a CUDA GPU; use --backend transformers")
+        if vllm_backend.why_not():
+            raise ConfigError("backend", f"vllm cannot run here: {vllm_backend.why_not()}; use --backend transformers")
     ids = df[comp.id_column].tolist()
     shard = cfg.shard_tuple()
     if cfg.shard is None:
         write_csv_atomic(_finish(comp, cfg, comp.fallback(ids, df)), cfg.out)
         log.info("%s: %d rows read; fallback submission written to %s", comp.name, len(df), cfg.out)
+    _check_labels(comp, cfg)  # with the tokenizer alone, before the model loads
     if cfg.ensemble:
         from .ensemble import predict_members
 
@@ -436,7 +461,9 @@ def score(cfg: ScoreConfig) -> float:
     """The competition metric of a submission against a labelled file."""
     comp = competitions.get(cfg.competition)
     truth = comp.read(cfg.truth, labelled=True)
-    problems = competitions.check_submission(comp, cfg.submission, truth[comp.id_column].tolist())
+    # the format and each row; ids the truth lacks are not scored (Eedi's untagged wrong answers), and
+    # ids the submission lacks are an error (comp.aligned)
+    problems = competitions.check_submission(comp, cfg.submission)
     if problems:
         raise InputError(cfg.submission, "invalid submission: " + "; ".join(problems[:5]))
     sub = read_submission(cfg.submission)

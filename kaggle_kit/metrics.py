@@ -67,7 +67,7 @@ def scs_texts(
 
 
 def perplexity(token_nlls: Sequence[Sequence[float]]) -> float:
-    """Seed 003's perplexity: mean over examples of exp(mean token NLL of the output given the prompt)."""
+    """The NTU ADL homework's perplexity: mean over examples of exp(mean token NLL of the output given the prompt)."""
     if not len(token_nlls):
         raise ValueError("perplexity of zero examples")
     per_example = [float(np.exp(np.mean(np.asarray(n, dtype=np.float64)))) for n in token_nlls]

@@ -1,5 +1,5 @@
 """Synthetic Prompt Recovery data: rewrite original texts with an LLM under a list of rewrite prompts,
-as seed 002 planned with Gemma (here the demo model; on Kaggle any local model). The output has the
+as a Prompt Recovery write-up planned with Gemma (here the demo model; on Kaggle any local model). The output has the
 competition's train.csv columns, so `kaggle-kit train prompt_recovery` takes it as it is."""
 
 from __future__ import annotations

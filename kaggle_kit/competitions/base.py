@@ -78,6 +78,8 @@ class Competition:
         """Per row, the names its prompt template can read: the row's columns, the spec's `fields`
         function's (computed with the tokenizer), and `extra` (one value per row, or one for all)."""
         rows = df.to_dict("records")
+        for r in rows:
+            r["row"] = dict(r)  # every column by name, also those that are no Jinja name ('Category:Misconception')
         if self.spec.fields:
             more = load_hook(self.spec, "fields")(df, tokenizer, max_length)
             for key, values in more.items():

@@ -106,7 +106,8 @@ def label_token_ids(tokenizer, labels: list[str]) -> list[int]:
     for label in labels:
         toks = tokenizer.encode(label, add_special_tokens=False)
         if len(toks) != 1:
-            raise ConfigError("labels", f"label {label!r} is {len(toks)} tokens for this tokenizer; need 1")
+            name = getattr(tokenizer, "name_or_path", "this tokenizer")
+            raise ConfigError("labels", f"label {label!r} is {len(toks)} tokens for {name}; each label must be one")
         ids.append(toks[0])
     if len(set(ids)) != len(ids):
         raise ConfigError("labels", f"labels {labels} share a token id")
@@ -288,8 +289,14 @@ def _cut(text: str, stop: list[str]) -> str:
     return text.strip()
 
 
+LOGIT_CHUNK = 1 << 26  # fp32 logit values per chunk (256 MB): 256 positions of a 262k vocabulary
+
+
 def perplexity_task(model, tokenizer, prompts: list[str], outputs: list[str], *, max_length: int = MAX_LENGTH) -> Task:
-    """Per example, the NLL of each output token given prompt + earlier output tokens (seed 003)."""
+    """Per example, the NLL of each output token given prompt + earlier output tokens (the NTU ADL
+    homework's metric). Logits are computed only at the positions that predict an output token (rows are
+    left-padded, so those are each row's last ones) and turned into NLLs a chunk of positions at a time:
+    no (batch x length x vocabulary) tensor, which for a 262k vocabulary would not fit a GPU."""
     import torch
 
     prompt_ids = encode(tokenizer, prompts, max_length)
@@ -305,10 +312,24 @@ def perplexity_task(model, tokenizer, prompts: list[str], outputs: list[str], *,
     def step(batch, pad_as=None):
         width = max(len(rows[i]) for i in pad_as or batch)
         input_ids, mask, pos = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device, width)
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
-        return [nll[j, -n_out[i] :].cpu().numpy() for j, i in enumerate(batch)]
+        keep = max(n_out[i] for i in batch) + 1  # the positions predicting the longest output, and one more
+        logits = model(
+            input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep
+        ).logits[:, :-1]  # (B, keep - 1, V): position t predicts token t + 1
+        targets = input_ids[:, -(keep - 1) :]
+        per_chunk = max(1, LOGIT_CHUNK // logits.shape[-1])
+        out = []
+        for j, i in enumerate(batch):
+            lg, tg = logits[j, -n_out[i] :], targets[j, -n_out[i] :]
+            parts = [
+                torch.nn.functional.cross_entropy(
+                    lg[k : k + per_chunk].float(), tg[k : k + per_chunk], reduction="none"
+                )
+                for k in range(0, len(tg), per_chunk)
+            ]
+            nll = torch.cat(parts)
+            out.append(nll.cpu().numpy())
+        return out
 
     return Task("perplexity", rows, step, list, {"n_out": n_out})
 

@@ -20,15 +20,46 @@ from .primitives import MAX_LENGTH, Task, label_token_ids, probs_from_results
 
 log = logging.getLogger("kaggle_kit")
 BATCH_TOKENS = 262144  # tokens handed to vLLM per step: it schedules its own batches inside
+MIN_CAPABILITY = (7, 0)  # vLLM's CUDA kernels start at Volta: a P100 (sm_60) is refused
+QUANT = {"nf4": "bitsandbytes", "none": None}  # the kit's --quant -> vLLM's in-flight quantisation
 
 
 def available() -> bool:
-    """vLLM importable and a CUDA GPU present."""
-    if importlib.util.find_spec("vllm") is None:
-        return False
+    """vLLM importable and a CUDA GPU it supports present (compute capability 7.0 or newer)."""
+    return why_not() is None
+
+
+def installed() -> bool:
+    """Whether the vllm package is importable."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def why_not() -> str | None:
+    """Why vLLM cannot run here, or None."""
+    if not installed():
+        return "the vllm package is not installed"
     import torch
 
-    return torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    cap = torch.cuda.get_device_capability(0)
+    if cap < MIN_CAPABILITY:
+        return (
+            f"vLLM needs compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}+, this GPU is sm_{cap[0]}{cap[1]}"
+        )
+    return None
+
+
+def check(model_type: str, profile, quant: str | None) -> str | None:
+    """Why vLLM cannot run this model as configured, or None: Gemma 2/3 in fp16 (vLLM refuses; they
+    overflow it) and 8-bit weights (no in-flight 8-bit in vLLM)."""
+    from ..hardware import FP16_OVERFLOWS
+
+    if model_type in FP16_OVERFLOWS and profile.dtype == "float16":
+        return f"vLLM refuses {model_type} in float16 (it overflows), and this GPU has no bf16"
+    if (quant or "none") not in QUANT:
+        return f"vLLM has no in-flight {quant} quantisation; use --quant nf4 (bitsandbytes) or none"
+    return None
 
 
 @dataclass
@@ -40,16 +71,22 @@ class VllmModel:
     name_or_path: str = ""
 
 
-def load(path, profile, adapter=None, max_length: int = MAX_LENGTH, tensor_parallel: int = 1) -> VllmModel:
-    """A vLLM engine over a local model folder; a LoRA adapter is applied per request, unmerged."""
-    if not available():
-        raise ConfigError("backend", "vllm needs the vllm package and a CUDA GPU; use --backend transformers")
+def load(
+    path, profile, adapter=None, max_length: int = MAX_LENGTH, tensor_parallel: int = 1, quant: str | None = None
+) -> VllmModel:
+    """A vLLM engine over a local model folder; a LoRA adapter is applied per request, unmerged. `quant`
+    'nf4' quantises the weights in flight (bitsandbytes): a 9B model in fp16 (18 GB) does not fit a T4."""
+    reason = why_not()
+    if reason:
+        raise ConfigError("backend", f"vllm cannot run here: {reason}; use --backend transformers")
     from vllm import LLM
 
     kw = {"enable_lora": True, "max_lora_rank": 64} if adapter else {}
+    if QUANT.get(quant or "none"):
+        kw["quantization"] = QUANT[quant]
     llm = LLM(
         model=str(path),
-        dtype=profile.dtype,  # T4: float16 (no bf16 there)
+        dtype="half" if profile.dtype == "float16" else profile.dtype,  # T4: half (no bf16 there)
         tensor_parallel_size=tensor_parallel,
         max_model_len=max_length + 512,  # room for generated tokens
         logprobs_mode="processed_logprobs",  # log-probs after the label whitelist: a softmax over the labels
@@ -68,8 +105,11 @@ def _prompts(rows):
     return [{"prompt_token_ids": list(r)} for r in rows]
 
 
-def choice_task(model: VllmModel, tokenizer, prompts, labels, *, temperature=1.0, max_length=MAX_LENGTH, views=None):
-    """As primitives.choice_task: probabilities over `labels` at the next token, views averaged."""
+def choice_task(
+    model: VllmModel, tokenizer, prompts, labels, *, temperature=1.0, max_length=MAX_LENGTH, views=None, masks=None, **_
+):
+    """As primitives.choice_task: probabilities over `labels` at the next token (a row's False labels in
+    `masks` get 0), views averaged (one perm for all rows, or one per row, None: the row sits it out)."""
     from vllm import SamplingParams
 
     label_ids = label_token_ids(tokenizer, labels)
@@ -77,35 +117,67 @@ def choice_task(model: VllmModel, tokenizer, prompts, labels, *, temperature=1.0
     ids = encode(tokenizer, prompts, max_length)
     extra = [(encode(tokenizer, p, max_length), list(perm)) for p, perm in views or []]
 
-    def score(rows):
+    allowed = None if masks is None else np.asarray(masks, dtype=bool)
+
+    def score(batch, rows):
         outs = model.llm.generate(_prompts(rows), params, lora_request=model.lora, use_tqdm=False)
         logp = np.array([[o.outputs[0].logprobs[0][t].logprob for t in label_ids] for o in outs], dtype=np.float64)
         z = logp / temperature  # log-softmax over labels = logits - const: dividing by T re-tempers them
+        if allowed is not None:
+            z = np.where(allowed[batch], z, -np.inf)
         p = np.exp(z - z.max(axis=1, keepdims=True))
         return p / p.sum(axis=1, keepdims=True)
 
     def step(batch, pad_as=None):  # vLLM pads nothing: pad_as has no meaning here
-        probs = score([ids[i] for i in batch])
+        probs = score(batch, [ids[i] for i in batch])
+        counted = np.ones((len(batch), 1))
         for view_ids, perm in extra:
-            back = np.empty_like(probs)
-            back[:, perm] = score([view_ids[i] for i in batch])
+            shown, back = score(batch, [view_ids[i] for i in batch]), np.zeros_like(probs)
+            for j, i in enumerate(batch):
+                row_perm = perm if perm and isinstance(perm[0], int) else perm[i]
+                if row_perm is not None:
+                    back[j, row_perm] = shown[j]
+                    counted[j] += 1
             probs = probs + back
-        return list(probs / (1 + len(extra)))
+        return list(probs / counted)
 
     settings = {"labels": labels, "temperature": temperature, "views": [p for _, p in extra], "backend": "vllm"}
     return Task("score", ids, step, lambda results: probs_from_results(results, len(labels)), settings)
 
 
-def generation_task(model: VllmModel, tokenizer, prompts, *, max_new_tokens=32, stop=None, max_length=MAX_LENGTH):
-    """As primitives.generation_task: greedy continuations cut at the first stop string."""
+def generation_task(
+    model: VllmModel,
+    tokenizer,
+    prompts,
+    *,
+    max_new_tokens=32,
+    stop=None,
+    max_length=MAX_LENGTH,
+    samples=1,
+    temperature=0.7,
+    top_p=0.95,
+    seed=0,
+    **_,
+):
+    """As primitives.generation_task: greedy continuations cut at the first stop string; with `samples`
+    > 1 that many sampled ones per row (seeded per batch), a row's output their list."""
     from vllm import SamplingParams
 
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop=list(stop or []))
     ids = encode(tokenizer, prompts, max_length)
+    common = dict(max_tokens=max_new_tokens, stop=list(stop or []))
 
     def step(batch, pad_as=None):
+        if samples > 1:
+            params = SamplingParams(
+                n=samples, temperature=temperature, top_p=top_p, seed=seed * 1_000_003 + min(batch), **common
+            )
+        else:
+            params = SamplingParams(temperature=0.0, **common)
         outs = model.llm.generate(_prompts([ids[i] for i in batch]), params, lora_request=model.lora, use_tqdm=False)
-        return [o.outputs[0].text.strip() for o in outs]
+        texts = [[c.text.strip() for c in o.outputs] for o in outs]
+        return [t[0] for t in texts] if samples == 1 else texts
 
-    settings = {"max_new_tokens": max_new_tokens, "stop": list(stop or []), "backend": "vllm"}
-    return Task("generate", ids, step, list, settings, extra_tokens=max_new_tokens)
+    settings = {"max_new_tokens": max_new_tokens, "stop": list(stop or []), "backend": "vllm", "samples": samples}
+    task = Task("generate", ids, step, list, settings, extra_tokens=max_new_tokens)
+    task.copies = samples
+    return task

@@ -8,7 +8,25 @@ from pathlib import Path
 def _kernel(args):
     from . import client, metadata
 
-    if args.action == "build":
+    if args.action == "build" and args.spec:
+        from ..competitions.spec import load_spec
+
+        name = load_spec(args.spec).name
+        out = metadata.build_for_spec(
+            args.spec,
+            args.out or f"runs/kernels/{name}",
+            model_dir=args.model_dir or "/kaggle/input/MODEL",
+            datasets=args.dataset or ["kagglekit/kaggle-kit-wheels"],
+            models=args.model or [],
+            accelerator=args.accelerator or "t4x2",
+            kernel_id=args.id,
+        )
+        _built(out)
+    elif args.action == "build":
+        if not args.notebook_dir:
+            from ..errors import ConfigError
+
+            raise ConfigError("notebook_dir", "give a notebook folder (notebooks/lmsys) or --spec FILE")
         out = metadata.build(
             args.notebook_dir,
             args.out or f"runs/kernels/{args.notebook_dir.rstrip('/').split('/')[-1]}",
@@ -18,11 +36,7 @@ def _kernel(args):
             accelerator=args.accelerator,
             kernel_id=args.id,
         )
-        meta = metadata.read(out)
-        print(
-            f"{out}: {meta['id']} ({meta.get('machine_shape') or 'no GPU'}, internet "
-            f"{'on' if meta.get('enable_internet', True) else 'off'}) ready to push"
-        )
+        _built(out)
     elif args.action == "check":
         for path in args.paths:
             folder = path if not path.endswith(".json") else str(Path(path).parent)
@@ -43,10 +57,22 @@ def _kernel(args):
     return 0
 
 
+def _built(out) -> None:
+    from . import metadata
+
+    meta = metadata.read(out)
+    print(
+        f"{out}: {meta['id']} ({meta.get('machine_shape') or 'no GPU'}, internet "
+        f"{'on' if meta.get('enable_internet', True) else 'off'}) ready to push"
+    )
+
+
 def _add_kernel(p):
     sub = p.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="a push-ready kernel folder with checked metadata")
-    b.add_argument("notebook_dir", help="e.g. notebooks/lmsys (notebook + kernel-metadata.json)")
+    b.add_argument("notebook_dir", nargs="?", help="e.g. notebooks/lmsys (notebook + kernel-metadata.json)")
+    b.add_argument("--spec", help="a competition spec of your own: a notebook is written for it")
+    b.add_argument("--model-dir", help="with --spec: the model folder on Kaggle, e.g. /kaggle/input/gemma-2/...")
     b.add_argument("--out", help="default runs/kernels/<name>")
     b.add_argument("--id", help="user/slug (the title follows the slug)")
     b.add_argument("--competition", help="competition slug: added as source, internet off")

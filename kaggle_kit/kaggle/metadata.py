@@ -225,3 +225,72 @@ def _clear_outputs(nb: dict) -> dict:
             cell["outputs"] = []
             cell["execution_count"] = None
     return nb
+
+
+def build_for_spec(
+    spec_path: str | Path,
+    out: str | Path,
+    *,
+    model_dir: str = "/kaggle/input/MODEL",
+    datasets: list[str] = ("kagglekit/kaggle-kit-wheels",),
+    models: list[str] = (),
+    accelerator: str = "t4x2",
+    kernel_id: str | None = None,
+) -> Path:
+    """A push-ready kernel folder for a competition spec of your own: a thin notebook that carries the
+    spec (and the prepare/fields file it names) in its first cells, since a kernel is one code file, then
+    predicts with it; kernel-metadata.json names the competition (internet off) and the sources."""
+    import nbformat
+
+    from ..competitions.spec import load_spec
+
+    spec = load_spec(spec_path)
+    if not spec.slug:
+        raise ConfigError("slug", f"{spec_path}: a kernel needs the competition's Kaggle slug in the spec")
+    files = {"competition.yaml": Path(spec_path).read_text(encoding="utf-8")}
+    for hook in {h.split(":")[0] for h in (spec.prepare, spec.fields) if h}:
+        files[hook] = (spec.folder / hook).read_text(encoding="utf-8")
+    writes = "\n".join(f"(SPEC_DIR / {name!r}).write_text({text!r})" for name, text in files.items())
+    cells = [
+        nbformat.v4.new_markdown_cell(f"# kaggle-kit: {spec.name}\n{spec.description or spec.metric}"),
+        nbformat.v4.new_code_cell(_INSTALL),
+        nbformat.v4.new_code_cell(
+            "# The competition spec this kernel runs (written by `kaggle-kit kernel build --spec`).\n"
+            "from pathlib import Path\nSPEC_DIR = Path('spec')\nSPEC_DIR.mkdir(exist_ok=True)\n" + writes
+        ),
+        nbformat.v4.new_code_cell(
+            "from kaggle_kit import env, predict\n"
+            f"MODEL_DIR = {model_dir!r}\n"
+            "cfg = env.predict_config(str(SPEC_DIR / 'competition.yaml'), kaggle_model=MODEL_DIR, local_model='demo',\n"
+            "                         budget='8h30m', progress=False)\nresult = predict(cfg)\nresult"
+        ),
+    ]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    src = Path(out).with_name(f".{Path(out).name}.src")
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    code = f"{spec.name}.ipynb"
+    nbformat.write(nb, src / code)
+    kid = kernel_id or f"kagglekit/kaggle-kit-{spec.name.replace('_', '-')}"
+    meta = {
+        "id": kid, "title": kid.split("/", 1)[1].replace("-", " "), "code_file": code, "language": "python",
+        "kernel_type": "notebook", "is_private": True, "enable_internet": False,
+        "dataset_sources": list(datasets), "competition_sources": [spec.slug], "kernel_sources": [],
+        "model_sources": list(models),
+    }  # fmt: skip
+    (src / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        return build(src, out, accelerator=accelerator)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
+_INSTALL = (
+    "# Offline install on Kaggle from the wheels dataset (`kaggle-kit wheels`); does nothing elsewhere.\n"
+    "import os, subprocess, sys\n"
+    'WHEELS = "/kaggle/input/kaggle-kit-wheels"\n'
+    "if os.path.isdir(WHEELS):\n"
+    '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", WHEELS,\n'
+    '                    "-r", os.path.join(WHEELS, "requirements.txt")], check=True)'
+)

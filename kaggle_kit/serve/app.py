@@ -1,4 +1,4 @@
-"""The HTTP API of the NeurIPS 2023 LLM Efficiency Challenge (seed 000), serving LoRA adapters by route.
+"""The HTTP API of the NeurIPS 2023 LLM Efficiency Challenge, serving LoRA adapters by route.
 
 Endpoints (FastAPI): POST /process, /tokenize, /decode with the reference fields (../shared/NEURIPS_API.md),
 plus GET /health. One worker thread owns the model; requests queue in arrival order and those for the

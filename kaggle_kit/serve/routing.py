@@ -16,8 +16,8 @@ A routes YAML (every key optional):
         math: ["What is 12 + 30?", ...]
     default: base                # when nothing else decided
 
-The team behind seed 000 routed exactly this way (rule order mattered: they moved one rule to keep
-TruthfulQA prompts off a fine-tuned adapter).
+Kaiwu-SIAT's NeurIPS efficiency-challenge submission routed exactly this way (rule order mattered: they
+moved one rule to keep TruthfulQA prompts off a fine-tuned adapter).
 """
 
 from __future__ import annotations

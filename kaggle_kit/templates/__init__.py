@@ -20,7 +20,7 @@ def _plain(tokenizer, user: str, system: str | None = None) -> str:
 
 
 def _alpaca(tokenizer, user: str, system: str | None = None) -> str:
-    # Seed 004's instruction format; also what Kaiwu-SIAT wrapped zero-shot prompts in.
+    # A Science Exam QLoRA repo's instruction format; also what Kaiwu-SIAT wrapped zero-shot prompts in.
     head = system or (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
     )

@@ -7,7 +7,7 @@ SCIENCE_EXAM = (
     "A) {A}\nB) {B}\nC) {C}\nD) {D}\nE) {E}"
 )
 
-# Seed 001's format (38th place, LMSYS): turns concatenated, then three lettered options.
+# A 38th-place LMSYS solution's format (38th place, LMSYS): turns concatenated, then three lettered options.
 LMSYS = (
     "Here are two question-answering dialogues. Compare two models' performance on answering questions, "
     "determine which is better.\n"

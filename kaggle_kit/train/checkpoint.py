@@ -27,6 +27,7 @@ def save(
     extra_files: list | None = None,
     optimizer=None,
     scheduler=None,
+    scaler=None,
 ) -> Path:
     """Write a checkpoint folder atomically (temp folder, then rename over the old one)."""
     folder = Path(folder)
@@ -34,7 +35,7 @@ def save(
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(tmp, model, tokenizer, cfg, state, extra_files, optimizer, scheduler)
+        _write(tmp, model, tokenizer, cfg, state, extra_files, optimizer, scheduler, scaler)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if not _is_write_error(exc):
@@ -59,7 +60,7 @@ def _is_write_error(exc: Exception) -> bool:
     return isinstance(exc, OSError) or any(w in text for w in ("no space", "storagefull", "file write failed"))
 
 
-def _write(tmp: Path, model, tokenizer, cfg, state, extra_files, optimizer, scheduler) -> None:
+def _write(tmp: Path, model, tokenizer, cfg, state, extra_files, optimizer, scheduler, scaler=None) -> None:
     import torch
 
     model.save_pretrained(tmp, safe_serialization=True)
@@ -84,14 +85,16 @@ def _write(tmp: Path, model, tokenizer, cfg, state, extra_files, optimizer, sche
                 "state": state,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,  # fp16: the loss scale
                 "rng": rng_state(),
             },
             tmp / STATE,
         )
 
 
-def load_state(folder, model, optimizer, scheduler) -> dict | None:
-    """Restore adapter weights, optimizer, scheduler and RNG from `folder`; the saved loop state, or None."""
+def load_state(folder, model, optimizer, scheduler, scaler=None) -> dict | None:
+    """Restore adapter weights, optimizer, scheduler, fp16 loss scaler and RNG from `folder`; the saved
+    loop state, or None."""
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -103,6 +106,8 @@ def load_state(folder, model, optimizer, scheduler) -> dict | None:
     set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"])
     return saved["state"]
 
@@ -140,4 +145,6 @@ def set_rng_state(s: dict) -> None:
     np.random.set_state(s["numpy"])
     torch.set_rng_state(s["torch"])
     if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+        # a run saved on 2 GPUs may resume on 1 (or the other way): restore the devices both have
+        for i, state in enumerate(s["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, i)

@@ -94,7 +94,7 @@ def prepare_data(cfg: TrainConfig, tok) -> Split:
 
 
 def evaluate(model, tok, split: Split, cfg: TrainConfig) -> dict:
-    """Eval loss and token perplexity on the valid split, plus the competition metric (or seed 003's
+    """Eval loss and token perplexity on the valid split, plus the competition metric (or the NTU ADL homework's
     per-example perplexity for alpaca data) through the inference primitives."""
     import torch
 
@@ -149,7 +149,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train a LoRA adapter as `cfg` says; resume from out/last when it holds a run of the same config."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin
 
     from ..hardware import detect, guard_half
     from ..models import load_config, resolve_model
@@ -161,11 +160,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     # fp32 for a family that overflows fp16 (Gemma 2/3 on a T4), decided before accelerate's mixed precision
     profile = guard_half(detect(cfg.dtype, cfg.device), load_config(resolve_model(cfg.model)).model_type)
     precision = {"float16": "fp16", "bfloat16": "bf16"}.get(profile.compute_dtype, "no")
-    plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed) if cfg.deepspeed else None
     accelerator = Accelerator(
         mixed_precision=precision if profile.device == "cuda" else "no",  # a CPU's bf16 autocast: see fit()
         cpu=profile.device == "cpu",
-        deepspeed_plugin=plugin,
     )
     log.info(
         "accelerate: %s, %d process(es), mixed precision %s",
@@ -180,7 +177,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     per_epoch = math.ceil(len(split.train) / cfg.batch_size / accelerator.num_processes / cfg.grad_accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
     opt = model_lib.optimizer(model, cfg, profile)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, model_lib.schedule(cfg, total))
+    sched = model_lib.schedule(cfg, opt, total)
     model, opt = accelerator.prepare(model, opt)
     out = Path(cfg.out)
     state = {"step": 0, "epoch": 0, "pos": 0, "best": None, "best_step": None, "stale": 0, "history": []}
@@ -189,7 +186,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         mine = {k: v for k, v in asdict(cfg).items() if k not in RESUME_IGNORES}
         if {k: v for k, v in previous.items() if k not in RESUME_IGNORES} != mine:
             raise ConfigError("out", f"{out} holds a run with another config; use a new --set out=... to start afresh")
-        state = checkpoint.load_state(out / "last", accelerator.unwrap_model(model), opt, sched) or state
+        scaler = getattr(accelerator, "scaler", None)
+        state = checkpoint.load_state(out / "last", accelerator.unwrap_model(model), opt, sched, scaler) or state
         log.info("resuming %s at step %d", out, state["step"])
     return fit(cfg, accelerator, model, tok, opt, sched, split, total, state, deadline)
 
@@ -228,7 +226,7 @@ def _precision(cfg, accelerator, core):
 
 
 def _warn_overfitting(history: list, window: list, state: dict):
-    """Say plainly when eval loss rose while train loss fell since the last evaluation (seed 003)."""
+    """Say plainly when eval loss rose while train loss fell since the last evaluation (the NTU ADL homework)."""
     evals = [h for h in history if "eval_loss" in h]
     if (
         len(evals) >= 2
@@ -288,6 +286,7 @@ def fit(
             [metrics_path, out / "loss_curve.png"],
             opt,
             sched,
+            getattr(accelerator, "scaler", None),
         )
 
     def run_eval():
@@ -345,7 +344,8 @@ def fit(
             loss_sum += float(loss.detach()) * n_items
         grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
         opt.step()
-        sched.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16: an overflowed step leaves the schedule too
+            sched.step()
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
         state["pos"] += len(micro)

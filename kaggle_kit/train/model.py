@@ -8,13 +8,13 @@ log = logging.getLogger("kaggle_kit")
 
 
 def build(cfg, profile):
-    """(peft model, tokenizer) for a TrainConfig; trainable (LoRA) parameters are fp32.
+    """(peft model, tokenizer) for a TrainConfig; trainable (LoRA) parameters are fp32, the base frozen.
 
     fp32 trainable parameters are what lets fp16 training on a T4 unscale its gradients (Kaggle's
     "Attempting to unscale FP16 gradients" error comes from fp16 trainable parameters).
     """
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from ..hardware import guard_half
@@ -35,18 +35,17 @@ def build(cfg, profile):
         keep_4bit_layout(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kw)
-    if cfg.quant != "none" and compute == torch.float16:
-        # fp16 (T4): peft's recipe, norms / embeddings / lm_head upcast to fp32, or fp16 activations overflow
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    else:
-        # bf16 has fp32's range: the base stays in its dtype and so do the activations. peft's fp32 upcast
-        # would make every activation fp32 (the fp32 norm weights promote them): 2.5 GB saved for
-        # backward at 4 x 512 tokens on SmolLM2 instead of half that.
-        for p in model.parameters():
-            p.requires_grad_(False)
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if compute == torch.float16:
+        upcast_norms(model)
+    # bf16 has fp32's range: the base stays in its dtype and so do the activations (peft's
+    # prepare_model_for_kbit_training would upcast every non-quantised weight to fp32: 2.5 GB saved for
+    # backward at 4 x 512 tokens on SmolLM2 instead of half that, and +3.7 GB for Gemma-2-9B's embedding)
+    if checkpointing(cfg, profile):
+        # non-reentrant: works with frozen inputs and peft, and is what torch recommends
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     model.config.use_cache = False
     lora = LoraConfig(
         r=cfg.lora_r,
@@ -71,6 +70,32 @@ def build(cfg, profile):
         n_all / 1e6,
     )
     return model, tok
+
+
+def checkpointing(cfg, profile) -> bool:
+    """cfg.gradient_checkpointing, or where unset: on for a GPU with less than 24 GB (a T4's 15 GB holds a
+    9B model's 4-bit weights but not 2,048 tokens of its activations), off on a CPU or a larger GPU."""
+    if cfg.gradient_checkpointing is not None:
+        return cfg.gradient_checkpointing
+    if profile.device != "cuda":
+        return False
+    import torch
+
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory < 24 * 2**30
+
+
+def upcast_norms(model) -> int:
+    """fp16 training (T4): the norm weights (1-D parameters) in fp32, the only fp16 weights whose rounding
+    the loss notices; the embedding and projections stay fp16 under autocast (peft's recipe upcast them
+    all: Gemma-2-9B's 256k x 3,584 tied embedding alone is 3.7 GB in fp32). Returns tensors upcast."""
+    import torch
+
+    done = 0
+    for p in model.parameters():
+        if p.ndim == 1 and p.dtype == torch.float16:
+            p.data = p.data.float()
+            done += 1
+    return done
 
 
 def keep_4bit_layout(model) -> int:
@@ -101,20 +126,11 @@ def optimizer(model, cfg, profile):
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def schedule(cfg, total_steps: int):
-    """lr multiplier per optimizer step: linear warmup, then constant / linear decay / cosine decay."""
-    import math
+def schedule(cfg, optimizer, total_steps: int):
+    """transformers' scheduler of cfg.scheduler (constant / linear / cosine) after a linear warmup of
+    warmup_ratio x total_steps."""
+    from transformers import get_scheduler
 
     warmup = int(cfg.warmup_ratio * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if cfg.scheduler == "constant":
-            return 1.0
-        done = (step - warmup) / max(1, total_steps - warmup)
-        if cfg.scheduler == "linear":
-            return max(0.0, 1.0 - done)
-        return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
-
-    return factor
+    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[cfg.scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)

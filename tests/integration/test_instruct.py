@@ -1,4 +1,4 @@
-"""Seed 003's perplexity evaluation and synthetic Prompt Recovery data, with the real SmolLM2."""
+"""The NTU ADL homework's perplexity evaluation and synthetic Prompt Recovery data, with the real SmolLM2."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_perplexity_zero_shot_matches_the_training_metric_and_shots_change_it(tm
     data = tmp_path / "test.json"
     data.write_text(json.dumps(records, ensure_ascii=False))
     train = read_alpaca(DATA / "ntu_adl_hw3" / "train.json")
-    for r in train:  # the category seed 003 balanced: which way the translation goes
+    for r in train:  # the category the NTU ADL homework balanced: which way the translation goes
         r["direction"] = "to_modern" if ("現代" in r["instruction"] or "白話" in r["instruction"]) else "to_classical"
     shots_file = tmp_path / "train.json"
     shots_file.write_text(json.dumps(train, ensure_ascii=False))

@@ -5,7 +5,7 @@ train/score read it) or "submission" (checked as `validate` checks it, against t
 `expect`: ("error", row, column, words) -> InputError naming the file, that 1-based row (None: no row)
 and column (None: no column), with `words` in the message; ("ok", check) -> read fine and check(df)
 holds; ("invalid", words) -> validate lists a problem containing words; ("valid",) -> no problems.
-RELIABILITY.md lists every case by its name (a test keeps them in step).
+docs/reliability.md lists every case by its name (a test keeps them in step).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Case:
     kind: str  # test | train | submission
     content: bytes
     expect: tuple
-    what: str  # one line for RELIABILITY.md
+    what: str  # one line for docs/reliability.md
 
 
 def lines(*rows: str, eol: str = "\n") -> bytes:

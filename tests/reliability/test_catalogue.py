@@ -57,6 +57,6 @@ def test_validating_submissions(case, tmp_path):
 def test_catalogue_size_and_reliability_md_in_step():
     assert len(CASES) >= 30
     assert len({c.name for c in CASES}) == len(CASES)
-    table = (ROOT / "RELIABILITY.md").read_text()
+    table = (ROOT / "docs" / "reliability.md").read_text()
     listed = set(re.findall(r"`((?:sci|lm|pr|sub)-[a-z0-9-]+)`", table))
     assert listed == {c.name for c in CASES}

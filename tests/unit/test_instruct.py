@@ -1,4 +1,4 @@
-"""Seed 003's few-shot picking (balanced over a category) and the synthetic-data pairing."""
+"""The NTU ADL homework's few-shot picking (balanced over a category) and the synthetic-data pairing."""
 
 from __future__ import annotations
 

@@ -39,8 +39,8 @@ def settings_for(spec):
 
 
 def template_fields(task: str) -> set[str]:
-    """Names a task's prompt templates may read besides the row's columns."""
-    return set(TASK_TYPES[task].FIELDS)
+    """Names a task's prompt templates may read besides the row's columns (`row`: all of them by name)."""
+    return {*TASK_TYPES[task].FIELDS, "row"}
 
 
 def build(spec):

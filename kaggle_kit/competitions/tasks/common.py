@@ -19,6 +19,15 @@ class Run:
     max_new_tokens: int | None = None  # None = the task's own
     extra: dict = field(default_factory=dict)  # more template fields: name -> one value per row, or one for all
     data_dir: str = "."  # the folder of the rows' file (a catalogue file is found there)
+    engine: object = None  # the module whose choice_task / generation_task run the work; None = kaggle_kit.infer
+
+    def tasks(self):
+        """The engine module: kaggle_kit.infer (transformers), or infer.vllm_backend."""
+        if self.engine is not None:
+            return self.engine
+        from ... import infer
+
+        return infer
 
 
 def need_columns(spec, block: str, names: dict, labelled: bool = False) -> None:

@@ -110,8 +110,7 @@ class Task(Competition):
         return [f"The answer is \\boxed{{{a}}}." for a in df[self.settings.answer]]
 
     def work(self, model, tokenizer, df, run: Run):
-        from ...infer import generation_task
-
+        generation_task = run.tasks().generation_task
         s = self.settings
         extra = dict(run.extra, **({"context": run.context} if run.context else {}))
         return generation_task(

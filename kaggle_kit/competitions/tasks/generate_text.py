@@ -70,8 +70,7 @@ class Task(Competition):
         return text if text else self.mean_text
 
     def work(self, model, tokenizer, df, run: Run):
-        from ...infer import generation_task
-
+        generation_task = run.tasks().generation_task
         extra = dict(run.extra, **({"context": run.context} if run.context else {}))
         return generation_task(
             model, tokenizer, self.examples(df, tokenizer, run.max_length, run.shots, **extra),

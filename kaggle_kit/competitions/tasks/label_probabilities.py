@@ -127,8 +127,7 @@ class Task(Competition):
     # --- model work --------------------------------------------------------------------------------
     def work(self, model, tokenizer, df, run: Run):
         """The choice Task over the class labels, with up to run.tta - 1 symmetric views."""
-        from ...infer import choice_task
-
+        choice_task = run.tasks().choice_task
         extra = dict(run.extra, **({"context": run.context} if run.context else {}))
         prompts = self.examples(df, tokenizer, run.max_length, run.shots, **extra)
         views = self.views(df, tokenizer, run.max_length, run.tta, run.shots, **extra) if run.tta > 1 else None

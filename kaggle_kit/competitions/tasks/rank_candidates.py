@@ -131,8 +131,7 @@ class Task(Competition):
 
     def work(self, model, tokenizer, df, run: Run):
         """The choice Task over the (row, candidate) pairs to rerank; its results are assembled by row."""
-        from ...infer import choice_task
-
+        choice_task = run.tasks().choice_task
         hits = self.candidates(df, run.data_dir)
         pairs = [(i, j) for i, row in enumerate(hits) for j in row[: self.settings.rerank]]
         prompts = self.pair_prompts(df, tokenizer, run.max_length, pairs, run.data_dir, run)

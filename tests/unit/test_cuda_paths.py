@@ -1,0 +1,172 @@
+"""The CUDA-only paths a code review found wrong, checked on the CPU where their logic allows (the GPU
+half is bench/gpu_check.sh): device maps by index, vLLM guards against a stand-in `vllm` module, the T4
+training memory settings, DeepSpeed refused, the fp16 loss scaler and schedule on resume, RNG states of
+another GPU count, chunked perplexity logits."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from kaggle_kit.errors import ConfigError
+from kaggle_kit.hardware import Profile
+
+from .. import conftest
+
+
+def t4(**kw):
+    return Profile("cuda", "float16", "float16", "Tesla T4", (7, 5), 2, "sm_75 -> float16", **kw)
+
+
+def test_a_gpu_load_names_this_process_device_by_index(monkeypatch):
+    """Regression: device_map={"": "cuda"} has no index, and accelerate refuses such a 4-bit model
+    under `accelerate launch --num_processes 2` (each process must name its own cuda:N)."""
+    from kaggle_kit.models import device_map
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert device_map(t4()) == {"device_map": {"": 1}}
+    assert device_map(Profile("cpu", "float32", "float32")) == {}
+
+
+class FakeVllm:
+    """A stand-in `vllm` package recording what the kit asks of it."""
+
+    def __init__(self):
+        self.llm_kwargs = None
+        fake = self
+
+        class LLM:
+            def __init__(self, **kw):
+                fake.llm_kwargs = kw
+
+        self.module = types.ModuleType("vllm")
+        self.module.LLM = LLM
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    fake = FakeVllm()
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    monkeypatch.setattr("kaggle_kit.infer.vllm_backend.installed", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    return fake
+
+
+def test_vllm_is_not_available_on_a_p100_and_says_why(fake_vllm, monkeypatch):
+    from kaggle_kit.infer import vllm_backend
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (6, 0))
+    assert not vllm_backend.available() and "sm_60" in vllm_backend.why_not()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
+    assert vllm_backend.available()
+
+
+def test_vllm_refuses_gemma_in_fp16_and_int8_and_quantises_nf4_in_flight(fake_vllm, monkeypatch):
+    from kaggle_kit.infer import vllm_backend
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
+    assert "float16" in vllm_backend.check("gemma2", t4(), "nf4")
+    assert "int8" in vllm_backend.check("llama", t4(), "int8")
+    assert vllm_backend.check("llama", t4(), "nf4") is None
+    vllm_backend.load("/models/llama", t4(), quant="nf4")
+    kw = fake_vllm.llm_kwargs
+    assert kw["dtype"] == "half" and kw["quantization"] == "bitsandbytes" and kw["enforce_eager"] is True
+
+
+def test_backend_auto_falls_back_to_transformers_where_vllm_cannot_run(fake_vllm, monkeypatch, tmp_path):
+    from kaggle_kit import jobs
+    from kaggle_kit.config import PredictConfig
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
+    folder = tmp_path / "gemma2"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "gemma2"}')
+    auto = PredictConfig("lmsys", "x.csv", model=str(folder), backend="auto")
+    assert jobs._vllm_can_run(auto, t4(), "auto") is False
+    with pytest.raises(ConfigError, match="gemma2 in float16"):
+        jobs._vllm_can_run(PredictConfig("lmsys", "x.csv", model=str(folder), backend="vllm"), t4(), "vllm")
+
+
+def test_t4_training_keeps_the_embedding_fp16_and_checkpoints_activations(monkeypatch):
+    """Regression: prepare_model_for_kbit_training upcast every non-quantised weight to fp32 (Gemma-2-9B's
+    tied 256k x 3,584 embedding: +3.7 GB on a 15 GB T4), and no gradient checkpointing at 2,048 tokens."""
+    from kaggle_kit.config import TrainConfig
+    from kaggle_kit.train.model import checkpointing, upcast_norms
+
+    model = conftest.tiny_llama().half()
+    assert upcast_norms(model) > 0
+    assert model.get_input_embeddings().weight.dtype == torch.float16
+    assert model.model.norm.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float16 for p in model.parameters() if p.ndim == 2)
+    props = types.SimpleNamespace(total_memory=15 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    cfg = TrainConfig("lmsys", "x.csv")
+    assert checkpointing(cfg, t4()) is True
+    assert checkpointing(cfg, Profile("cpu", "float32", "float32")) is False
+    props.total_memory = 80 * 2**30
+    assert checkpointing(cfg, t4()) is False
+    assert checkpointing(TrainConfig("lmsys", "x.csv", gradient_checkpointing=True), Profile("cpu", "f", "f"))
+
+
+def test_deepspeed_is_refused_naming_the_field():
+    from kaggle_kit.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="'deepspeed'.*DDP"):
+        TrainConfig("lmsys", "x.csv", deepspeed="ds_zero2.json")
+
+
+def test_the_fp16_loss_scale_is_saved_with_last_and_restored(tmp_path):
+    """Regression: the GradScaler state was not saved, so a resumed fp16 run restarted at scale 65536."""
+    from kaggle_kit.config import TrainConfig
+    from kaggle_kit.models import demo_model_dir, load_tokenizer
+    from kaggle_kit.train import checkpoint
+
+    model = conftest.tiny_llama()
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))  # makes the scale tensor
+    scaler.update(512.0)
+    cfg = TrainConfig("lmsys", "x.csv")
+    tok = load_tokenizer(demo_model_dir())
+    checkpoint.save(tmp_path / "last", model, tok, cfg, {"step": 3}, [], opt, sched, scaler)
+    again = torch.amp.GradScaler("cpu", init_scale=65536.0)
+    state = checkpoint.load_state(tmp_path / "last", model, opt, sched, again)
+    assert state == {"step": 3} and again.get_scale() == 512.0
+
+
+def test_a_two_gpu_rng_state_restores_on_one_gpu(monkeypatch):
+    """Regression: torch.cuda.set_rng_state_all failed when a 2-GPU checkpoint resumed on one GPU."""
+    from kaggle_kit.train import checkpoint
+
+    state = checkpoint.rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: seen.append((int(s[0]), i)))
+    checkpoint.set_rng_state(state)
+    assert seen == [(0, 0)]
+
+
+def test_perplexity_logits_in_chunks_equal_the_whole(demo_model_fp32, monkeypatch):
+    """The NLLs are the same when the fp32 logits are made a few positions at a time (a 262k
+    vocabulary's full logits would not fit a GPU: they are never whole)."""
+    import numpy as np
+
+    from kaggle_kit.infer import perplexity, primitives
+
+    model, tok = demo_model_fp32
+    prompts, outputs = ["Say something.", "Count:"], ["Hello there, how are you today?", "one two three four five"]
+    whole, _ = perplexity(model, tok, prompts, outputs, progress=False)
+    monkeypatch.setattr(primitives, "LOGIT_CHUNK", 3 * len(tok))  # 3 positions a chunk
+    chunked, _ = perplexity(model, tok, prompts, outputs, progress=False)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a, b, atol=1e-6)
