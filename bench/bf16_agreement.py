@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from infer_bench import rows_file  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
-from kaggle_kit.ensemble import least_confident  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
 from kaggle_kit.infer.primitives import choice_task, run_task  # noqa: E402
+from kaggle_kit.jobs.ensemble import least_confident  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 

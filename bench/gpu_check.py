@@ -200,7 +200,7 @@ def train_resume(ctx):
 
     def run(out, kill_after=None):
         sets = {
-            "train": f"{ROOT}/data/ntu_adl_hw3/train.json", "model": ctx["tiny"]["llama"], "out": out, "max_steps": 6,
+            "train": f"{ROOT}/data/alpaca/train.json", "model": ctx["tiny"]["llama"], "out": out, "max_steps": 6,
             "eval_every": 3, "log_every": 1, "quant": "none", "lora_r": 4, "batch_size": 2, "grad_accum": 1,
             "max_length": 128, "eval_metric": "false", "progress": "false",
             "dtype": "float16" if ctx["cuda"] else "float32",

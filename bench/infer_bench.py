@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from matmul_peak import peak_gflops  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
-from kaggle_kit.ensemble import least_confident  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
 from kaggle_kit.infer import generate, score_choices  # noqa: E402
 from kaggle_kit.infer.primitives import choice_task, run_task  # noqa: E402
+from kaggle_kit.jobs.ensemble import least_confident  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 

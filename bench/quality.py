@@ -48,7 +48,7 @@ def run(name, comp, data, tmp, model, **kw) -> tuple[Path, float]:
 def qlora(comp: str, train_csv, tmp: Path, model: str, **overrides) -> tuple[Path, float, int]:
     """Train configs/<comp>_demo.yaml on `train_csv` (its own grouped valid split); (best adapter, seconds,
     best step). Best step 0 means validation preferred the untrained adapter (the NF4 base alone)."""
-    from kaggle_kit.train import train
+    from kaggle_kit.jobs import train
 
     sets = [f"{k}={v}" for k, v in overrides.items()]
     out = tmp / f"qlora_{comp}_{abs(hash((str(train_csv), tuple(sets)))) % 10**8}"
@@ -185,7 +185,7 @@ def lmsys_ensemble(rows: int, model: str, tmp: Path, trained: bool = True) -> li
     and temperature fitted on one half (`kaggle-kit ensemble`), predicting the other; (b) QLoRA distilled
     from a teacher's soft labels on the fit half (teacher: the fitted ensemble's probabilities there)."""
     from kaggle_kit.config import EnsembleConfig
-    from kaggle_kit.ensemble import fit as fit_ensemble
+    from kaggle_kit.jobs.ensemble import fit as fit_ensemble
 
     src = SHARED / "lmsys" / "train_first100.csv"
     df = pd.read_csv(src, dtype=str, keep_default_na=False).head(rows)
@@ -244,8 +244,8 @@ def prompt_recovery(rows: int, model: str, tmp: Path, trained: bool = True) -> l
 
     MEAN_PROMPT = get("prompt_recovery").mean_text
     from kaggle_kit.embed import scorer
-    from kaggle_kit.mean_prompt import optimize, vocabulary
     from kaggle_kit.metrics import scs_texts
+    from kaggle_kit.playbooks.mean_prompt import optimize, vocabulary
 
     src = SHARED / "prompt_recovery" / "pedromb_gemma7b_kaggle_format.csv"
     df = pd.read_csv(src, dtype=str, keep_default_na=False)
@@ -270,7 +270,7 @@ def prompt_recovery(rows: int, model: str, tmp: Path, trained: bool = True) -> l
     ]
     if trained:
         from kaggle_kit.config import SynthConfig
-        from kaggle_kit.synth import synthesize
+        from kaggle_kit.playbooks.synth import synthesize
 
         real = tmp / "pr_train_real.csv"
         fit.head(200).to_csv(real, index=False)
@@ -312,7 +312,7 @@ def alpaca(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]
     """The NTU ADL homework: perplexity of the public-test outputs; zero-shot, 3-shot (random / balanced over the
     translation direction), and the QLoRA demo recipe. Shots and training use train records only."""
     from kaggle_kit.config import PerplexityConfig
-    from kaggle_kit.instruct import evaluate
+    from kaggle_kit.playbooks.instruct import evaluate
 
     src = SHARED / "ntu_adl_hw3"
     test = json.loads((src / "public_test.json").read_text(encoding="utf-8"))

@@ -31,7 +31,7 @@ def rows_file() -> Path:
 
 def run_kit(args, out: Path) -> dict:
     from kaggle_kit.config import TrainConfig
-    from kaggle_kit.train import train
+    from kaggle_kit.jobs import train
 
     cfg = TrainConfig(
         "science_exam",
@@ -55,8 +55,8 @@ def run_kit(args, out: Path) -> dict:
         valid_fraction=0.1,
         progress=False,
     )
+    from kaggle_kit.jobs.training import prepare_data
     from kaggle_kit.models import demo_model_dir, load_tokenizer
-    from kaggle_kit.train.loop import prepare_data
 
     split = prepare_data(cfg, load_tokenizer(demo_model_dir()))  # the rows train() will see
     res = train(cfg)

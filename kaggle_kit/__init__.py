@@ -20,6 +20,9 @@ _EXPORTS = {
     "ScoreConfig": "config",
     "ValidateConfig": "config",
     "predict": "jobs",
+    "predict_config": "jobs.notebook",
+    "train": "jobs",
+    "TrainConfig": "config",
     "score": "jobs",
     "validate": "jobs",
     "PredictResult": "jobs",
@@ -35,7 +38,7 @@ _EXPORTS = {
     "score_choices": "infer",
     "generate": "infer",
     "load_embedder": "embed",
-    "run_demo": "demo",
+    "run_demo": "jobs.demo",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -68,3 +68,18 @@ def scorer(spec: str | None = None, max_tokens: int | None = SCORER_MAX_TOKENS, 
     sentence-t5-base did; a hub tokenizer would parse them, so a `</s>` trick would score differently).
     The metric and the mean-prompt optimiser both call this, so they optimise what is scored."""
     return load_embedder(spec, max_tokens, None, special_tokens_as_text)
+
+
+def retrieve(queries: list[str], passages: list[str], embed, k: int, chunk: int = 4096) -> list[list[int]]:
+    """Indices of the k passages nearest each query by cosine similarity, best first."""
+    q = embed(list(queries))
+    k = min(k, len(passages))
+    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    for start in range(0, len(passages), chunk):  # a passage matrix never has to fit memory whole
+        p = embed(list(passages[start : start + chunk]))
+        s = np.concatenate([best_s, q @ p.T], axis=1)
+        i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(p)), (len(q), len(p)))], axis=1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+    return best_i.tolist()

@@ -1,15 +1,13 @@
-"""Where this code runs: Kaggle (commit run or scored rerun) or a local machine, and the paths that follow.
+"""Where this code runs: Kaggle (commit run or scored rerun) or a local machine, and its folders.
 
-Notebooks ask this module instead of testing paths themselves, so one notebook runs unchanged on Kaggle
-and in local Jupyter.
+Notebooks ask this module (and kaggle_kit.jobs.notebook, which builds their configs from it) instead of
+testing paths themselves, so one notebook runs unchanged on Kaggle and in local Jupyter.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from .config import PredictConfig
 
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
@@ -32,24 +30,3 @@ def repo_data_dir(start: Path | None = None) -> Path:
         if (folder / "data" / "science_exam").is_dir():
             return folder / "data"
     raise FileNotFoundError(f"no data/ folder with competition samples above {here}")
-
-
-def predict_config(competition: str, kaggle_model: str, local_model: str = "demo", **overrides) -> PredictConfig:
-    """A PredictConfig for here: on Kaggle the competition's test file, the given model folder and
-    /kaggle/working/submission.csv; locally data/<competition>/ (a spec file of your own: the test file
-    beside it), `local_model` and runs/notebooks/."""
-    from .competitions import COMPETITIONS, get
-
-    comp = get(competition)
-    if on_kaggle():
-        paths = dict(
-            data=str(KAGGLE_INPUT / comp.slug / comp.spec.files.test),
-            model=kaggle_model,
-            out=str(KAGGLE_WORKING / "submission.csv"),
-        )
-    else:
-        shipped = competition in COMPETITIONS
-        data = repo_data_dir() / comp.name if shipped else comp.spec.folder
-        runs = (data.parent.parent if shipped else Path.cwd()) / "runs" / "notebooks" / comp.name
-        paths = dict(data=str(data / comp.spec.files.test), model=local_model, out=str(runs / "submission.csv"))
-    return PredictConfig(str(competition), **{**paths, **overrides})

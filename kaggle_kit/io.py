@@ -96,6 +96,7 @@ CHECKS = {
     "number": _check_number,
     "integer": _check_integer,
     "any": lambda value: value,
+    "optional": lambda value: value,  # any value, and the column may be missing altogether
 }
 
 
@@ -110,6 +111,8 @@ def read_csv(path, columns: list[Column], *, id_column: str = "id"):
     path = Path(path)
     df = read_text_csv(path)
     for col in columns:
+        if col.kind == "optional" and col.name not in df.columns:  # may be absent: then empty everywhere
+            df[col.name] = ""
         if col.required and col.name not in df.columns:
             raise InputError(
                 path,
@@ -158,6 +161,8 @@ def read_text_csv(path):
         raise InputError(path, "file is empty", expected="a header line and data rows")
     if path.suffix.lower() in (".parquet", ".pq"):
         return _read_parquet_text(path)
+    if path.suffix.lower() in (".json", ".jsonl"):
+        return _read_json_text(path)
     try:
         # utf-8-sig drops a BOM; keep_default_na=False keeps the literal text 'NA' (a real answer option).
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -168,6 +173,27 @@ def read_text_csv(path):
     except pd.errors.EmptyDataError:
         raise InputError(path, "file has no header", expected="a header line") from None
     df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def _read_json_text(path):
+    """A JSON array (or JSONL file) of records as text cells: a key a record lacks is '', and records
+    without an "id" get their 0-based position as one (instruction data: the alpaca format)."""
+    import pandas as pd
+
+    text = Path(path).read_text(encoding="utf-8-sig")
+    try:
+        if text.lstrip().startswith("["):
+            records = json.loads(text)
+        else:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not JSON / JSONL: {exc.msg}", row=exc.lineno) from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise InputError(path, "not a list of records", expected="[{field: value}, ...] or one record a line")
+    df = pd.DataFrame([{k: "" if v is None else str(v) for k, v in r.items()} for r in records]).fillna("")
+    if "id" not in df.columns:
+        df.insert(0, "id", [str(i) for i in range(len(df))])
     return df
 
 

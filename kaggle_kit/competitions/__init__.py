@@ -22,7 +22,13 @@ COMPETITIONS = {
     "aimo": SPECS / "aimo" / "competition.yaml",
     "wsdm": SPECS / "wsdm" / "competition.yaml",
     "map": SPECS / "map" / "competition.yaml",
+    "alpaca": SPECS / "alpaca" / "competition.yaml",  # instruction data (no Kaggle competition: no kernel)
 }
+
+
+def on_kaggle() -> list[str]:
+    """The shipped competitions that are Kaggle competitions (a slug: a notebook and a kernel each)."""
+    return [name for name in COMPETITIONS if get(name).slug]
 
 
 def get(name) -> Competition:

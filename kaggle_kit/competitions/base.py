@@ -168,6 +168,18 @@ class Competition:
         """The competition metric of a submission against labelled rows, matched by id."""
         raise NotImplementedError
 
+    def evaluate(self, model, tokenizer, df, run, **run_kw) -> float:
+        """The metric of the model on labelled rows `df` (training's evaluation): predict, then score."""
+        from ..infer import run_task
+
+        outputs, _ = run_task(self.work(model, tokenizer, df, run), model, **run_kw)
+        kw = {}
+        if self.spec.metric == "scs":
+            from ..embed import scorer
+
+            kw["embed"] = scorer()
+        return self.score(self.to_submission(df, outputs), df, **kw)
+
     def aligned(self, sub, truth):
         """`sub`'s rows in the order of truth's ids (an InputError lists ids it lacks)."""
         return aligned(sub, truth, id_column=self.id_column)
@@ -175,7 +187,7 @@ class Competition:
 
 def metric_name(metric: str) -> tuple[str, bool]:
     """(the metric as a summary table shows it, whether higher is better)."""
-    lower = {"log_loss": "log loss"}
+    lower = {"log_loss": "log loss", "perplexity": "perplexity"}
     if metric in lower:
         return lower[metric], False
     if metric.startswith("map@"):

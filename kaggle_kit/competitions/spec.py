@@ -15,9 +15,9 @@ from pathlib import Path
 from ..errors import ConfigError, KitError
 
 TASKS = ("multiple_choice", "label_probabilities", "rank_candidates", "generate_text", "generate_answer")
-COLUMN_KINDS = ("id", "text", "any", "json_list", "binary", "probability", "letter", "number", "integer")
+COLUMN_KINDS = ("id", "text", "any", "optional", "json_list", "binary", "probability", "letter", "number", "integer")
 METRICS = (
-    "map@K", "accuracy", "log_loss", "roc_auc", "scs", "chrf", "bleu", "exact", "numeric",
+    "map@K", "accuracy", "log_loss", "roc_auc", "scs", "chrf", "bleu", "exact", "numeric", "perplexity",
 )  # fmt: skip
 
 
@@ -113,9 +113,8 @@ def load_spec(path) -> Spec:
 
 
 def parse_spec(raw: dict, path) -> Spec:
-    """A Spec from a mapping (a YAML file's), every field checked."""
-    from . import tasks
-
+    """A Spec from a mapping (a YAML file's), every field checked but the task's own block and the
+    template's names (tasks.build checks those: they depend on the task type)."""
     task = raw.get("task")
     if task not in TASKS:
         raise SpecError(path, "task", f"{task!r} is not a task type; valid: {', '.join(TASKS)}{suggest(task, TASKS)}")
@@ -147,7 +146,6 @@ def parse_spec(raw: dict, path) -> Spec:
     )
     if not isinstance(spec.settings, dict):
         raise SpecError(path, task, "must be a mapping of the task's settings")
-    _check_prompt(path, spec)
     if spec.id_column not in spec.submission:
         raise SpecError(path, "submission", f"must hold the id column {spec.id_column!r}")
     if not isinstance(spec.fallback, dict) or set(spec.fallback) - set(spec.submission):
@@ -158,7 +156,6 @@ def parse_spec(raw: dict, path) -> Spec:
         raise SpecError(
             path, "group_column", f"{spec.group_column!r} is not a column{suggest(spec.group_column, known)}"
         )
-    tasks.settings_for(spec)  # the task block, checked against the task's own fields
     return spec
 
 
@@ -235,26 +232,6 @@ def _hook(path, raw, name) -> str | None:
     if not file.is_file():
         raise SpecError(path, name, f"{file} not found")
     return value
-
-
-def _check_prompt(path, spec: Spec) -> None:
-    """The template parses, and every plain name it reads is a column or a field the kit supplies."""
-    from .template import undeclared
-
-    try:
-        names = undeclared(spec.prompt.template)
-    except Exception as exc:  # jinja2.TemplateSyntaxError and friends
-        raise SpecError(path, "prompt.template", f"not a valid Jinja template: {exc}") from None
-    from . import tasks
-
-    supplied = set(spec.columns) | tasks.template_fields(spec.task)
-    if spec.fields or spec.prepare:
-        return  # a fields/prepare function may add any name; checked when the rows are rendered
-    missing = sorted(names - supplied)
-    if missing:
-        raise SpecError(
-            path, "prompt.template", f"reads {missing[0]!r}, which is not a column{suggest(missing[0], supplied)}"
-        )
 
 
 def load_hook(spec: Spec, which: str):

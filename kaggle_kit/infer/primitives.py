@@ -163,16 +163,7 @@ def choice_task(
     view_prefixes = [SharedPrefix(model, v if cached else [], window=paths.window) for v, _ in extra]
     prune = prune_last_layer and paths.prune_last_layer
 
-    @torch.inference_mode()
-    def score(batch, rows, width: int, shared: SharedPrefix):
-        inputs = shared.batch(rows, tokenizer.pad_token_id, width)
-        pruned = last_position_only(model) if prune else nullcontext()
-        with head.capture(), pruned:
-            logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
-        chosen = head.logits(logits) / temperature
-        if allowed is not None and not allowed[batch].all():
-            chosen = chosen.masked_fill(~allowed[batch].to(chosen.device), float("-inf"))
-        return torch.softmax(chosen, dim=-1).cpu().numpy()
+    score = _label_scorer(model, tokenizer.pad_token_id, head, allowed, temperature, prune)
 
     def step(batch, pad_as=None):
         pad_as = pad_as or batch
@@ -181,16 +172,7 @@ def choice_task(
         for (view_ids, perm), view_prefix in zip(extra, view_prefixes):
             width = max(len(view_ids[i]) for i in pad_as)
             shown = score(batch, [view_ids[i] for i in batch], width, view_prefix)
-            back = np.zeros_like(shown)
-            if perm and isinstance(perm[0], int):
-                back[:, perm] = shown  # position j showed label perm[j]
-                counted += 1
-            else:  # one perm per row
-                for j, i in enumerate(batch):
-                    if perm[i] is not None:
-                        back[j, perm[i]] = shown[j]
-                        counted[j] += 1
-            probs = probs + back
+            probs = probs + mapped_back(shown, perm, batch, counted)
         return list(probs / counted)
 
     settings = {"labels": labels, "temperature": temperature}
@@ -209,6 +191,41 @@ def choice_task(
         shared=prefix.length,
         window=paths.window,
     )
+
+
+def _label_scorer(model, pad_id: int, head, allowed, temperature: float, prune: bool):
+    """score(batch, rows, width, shared): the label probabilities of `rows` (rows `batch` of the task),
+    padded to `width`, continuing from the `shared` prefix; masked labels get 0."""
+    import torch
+
+    @torch.inference_mode()
+    def score(batch, rows, width: int, shared: SharedPrefix):
+        inputs = shared.batch(rows, pad_id, width)
+        pruned = last_position_only(model) if prune else nullcontext()
+        with head.capture(), pruned:
+            logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
+        chosen = head.logits(logits) / temperature
+        if allowed is not None and not allowed[batch].all():
+            chosen = chosen.masked_fill(~allowed[batch].to(chosen.device), float("-inf"))
+        return torch.softmax(chosen, dim=-1).cpu().numpy()
+
+    return score
+
+
+def mapped_back(shown, perm, batch, counted):
+    """A view's probabilities in the original label order (position j showed label perm[j]; `perm` is one
+    list for all rows, or one per row, None where the row sits the view out), adding 1 to `counted` for
+    each row the view counts for."""
+    back = np.zeros_like(shown)
+    if perm and isinstance(perm[0], int):
+        back[:, perm] = shown
+        counted += 1
+        return back
+    for j, i in enumerate(batch):
+        if perm[i] is not None:
+            back[j, perm[i]] = shown[j]
+            counted[j] += 1
+    return back
 
 
 def generation_task(

@@ -9,9 +9,9 @@ def _kernel(args):
     from . import client, metadata
 
     if args.action == "build" and args.spec:
-        from ..competitions.spec import load_spec
+        from ..competitions import get
 
-        name = load_spec(args.spec).name
+        name = get(args.spec).name
         out = metadata.build_for_spec(
             args.spec,
             args.out or f"runs/kernels/{name}",

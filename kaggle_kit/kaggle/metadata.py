@@ -242,9 +242,9 @@ def build_for_spec(
     predicts with it; kernel-metadata.json names the competition (internet off) and the sources."""
     import nbformat
 
-    from ..competitions.spec import load_spec
+    from ..competitions import get
 
-    spec = load_spec(spec_path)
+    spec = get(spec_path).spec
     if not spec.slug:
         raise ConfigError("slug", f"{spec_path}: a kernel needs the competition's Kaggle slug in the spec")
     files = {"competition.yaml": Path(spec_path).read_text(encoding="utf-8")}
@@ -259,9 +259,9 @@ def build_for_spec(
             "from pathlib import Path\nSPEC_DIR = Path('spec')\nSPEC_DIR.mkdir(exist_ok=True)\n" + writes
         ),
         nbformat.v4.new_code_cell(
-            "from kaggle_kit import env, predict\n"
+            "from kaggle_kit import predict, predict_config\n"
             f"MODEL_DIR = {model_dir!r}\n"
-            "cfg = env.predict_config(str(SPEC_DIR / 'competition.yaml'), kaggle_model=MODEL_DIR, local_model='demo',\n"
+            "cfg = predict_config(str(SPEC_DIR / 'competition.yaml'), kaggle_model=MODEL_DIR, local_model='demo',\n"
             "                         budget='8h30m', progress=False)\nresult = predict(cfg)\nresult"
         ),
     ]

@@ -122,18 +122,7 @@ def _sample_dict(tokenizer, prompt: str, echo: bool, res) -> dict:
 
 def build_app(model, tokenizer, cfg, router: Router | None = None):
     """The FastAPI app serving `model` (a PeftModel with named adapters, or a plain model) under cfg's limits."""
-    import asyncio
-
-    from fastapi import FastAPI, HTTPException
-
-    from .schemas import (
-        DecodeRequest,
-        DecodeResponse,
-        ProcessRequest,
-        ProcessResponse,
-        TokenizeRequest,
-        TokenizeResponse,
-    )
+    from fastapi import FastAPI
 
     router = router or Router()
     loaded = set(getattr(model, "peft_config", {})) | {BASE}
@@ -141,13 +130,27 @@ def build_app(model, tokenizer, cfg, router: Router | None = None):
     if missing:
         raise ConfigError("routes", f"route to unknown adapter(s) {sorted(missing)}; loaded: {sorted(loaded)}")
     batcher = Batcher(_model_runner(model, tokenizer), cfg.max_batch, cfg.max_queue, cfg.batch_wait_ms / 1000)
-    vocab = len(tokenizer)
     app = FastAPI(title="kaggle_kit serve", description="NeurIPS LLM Efficiency Challenge API with LoRA routing")
     app.state.batcher, app.state.router = batcher, router
+    _add_process(app, tokenizer, cfg, router, batcher)
+    _add_tools(app, tokenizer, loaded, batcher)
+    return app
 
-    def limit(name: str, got: int, cap: int, what: str):
-        if got > cap:
-            raise HTTPException(400, f"{what} is {got}; the server's limit is {name}={cap}")
+
+def _limit(name: str, got: int, cap: int, what: str):
+    from fastapi import HTTPException
+
+    if got > cap:
+        raise HTTPException(400, f"{what} is {got}; the server's limit is {name}={cap}")
+
+
+def _add_process(app, tokenizer, cfg, router, batcher) -> None:
+    """POST /process: generation with log-probs, routed to an adapter, batched with others for it."""
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from .schemas import ProcessRequest, ProcessResponse
 
     @app.post("/process", response_model=ProcessResponse)
     async def process(req: ProcessRequest):
@@ -155,24 +158,15 @@ def build_app(model, tokenizer, cfg, router: Router | None = None):
         ids = tokenizer(req.prompt, add_special_tokens=True).input_ids
         if not ids:
             raise HTTPException(400, "prompt is empty (0 tokens)")
-        limit("max_prompt_tokens", len(ids), cfg.max_prompt_tokens, "prompt length in tokens")
+        _limit("max_prompt_tokens", len(ids), cfg.max_prompt_tokens, "prompt length in tokens")
         # the API's default (50) is capped quietly; an explicit larger request is refused
         new = req.max_new_tokens if "max_new_tokens" in req.model_fields_set else min(50, cfg.max_new_tokens)
-        limit("max_new_tokens", new, cfg.max_new_tokens, "max_new_tokens")
-        limit("max_num_samples", req.num_samples, cfg.max_num_samples, "num_samples")
+        _limit("max_new_tokens", new, cfg.max_new_tokens, "max_new_tokens")
+        _limit("max_num_samples", req.num_samples, cfg.max_num_samples, "num_samples")
         echo = req.echo_prompt is not False
         route = router.route(req.prompt)
-        job = [
-            GenRequest(
-                ids,
-                new,
-                req.temperature,
-                req.top_k or None,
-                None if req.seed is None else req.seed + k,
-                echo,
-            )
-            for k in range(req.num_samples)
-        ]
+        seeds = [None if req.seed is None else req.seed + k for k in range(req.num_samples)]
+        job = [GenRequest(ids, new, req.temperature, req.top_k or None, seed, echo) for seed in seeds]
         try:
             fut = batcher.submit(route.adapter, job)
         except QueueFull:
@@ -190,13 +184,17 @@ def build_app(model, tokenizer, cfg, router: Router | None = None):
             len(results[0].new_ids),
             elapsed,
         )
-        return {
-            **samples[0],
-            "request_time": elapsed,
-            "adapter": route.adapter,
-            "route": route.reason,
-            "samples": samples[1:],
-        }
+        extra = {"request_time": elapsed, "adapter": route.adapter, "route": route.reason, "samples": samples[1:]}
+        return {**samples[0], **extra}
+
+
+def _add_tools(app, tokenizer, loaded: set, batcher) -> None:
+    """POST /tokenize, /decode and GET /health."""
+    from fastapi import HTTPException
+
+    from .schemas import DecodeRequest, DecodeResponse, TokenizeRequest, TokenizeResponse
+
+    vocab = len(tokenizer)
 
     @app.post("/tokenize", response_model=TokenizeResponse)
     def tokenize(req: TokenizeRequest):
@@ -223,8 +221,6 @@ def build_app(model, tokenizer, cfg, router: Router | None = None):
             "batches": batcher.batches,
             "requests": batcher.jobs,
         }
-
-    return app
 
 
 def load_app(cfg):

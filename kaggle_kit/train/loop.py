@@ -1,5 +1,6 @@
-"""train(cfg): data, model, optimizer, then the fit() loop written out. accelerate supplies devices,
-mixed precision and distribution (DDP, DeepSpeed); the loop itself is ours and reads top to bottom."""
+"""The training engine: the fit() loop written out, and the evaluation it runs. accelerate supplies
+devices, mixed precision and distribution (DDP); the loop itself is ours and reads top to bottom. It knows
+no competition: the job (kaggle_kit.jobs.training) hands it tokenised examples and a metric function."""
 
 from __future__ import annotations
 
@@ -7,22 +8,17 @@ import contextlib
 import json
 import logging
 import math
-import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .. import competitions
 from ..budget import Deadline
 from ..config import TrainConfig
-from ..errors import ConfigError
 from ..progress import bar, loss_curve
 from . import checkpoint, data
-from . import model as model_lib
 
 log = logging.getLogger("kaggle_kit")
-RESUME_IGNORES = ("budget", "progress", "patience")  # may change between a run and its resumption
 
 
 @dataclass
@@ -40,62 +36,19 @@ class TrainResult:
 
 @dataclass
 class Split:
-    """Tokenised train/valid examples plus what evaluation needs."""
+    """Tokenised train/valid examples, and the metric of a model on the valid rows (None: no metric)."""
 
     train: list
     valid: list
-    valid_df: object = None  # labelled valid rows of a competition (for its metric)
-    valid_pairs: tuple = ()  # (prompts, outputs) of alpaca valid rows (for perplexity)
+    metric: object = None  # (model, tokenizer) -> float
+    higher_is_better: bool = True  # the metric's direction
+    label_ids: list | None = None  # distillation: the first token of each label
     dropped: int = 0
-    data_dir: str = "."  # the train file's folder (a rank_candidates catalogue is found there)
-
-
-def prepare_data(cfg: TrainConfig, tok) -> Split:
-    """Read, split (grouped by prompt), build (prompt, completion) pairs and tokenise them."""
-    if cfg.competition == "alpaca":
-        records = data.read_alpaca(cfg.train)
-        if cfg.valid:
-            train_rec, valid_rec = records, data.read_alpaca(cfg.valid)
-        else:
-            tr, va = data.group_split(
-                [r["instruction"] + r.get("input", "") for r in records], cfg.valid_fraction, cfg.seed
-            )
-            train_rec, valid_rec = [records[i] for i in tr], [records[i] for i in va]
-        train_ex, d1 = data.tokenize(tok, *data.alpaca_pairs(train_rec, tok), cfg.max_length, cfg.loss)
-        v_pairs = data.alpaca_pairs(valid_rec, tok)
-        valid_ex, d2 = data.tokenize(tok, *v_pairs, cfg.max_length, cfg.loss)
-        return Split(train_ex, valid_ex, valid_pairs=v_pairs, dropped=d1 + d2)
-    comp = competitions.get(cfg.competition)
-    df = comp.read(cfg.train, labelled=True)
-    if cfg.valid:
-        train_df, valid_df = df, comp.read(cfg.valid, labelled=True)
-    else:
-        tr, va = data.group_split([str(x) for x in df[comp.group_column]], cfg.valid_fraction, cfg.seed)
-        train_df, valid_df = df.iloc[tr].reset_index(drop=True), df.iloc[va].reset_index(drop=True)
-    where = str(Path(cfg.train).parent)
-    prompts, completions, perms = comp.train_pairs(train_df, tok, cfg.max_length, cfg.views, where)
-    softs = None
-    if cfg.soft_labels:
-        if comp.kind not in ("multiple_choice", "label_probabilities"):
-            raise ConfigError("soft_labels", f"{comp.name} is {comp.kind}; distillation needs label probabilities")
-        ids = train_df[comp.id_column].tolist()
-        teacher = data.read_soft_labels(
-            cfg.soft_labels, ids, comp.labels, getattr(comp, "class_names", comp.labels), id_column=comp.id_column
-        )
-        # the teacher's probabilities follow each view's label order (rows of each view in row order)
-        row_of = [k % len(ids) for k in range(len(perms))] if len(perms) % len(ids) == 0 else None
-        if row_of is None:
-            raise ConfigError("soft_labels", "distillation with views needs every row in every view")
-        softs = [[teacher[row_of[k]][j] for j in perm] for k, perm in enumerate(perms)]
-    train_ex, d1 = data.tokenize(tok, prompts, completions, cfg.max_length, cfg.loss, softs)
-    v_prompts, v_completions, _ = comp.train_pairs(valid_df, tok, cfg.max_length, 1, where)
-    valid_ex, d2 = data.tokenize(tok, v_prompts, v_completions, cfg.max_length, cfg.loss)
-    return Split(train_ex, valid_ex, valid_df=valid_df, dropped=d1 + d2, data_dir=where)
 
 
 def evaluate(model, tok, split: Split, cfg: TrainConfig) -> dict:
-    """Eval loss and token perplexity on the valid split, plus the competition metric (or the NTU ADL homework's
-    per-example perplexity for alpaca data) through the inference primitives."""
+    """Eval loss and token perplexity on the valid split, plus split.metric (the competition's, through
+    the inference engine) when cfg.eval_metric."""
     import torch
 
     model.eval()
@@ -109,87 +62,10 @@ def evaluate(model, tok, split: Split, cfg: TrainConfig) -> dict:
             nll += float(data.token_loss(logits, targets, n_items)) * n_items
             n += n_items
     result = {"eval_loss": nll / max(n, 1), "perplexity": math.exp(min(nll / max(n, 1), 50))}
-    if cfg.eval_metric:
-        result["metric"] = _metric(model, tok, split, cfg)
+    if cfg.eval_metric and split.metric is not None:
+        result["metric"] = split.metric(model, tok)
     model.train()
     return result
-
-
-def _metric(model, tok, split: Split, cfg: TrainConfig) -> float:
-    from ..competitions.tasks.common import Run
-    from ..infer import perplexity, run_task
-    from ..metrics import perplexity as ppl_metric
-
-    if cfg.competition == "alpaca":
-        nlls, _ = perplexity(model, tok, *split.valid_pairs, max_length=cfg.max_length, progress=False)
-        return ppl_metric([x for x in nlls if x is not None])
-    comp = competitions.get(cfg.competition)
-    df = split.valid_df
-    outputs, _ = run_task(
-        comp.work(model, tok, df, Run(max_length=cfg.max_length, data_dir=split.data_dir)), model, progress=False
-    )
-    kw = {}
-    if comp.spec.metric == "scs":
-        from ..embed import scorer
-
-        kw["embed"] = scorer()
-    return comp.score(comp.to_submission(df, outputs), df, **kw)
-
-
-def metric_direction(cfg: TrainConfig) -> int:
-    """+1 when larger values of the best_by quantity are better, -1 when smaller are."""
-    if cfg.best_by == "eval_loss":
-        return -1
-    if cfg.competition == "alpaca":
-        return -1  # perplexity
-    return 1 if competitions.get(cfg.competition).higher_is_better else -1
-
-
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train a LoRA adapter as `cfg` says; resume from out/last when it holds a run of the same config."""
-    import torch
-    from accelerate import Accelerator
-
-    from ..hardware import detect, guard_half
-    from ..models import load_config, resolve_model
-
-    deadline = Deadline.parse(cfg.budget)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    # fp32 for a family that overflows fp16 (Gemma 2/3 on a T4), decided before accelerate's mixed precision
-    profile = guard_half(detect(cfg.dtype, cfg.device), load_config(resolve_model(cfg.model)).model_type)
-    precision = {"float16": "fp16", "bfloat16": "bf16"}.get(profile.compute_dtype, "no")
-    accelerator = Accelerator(
-        mixed_precision=precision if profile.device == "cuda" else "no",  # a CPU's bf16 autocast: see fit()
-        cpu=profile.device == "cpu",
-    )
-    log.info(
-        "accelerate: %s, %d process(es), mixed precision %s",
-        accelerator.distributed_type,
-        accelerator.num_processes,
-        accelerator.mixed_precision,
-    )
-    model, tok = model_lib.build(cfg, profile)
-    split = prepare_data(cfg, tok)
-    if not split.train or not split.valid:
-        raise ConfigError("train", f"no rows left to train ({len(split.train)}) or validate ({len(split.valid)})")
-    per_epoch = math.ceil(len(split.train) / cfg.batch_size / accelerator.num_processes / cfg.grad_accum)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
-    opt = model_lib.optimizer(model, cfg, profile)
-    sched = model_lib.schedule(cfg, opt, total)
-    model, opt = accelerator.prepare(model, opt)
-    out = Path(cfg.out)
-    state = {"step": 0, "epoch": 0, "pos": 0, "best": None, "best_step": None, "stale": 0, "history": []}
-    previous = checkpoint.saved_config(out / "last")
-    if previous is not None:
-        mine = {k: v for k, v in asdict(cfg).items() if k not in RESUME_IGNORES}
-        if {k: v for k, v in previous.items() if k not in RESUME_IGNORES} != mine:
-            raise ConfigError("out", f"{out} holds a run with another config; use a new --set out=... to start afresh")
-        scaler = getattr(accelerator, "scaler", None)
-        state = checkpoint.load_state(out / "last", accelerator.unwrap_model(model), opt, sched, scaler) or state
-        log.info("resuming %s at step %d", out, state["step"])
-    return fit(cfg, accelerator, model, tok, opt, sched, split, total, state, deadline)
 
 
 def _any_process(accelerator, flag: bool) -> bool:
@@ -253,19 +129,19 @@ def fit(
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
-    if state["step"] == 0:
-        metrics_path.write_text("")
-    history, sign = state["history"], metric_direction(cfg)
+    # the log as of the state we start from: a run killed after its last save logged steps it will redo
+    if accelerator.is_main_process:
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
+    history = state["history"]
+    # +1 when larger values of the best_by quantity are better: the metric's direction, or eval loss (lower)
+    sign = (1 if split.higher_is_better else -1) if cfg.best_by == "metric" else -1
     lengths = [len(e.input_ids) for e in split.train]
     rank, world = accelerator.process_index, accelerator.num_processes
     trainable = [p for p in model.parameters() if p.requires_grad]
     stopped, step_seconds, window = "done", 0.0, []
     core = accelerator.unwrap_model(model)
     precision = _precision(cfg, accelerator, core)
-    label_ids = None
-    if cfg.soft_labels:  # distillation: the first token of each label, as tokenize() puts it
-        labels_ = competitions.get(cfg.competition).labels
-        label_ids = [tok(x, add_special_tokens=False)["input_ids"][0] for x in labels_]
+    label_ids = split.label_ids if cfg.soft_labels else None  # distillation: each label's first token
 
     def record(entry: dict):
         history.append(entry)

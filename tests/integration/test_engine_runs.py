@@ -10,6 +10,7 @@ import torch
 
 from kaggle_kit import jobs
 from kaggle_kit.config import MergeConfig, PredictConfig, RehearseConfig, ValidateConfig
+from kaggle_kit.jobs import work
 
 from ..conftest import write_subset
 
@@ -26,7 +27,7 @@ def test_injected_oom_gives_the_same_submission(tmp_path, monkeypatch):
     data = write_subset("science_exam", tmp_path, 16)
     cfg = dict(max_length=512, batch_tokens=4096, progress=False, dtype="float32")
     ref = jobs.predict(PredictConfig("science_exam", str(data), out=str(tmp_path / "ref.csv"), **cfg))
-    real_task = jobs._task
+    real_task = work._task
 
     def task_that_ooms(*args, **kw):
         task = real_task(*args, **kw)
@@ -40,7 +41,7 @@ def test_injected_oom_gives_the_same_submission(tmp_path, monkeypatch):
         task.step = oom_step
         return task
 
-    monkeypatch.setattr(jobs, "_task", task_that_ooms)
+    monkeypatch.setattr(work, "_task", task_that_ooms)
     res = jobs.predict(PredictConfig("science_exam", str(data), out=str(tmp_path / "oom.csv"), **cfg))
     assert res.stats["oom_splits"] > 0 and res.fallback == 0 and ref.fallback == 0
     assert (tmp_path / "oom.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()

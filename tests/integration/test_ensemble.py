@@ -10,9 +10,9 @@ import pytest
 from kaggle_kit import jobs
 from kaggle_kit.competitions import get
 from kaggle_kit.config import EnsembleConfig, PredictConfig
-from kaggle_kit.ensemble import combine, fit, fit_weights, least_confident, load_spec
 from kaggle_kit.infer import run_task
 from kaggle_kit.infer.primitives import choice_task
+from kaggle_kit.jobs.ensemble import combine, fit, fit_weights, least_confident, load_spec
 from kaggle_kit.metrics import fit_temperature
 
 from ..conftest import DATA

@@ -195,7 +195,6 @@ def test_smollm2_on_science_exam_rows(tmp_path):
     prompts = comp.examples(df, tok)
     ((view, perm),) = comp.views(df, tok, n=2)
     check_choices(kit, plain, tok, prompts, (view, perm), list(comp.labels), tmp_path, batch_tokens=700)
-    check_generation(kit, plain, tok, prompts[:3], new_tokens=5)
 
 
 def test_an_fp16_overflow_is_an_error_and_leaves_the_fallback_submission(tiny_dir, tmp_path):

@@ -8,8 +8,8 @@ import pytest
 
 from kaggle_kit.competitions import get
 from kaggle_kit.config import PerplexityConfig, SynthConfig
-from kaggle_kit.instruct import evaluate
-from kaggle_kit.synth import synthesize
+from kaggle_kit.playbooks.instruct import evaluate
+from kaggle_kit.playbooks.synth import synthesize
 
 from ..conftest import DATA
 
@@ -19,10 +19,10 @@ def test_perplexity_zero_shot_matches_the_training_metric_and_shots_change_it(tm
     from kaggle_kit.metrics import perplexity as ppl_metric
     from kaggle_kit.train.data import alpaca_pairs, read_alpaca
 
-    records = read_alpaca(DATA / "ntu_adl_hw3" / "public_test.json")[:4]
+    records = read_alpaca(DATA / "alpaca" / "public_test.json")[:4]
     data = tmp_path / "test.json"
     data.write_text(json.dumps(records, ensure_ascii=False))
-    train = read_alpaca(DATA / "ntu_adl_hw3" / "train.json")
+    train = read_alpaca(DATA / "alpaca" / "train.json")
     for r in train:  # the category the NTU ADL homework balanced: which way the translation goes
         r["direction"] = "to_modern" if ("現代" in r["instruction"] or "白話" in r["instruction"]) else "to_classical"
     shots_file = tmp_path / "train.json"

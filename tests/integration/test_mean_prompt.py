@@ -9,7 +9,7 @@ from kaggle_kit import jobs
 from kaggle_kit.competitions import get
 from kaggle_kit.config import MeanPromptConfig, PredictConfig, ValidateConfig
 from kaggle_kit.embed import load_embedder
-from kaggle_kit.mean_prompt import mean_scs, optimize, vocabulary
+from kaggle_kit.playbooks.mean_prompt import mean_scs, optimize, vocabulary
 
 from ..conftest import DATA, write_subset
 

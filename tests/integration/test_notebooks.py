@@ -15,11 +15,11 @@ from ..conftest import DATA, ROOT
 NOTEBOOKS = ROOT / "notebooks"
 
 
-def test_one_notebook_folder_per_competition():
-    assert {p.name for p in NOTEBOOKS.iterdir() if p.is_dir()} == set(competitions.COMPETITIONS)
+def test_one_notebook_folder_per_kaggle_competition():
+    assert {p.name for p in NOTEBOOKS.iterdir() if p.is_dir()} == set(competitions.on_kaggle())
 
 
-@pytest.mark.parametrize("name", list(competitions.COMPETITIONS))
+@pytest.mark.parametrize("name", competitions.on_kaggle())
 def test_notebook_runs_locally_and_writes_valid_submission(name, tmp_path):
     """Run from a folder whose data/ holds the first 8 rows of the sample (env.py finds the nearest data/)."""
     import shutil
@@ -46,7 +46,7 @@ def test_notebook_runs_locally_and_writes_valid_submission(name, tmp_path):
     assert "fallback" in printed
 
 
-@pytest.mark.parametrize("name", list(competitions.COMPETITIONS))
+@pytest.mark.parametrize("name", competitions.on_kaggle())
 def test_kernel_metadata_points_at_its_notebook(name):
     meta = json.loads((NOTEBOOKS / name / "kernel-metadata.json").read_text())
     assert (NOTEBOOKS / name / meta["code_file"]).is_file()

@@ -11,7 +11,7 @@ from kaggle_kit.config import PredictConfig, ValidateConfig
 from kaggle_kit.embed import load_embedder
 from kaggle_kit.errors import ConfigError, InputError
 from kaggle_kit.models import demo_model_dir, load_tokenizer
-from kaggle_kit.retrieval import context_texts, read_passages, retrieve
+from kaggle_kit.playbooks.retrieval import context_texts, read_passages, retrieve
 
 from ..conftest import DATA
 

@@ -12,8 +12,7 @@ import pytest
 from kaggle_kit import PredictConfig, predict
 from kaggle_kit.competitions import get
 from kaggle_kit.config import ScoreConfig, TrainConfig, ValidateConfig
-from kaggle_kit.jobs import score, validate
-from kaggle_kit.train import train
+from kaggle_kit.jobs import score, train, validate
 
 from ..conftest import DATA, run_kit
 
@@ -90,10 +89,14 @@ def test_rank_candidates_retrieves_reranks_and_trains(tmp_path):
     """Eedi: a prediction row per wrong answer, 25 catalogue ids each, the LLM reranking the first few."""
     folder = tmp_path / "eedi"
     folder.mkdir()
-    shutil.copy(DATA / "eedi" / "misconception_mapping.csv", folder)
     shutil.copy(DATA / "eedi" / "test.csv", folder)
     train_rows = pd.read_csv(DATA / "eedi" / "train.csv", dtype=str, keep_default_na=False).head(8)
     train_rows.to_csv(folder / "train.csv", index=False)
+    # the misconceptions the rows name and 400 others (the embedding of all 2,587 adds time, not coverage)
+    catalogue = pd.read_csv(DATA / "eedi" / "misconception_mapping.csv", dtype=str, keep_default_na=False)
+    tagged = {str(int(float(v))) for c in "ABCD" for v in train_rows[f"Misconception{c}Id"] if v.strip()}
+    keep = catalogue["MisconceptionId"].isin(tagged) | (catalogue.index < 400)
+    catalogue[keep].to_csv(folder / "misconception_mapping.csv", index=False)
     out = tmp_path / "sub.csv"
     res = predict(PredictConfig("eedi", str(folder / "test.csv"), out=str(out), **QUICK))
     sub = pd.read_csv(out, dtype=str)

@@ -12,13 +12,13 @@ import torch
 from kaggle_kit.config import TrainConfig, load_yaml_config
 from kaggle_kit.errors import ConfigError, InputError
 from kaggle_kit.hardware import detect
+from kaggle_kit.jobs import train
 from kaggle_kit.train import model as model_lib
-from kaggle_kit.train import train
 
 from ..conftest import DATA, ROOT
 
-ALPACA = DATA / "ntu_adl_hw3" / "train.json"
-VALID = DATA / "ntu_adl_hw3" / "public_test.json"
+ALPACA = DATA / "alpaca" / "train.json"
+VALID = DATA / "alpaca" / "public_test.json"
 
 
 def small(tmp_path, **kw):
@@ -234,7 +234,7 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
 def test_shipped_configs_are_valid():
     """Every training config in configs/ loads (routes_*.yaml are serving routes, tested with the router;
     ensemble_*.yaml ensemble files)."""
-    from kaggle_kit.ensemble import load_spec
+    from kaggle_kit.jobs.ensemble import load_spec
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if path.name.startswith("routes_"):

@@ -31,9 +31,9 @@ TRAIN = [
     "alpaca",
     *(
         "--set",
-        f"train={DATA / 'ntu_adl_hw3' / 'train.json'}",
+        f"train={DATA / 'alpaca' / 'train.json'}",
         "--set",
-        f"valid={DATA / 'ntu_adl_hw3' / 'public_test.json'}",
+        f"valid={DATA / 'alpaca' / 'public_test.json'}",
     ),
     *("--set", "lora_r=4", "--set", "max_length=160", "--set", "batch_size=2", "--set", "grad_accum=1"),
     *("--set", "max_steps=4", "--set", "eval_every=2", "--set", "lora_dropout=0.1", "--set", "eval_metric=false"),

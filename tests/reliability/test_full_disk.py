@@ -16,6 +16,7 @@ from kaggle_kit.config import PredictConfig
 from kaggle_kit.errors import KitError
 from kaggle_kit.infer.checkpoint import Checkpoint, read_results
 from kaggle_kit.io import write_csv_atomic
+from kaggle_kit.jobs import prediction as predict_module
 
 from ..conftest import run_kit, write_subset
 
@@ -83,7 +84,7 @@ def test_injected_enospc_on_the_final_submission_keeps_the_fallback(tmp_path, mo
     """The fallback is on disk before the model runs; a full disk at the end leaves that valid file."""
     data = write_subset("science_exam", tmp_path, 4)
     out = tmp_path / "submission.csv"
-    real = jobs.write_csv_atomic
+    real = predict_module.write_csv_atomic
     calls = []
 
     def second_write_fails(df, path):
@@ -97,7 +98,7 @@ def test_injected_enospc_on_the_final_submission_keeps_the_fallback(tmp_path, mo
             return kio._atomic(path, half_then_full)
         return real(df, path)
 
-    monkeypatch.setattr(jobs, "write_csv_atomic", second_write_fails)
+    monkeypatch.setattr(predict_module, "write_csv_atomic", second_write_fails)
     with pytest.raises(KitError, match="No space left on device; the previous file is unchanged"):
         jobs.predict(PredictConfig("science_exam", str(data), out=str(out), progress=False))
     assert len(calls) == 2

@@ -55,7 +55,7 @@ def test_predict_and_train_never_write_or_log_credentials(tmp_path):
             "train",
             "alpaca",
             "--set",
-            f"train={DATA / 'ntu_adl_hw3' / 'train.json'}",
+            f"train={DATA / 'alpaca' / 'train.json'}",
             "--set",
             f"out={tmp_path / 'out' / 'train'}",
             "--set",

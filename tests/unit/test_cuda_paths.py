@@ -77,17 +77,17 @@ def test_vllm_refuses_gemma_in_fp16_and_int8_and_quantises_nf4_in_flight(fake_vl
 
 
 def test_backend_auto_falls_back_to_transformers_where_vllm_cannot_run(fake_vllm, monkeypatch, tmp_path):
-    from kaggle_kit import jobs
     from kaggle_kit.config import PredictConfig
+    from kaggle_kit.jobs import work
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
     folder = tmp_path / "gemma2"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "gemma2"}')
     auto = PredictConfig("lmsys", "x.csv", model=str(folder), backend="auto")
-    assert jobs._vllm_can_run(auto, t4(), "auto") is False
+    assert work._vllm_can_run(auto, t4(), "auto") is False
     with pytest.raises(ConfigError, match="gemma2 in float16"):
-        jobs._vllm_can_run(PredictConfig("lmsys", "x.csv", model=str(folder), backend="vllm"), t4(), "vllm")
+        work._vllm_can_run(PredictConfig("lmsys", "x.csv", model=str(folder), backend="vllm"), t4(), "vllm")
 
 
 def test_t4_training_keeps_the_embedding_fp16_and_checkpoints_activations(monkeypatch):

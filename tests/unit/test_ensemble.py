@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from kaggle_kit.competitions import get
-from kaggle_kit.ensemble import EnsembleSpec, Member, combine, fit_weights, least_confident, load_spec, save_spec
 from kaggle_kit.errors import ConfigError
+from kaggle_kit.jobs.ensemble import EnsembleSpec, Member, combine, fit_weights, least_confident, load_spec, save_spec
 from kaggle_kit.metrics import log_loss
 
 

@@ -38,7 +38,7 @@ def test_unknown_competition_is_one_line_exit_2():
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "error: unknown competition 'titanic'; valid: science_exam, lmsys, prompt_recovery, eedi, llm_detect, "
-        "aimo, wsdm, map, or the path of a spec file"
+        "aimo, wsdm, map, alpaca, or the path of a spec file"
     ]
     assert "Traceback" not in r.stderr
 

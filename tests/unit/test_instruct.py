@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from kaggle_kit.errors import ConfigError, InputError
-from kaggle_kit.instruct import pick_shots
-from kaggle_kit.synth import pairs, read_prompts
+from kaggle_kit.playbooks.instruct import pick_shots
+from kaggle_kit.playbooks.synth import pairs, read_prompts
 
 
 def _records():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_kit.competitions import COMPETITIONS
+from kaggle_kit.competitions import on_kaggle
 from kaggle_kit.errors import ConfigError, KitError
 from kaggle_kit.kaggle import metadata
 from kaggle_kit.kaggle.secrets import find_secrets
@@ -30,7 +30,7 @@ GOOD = {
 
 def test_every_shipped_metadata_file_is_valid():
     files = [ROOT / "kernel-metadata.json", *sorted((ROOT / "notebooks").glob("*/kernel-metadata.json"))]
-    assert len(files) == 1 + len(COMPETITIONS)
+    assert len(files) == 1 + len(on_kaggle())
     for f in files:
         folder = f.parent
         assert metadata.check(metadata.read(f), folder) == [], f

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_kit.calibration import calibrate, temperature
 from kaggle_kit.competitions import get
 from kaggle_kit.config import CalibrateConfig, PredictConfig
 from kaggle_kit.errors import ConfigError, InputError
 from kaggle_kit.jobs import check_tta
 from kaggle_kit.metrics import fit_temperature, log_loss
+from kaggle_kit.playbooks.calibration import calibrate, temperature
 
 from ..conftest import DATA
 

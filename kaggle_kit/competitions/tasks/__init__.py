@@ -44,5 +44,26 @@ def template_fields(task: str) -> set[str]:
 
 
 def build(spec):
-    """The Competition of a spec."""
-    return TASK_TYPES[spec.task].Task(spec, settings_for(spec))
+    """The Competition of a spec, its task block and template checked against the task type."""
+    settings = settings_for(spec)
+    check_prompt(spec)
+    return TASK_TYPES[spec.task].Task(spec, settings)
+
+
+def check_prompt(spec) -> None:
+    """The template parses, and every plain name it reads is a column or a field the task supplies."""
+    from ..spec import SpecError, suggest
+    from ..template import undeclared
+
+    try:
+        names = undeclared(spec.prompt.template)
+    except Exception as exc:  # jinja2.TemplateSyntaxError and friends
+        raise SpecError(spec.path, "prompt.template", f"not a valid Jinja template: {exc}") from None
+    if spec.fields or spec.prepare:
+        return  # a fields/prepare function may add any name; checked when the rows are rendered
+    supplied = set(spec.columns) | template_fields(spec.task)
+    missing = sorted(names - supplied)
+    if missing:
+        raise SpecError(
+            spec.path, "prompt.template", f"reads {missing[0]!r}, which is not a column{suggest(missing[0], supplied)}"
+        )

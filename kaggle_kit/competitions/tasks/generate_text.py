@@ -93,6 +93,18 @@ class Task(Competition):
         sub.loc[is_fallback, col] = mean
         return sub
 
+    def evaluate(self, model, tokenizer, df, run, **run_kw) -> float:
+        """Metric 'perplexity': the mean per-example perplexity of the reference texts given the prompts
+        (what instruction tuning is scored by); else predict and score."""
+        if self.spec.metric != "perplexity":
+            return super().evaluate(model, tokenizer, df, run, **run_kw)
+        from ...infer import perplexity
+        from ...metrics import perplexity as mean_perplexity
+
+        prompts = self.examples(df, tokenizer, run.max_length, run.shots, **run.extra)
+        nlls, _ = perplexity(model, tokenizer, prompts, self.completions(df), max_length=run.max_length, **run_kw)
+        return mean_perplexity([x for x in nlls if x is not None])
+
     def check_row(self, row):
         """A text must not be blank (Kaggle errors on null answers)."""
         return None if str(row[self.settings.output]).strip() else f"empty {self.settings.output}"
@@ -114,4 +126,6 @@ class Task(Competition):
             return (chrf if metric == "chrf" else bleu)(preds, refs)
         if metric in ("exact", "accuracy"):
             return accuracy(preds, refs)
+        if metric == "perplexity":
+            raise InputError(self.spec.path, "perplexity is measured with the model: kaggle-kit perplexity")
         raise InputError(self.spec.path, f"metric {metric!r} does not score generated text")

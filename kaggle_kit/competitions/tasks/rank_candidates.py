@@ -90,8 +90,7 @@ class Task(Competition):
 
     def candidates(self, df, data_dir) -> list[list[int]]:
         """Per row, the catalogue positions of its `candidates` nearest items, best first (cached)."""
-        from ...embed import load_embedder
-        from ...retrieval import retrieve
+        from ...embed import load_embedder, retrieve
         from ..template import render_rows
 
         ids, texts = self.catalogue(data_dir)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import competitions
-from .config import CalibrateConfig
-from .errors import ConfigError, InputError
+from .. import competitions
+from ..config import CalibrateConfig
+from ..errors import ConfigError, InputError
 
 log = logging.getLogger("kaggle_kit")
 
@@ -31,8 +31,8 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     """Fit the temperature that minimises log loss on a labelled validation file; save it with the adapter."""
     import json
 
-    from .io import read_submission, write_json_atomic
-    from .metrics import apply_temperature, log_loss, temperature_fit
+    from ..io import read_submission, write_json_atomic
+    from ..metrics import apply_temperature, log_loss, temperature_fit
 
     comp = competitions.get(cfg.competition)
     if comp.kind != "label_probabilities" or comp.settings.output != "columns":

@@ -9,9 +9,8 @@ import hashlib
 import logging
 from pathlib import Path
 
-import numpy as np
-
-from .errors import InputError
+from ..embed import retrieve  # noqa: F401  (re-exported: the retrieval of this playbook)
+from ..errors import InputError
 
 log = logging.getLogger("kaggle_kit")
 _HITS: dict[str, list[list[int]]] = {}  # one retrieval per (passages, embedder, k, queries) in a process
@@ -38,21 +37,6 @@ def read_passages(path, column: str = "text") -> tuple[str, ...]:
     return tuple(texts)
 
 
-def retrieve(queries: list[str], passages: list[str], embed, k: int, chunk: int = 4096) -> list[list[int]]:
-    """Indices of the k passages nearest each query by cosine similarity, best first."""
-    q = embed(list(queries))
-    k = min(k, len(passages))
-    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(q), 0), dtype=np.int64)
-    for start in range(0, len(passages), chunk):  # a passage matrix never has to fit memory whole
-        p = embed(list(passages[start : start + chunk]))
-        s = np.concatenate([best_s, q @ p.T], axis=1)
-        i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(p)), (len(q), len(p)))], axis=1)
-        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
-    return best_i.tolist()
-
-
 def context_texts(tokenizer, passages: list[str], hits: list[list[int]], max_tokens: int) -> list[str]:
     """Per query, its passages in rank order while they fit `max_tokens` tokens; a first passage longer
     than the budget is cut to it, so every question gets some context."""
@@ -73,7 +57,7 @@ def context_texts(tokenizer, passages: list[str], hits: list[list[int]], max_tok
 
 def contexts(queries: list[str], tokenizer, cfg) -> list[str]:
     """The context text per query for a PredictConfig's `context` passage file and settings."""
-    from .embed import load_embedder
+    from ..embed import load_embedder
 
     passages = read_passages(cfg.context, cfg.context_column)
     key = hashlib.sha256(

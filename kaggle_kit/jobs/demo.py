@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import competitions
-from .config import PredictConfig, ScoreConfig
-from .io import read_text_csv, write_csv_atomic
-from .jobs import predict, score
-from .progress import format_table
+from .. import competitions
+from ..config import PredictConfig, ScoreConfig
+from ..io import read_text_csv, write_csv_atomic
+from ..progress import format_table
+from .evaluate import score
+from .prediction import predict
 
 ROWS = 40  # labelled rows per competition: every stage real, a few minutes for all on a 2-core CPU
 

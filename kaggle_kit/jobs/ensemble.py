@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
 
 log = logging.getLogger("kaggle_kit")
 RANKED = ("multiple_choice", "label_probabilities")  # task types whose outputs are label probabilities
@@ -50,7 +50,7 @@ class EnsembleSpec:
 
 def load_spec(path) -> EnsembleSpec:
     """An EnsembleSpec from YAML; a bad field is named (members[1].adapter, weights.fold2, ...)."""
-    from .config import read_yaml_mapping
+    from ..config import read_yaml_mapping
 
     raw = read_yaml_mapping(path, "ensemble")
     if not isinstance(raw.get("members"), list) or not raw["members"]:
@@ -88,7 +88,7 @@ def save_spec(spec: EnsembleSpec, path) -> Path:
     """Write the spec as YAML (atomically)."""
     import yaml
 
-    from .io import write_text_atomic
+    from ..io import write_text_atomic
 
     data = {
         "members": [{k: v for k, v in asdict(m).items() if v is not None} for m in spec.members],
@@ -106,7 +106,7 @@ def _member_process(cfg, seconds_left: float | None, gpu: int | None = None) -> 
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     os.environ["KAGGLE_KIT_WORKER_GPUS"] = "0"  # the device is chosen above, not by a shard index
-    from .jobs import _worker
+    from .work import _worker
 
     return _worker(cfg, (0, 1), seconds_left, os.cpu_count() or 1)
 
@@ -116,7 +116,7 @@ def run_member(cfg, seconds_left: float | None):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from .infer.checkpoint import read_results
+    from ..infer.checkpoint import read_results
 
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         stats = pool.submit(_member_process, cfg, seconds_left).result()
@@ -148,7 +148,7 @@ def combine(comp, outputs: list, weights: np.ndarray, temperature: float = 1.0):
     """Members' outputs -> one: weighted mean of probabilities over the members that have the row, then
     the temperature (label probabilities); the members' texts joined in member order (generate_text); all
     members' solutions pooled for one vote (generate_answer)."""
-    from .metrics import apply_temperature
+    from ..metrics import apply_temperature
 
     rows = range(len(outputs[0]))
     if comp.kind == "generate_text":
@@ -180,7 +180,7 @@ def weights_fit(y, probs: list) -> dict:
     mean: {'weights', 'converged', 'message'}; the loss is convex in the weights."""
     from scipy.optimize import minimize
 
-    from .metrics import LOG_LOSS_EPS
+    from ..metrics import LOG_LOSS_EPS
 
     y = np.asarray(y)
     p = np.stack([np.asarray(q, dtype=np.float64)[np.arange(len(y)), y] for q in probs], axis=1)  # (N, M)
@@ -211,8 +211,8 @@ def predict_members(cfg, comp, df, deadline):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from .infer.checkpoint import read_results
-    from .jobs import _gpu_count, sum_stats
+    from ..infer.checkpoint import read_results
+    from .work import _gpu_count, sum_stats
 
     if comp.kind == "rank_candidates":
         raise ConfigError("ensemble", f"{comp.name} ranks catalogue items: its members' rankings cannot be combined")
@@ -236,7 +236,7 @@ def predict_members(cfg, comp, df, deadline):
 
 
 def _ordered(comp, df, results: dict):
-    from .jobs import outputs_from_results
+    from .work import outputs_from_results
 
     return outputs_from_results(comp, df.reset_index(drop=True), results)
 
@@ -255,7 +255,7 @@ def cascade(cfg, comp, df, probs, deadline):
     """Re-answer the least confident cfg.cascade_fraction of rows with the second model (5th place in
     Science Exam: 7B on all, 70B on the least confident 40%). Rows the budget does not reach keep the
     first model's answer. Returns (probs, rows re-answered, checkpoint file)."""
-    from .io import read_text_csv, write_csv_atomic
+    from ..io import read_text_csv, write_csv_atomic
 
     if comp.kind not in RANKED:
         raise ConfigError("cascade_model", f"the cascade re-ranks label probabilities; {comp.name} is {comp.kind}")
@@ -307,9 +307,9 @@ def _free_cuda() -> None:
 def fit(cfg) -> EnsembleSpec:
     """Run every member on a labelled validation file, fit the weights and the temperature that minimise
     log loss there, and write them into the ensemble file (`kaggle-kit ensemble`)."""
-    from . import competitions
-    from .config import PredictConfig
-    from .metrics import log_loss, temperature_fit
+    from ..config import PredictConfig
+    from ..metrics import log_loss, temperature_fit
+    from .. import competitions
 
     comp = competitions.get(cfg.competition)
     if comp.kind not in RANKED:

@@ -8,8 +8,8 @@ import logging
 import random
 from dataclasses import dataclass
 
-from .errors import ConfigError
-from .templates import render
+from ..errors import ConfigError
+from ..templates import render
 
 log = logging.getLogger("kaggle_kit")
 
@@ -63,12 +63,12 @@ def prompts(tokenizer, records: list[dict], shots: list[dict] = ()) -> list[str]
 
 def evaluate(cfg) -> PerplexityResult:
     """The NTU ADL homework's evaluation of cfg.data (alpaca JSON/JSONL with outputs) as the config says."""
-    from .budget import Deadline
-    from .hardware import detect
-    from .infer import perplexity
-    from .metrics import perplexity as ppl_metric
-    from .models import load_model
-    from .train.data import read_alpaca
+    from ..budget import Deadline
+    from ..hardware import detect
+    from ..infer import perplexity
+    from ..metrics import perplexity as ppl_metric
+    from ..models import load_model
+    from ..train.data import read_alpaca
 
     deadline = Deadline.parse(cfg.budget)
     records = read_alpaca(cfg.data)

@@ -9,8 +9,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-from .templates import render
+from ..errors import InputError
+from ..templates import render
 
 log = logging.getLogger("kaggle_kit")
 
@@ -28,7 +28,7 @@ class SynthResult:
 
 def read_prompts(path, column: str = "rewrite_prompt") -> list[str]:
     """Rewrite prompts from a text file (one per line) or a CSV column; blanks and repeats dropped."""
-    from .io import Column, read_csv
+    from ..io import Column, read_csv
 
     path = Path(path)
     if not path.is_file():
@@ -60,12 +60,12 @@ def synthesize(cfg) -> SynthResult:
     budget reaches. Resumable: a rerun after a kill continues from the checkpoint file."""
     import pandas as pd
 
-    from .budget import Deadline
-    from .hardware import detect
-    from .infer import run_task
-    from .infer.primitives import generation_task
-    from .io import Column, read_csv, write_csv_atomic
-    from .models import load_model
+    from ..budget import Deadline
+    from ..hardware import detect
+    from ..infer import run_task
+    from ..infer.primitives import generation_task
+    from ..io import Column, read_csv, write_csv_atomic
+    from ..models import load_model
 
     deadline = Deadline.parse(cfg.budget)
     texts = read_csv(cfg.texts, [Column(cfg.text_column)], id_column="")[cfg.text_column].tolist()

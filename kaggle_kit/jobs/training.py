@@ -1,0 +1,121 @@
+"""train(cfg): a LoRA / QLoRA adapter for a competition. The job reads the competition's labelled rows,
+splits them (grouped, leak-free), builds prompt/completion pairs through the competition, builds the
+model and optimizer, resumes from out/last when it holds the same run, and hands everything to the
+engine's fit() loop (kaggle_kit/train/loop.py), with the competition's metric as a function."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .. import competitions
+from ..budget import Deadline
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..train import checkpoint, data
+from ..train import model as model_lib
+from ..train.loop import Split, TrainResult, fit
+
+log = logging.getLogger("kaggle_kit")
+RESUME_IGNORES = ("budget", "progress", "patience")  # may change between a run and its resumption
+RANKED = ("multiple_choice", "label_probabilities")  # task types whose outputs are label probabilities
+
+
+def prepare_data(cfg: TrainConfig, tok) -> Split:
+    """Read, split (grouped by the competition's group column), build (prompt, completion) pairs and
+    tokenise them; the valid split's metric comes through the competition."""
+    from ..competitions.tasks.common import Run
+
+    comp = competitions.get(cfg.competition)
+    df = comp.read(cfg.train, labelled=True)
+    if cfg.valid:
+        train_df, valid_df = df, comp.read(cfg.valid, labelled=True)
+    else:
+        tr, va = data.group_split([str(x) for x in df[comp.group_column]], cfg.valid_fraction, cfg.seed)
+        train_df, valid_df = df.iloc[tr].reset_index(drop=True), df.iloc[va].reset_index(drop=True)
+    where = str(Path(cfg.train).parent)
+    prompts, completions, perms = comp.train_pairs(train_df, tok, cfg.max_length, cfg.views, where)
+    softs = _soft_labels(cfg, comp, train_df, perms) if cfg.soft_labels else None
+    train_ex, d1 = data.tokenize(tok, prompts, completions, cfg.max_length, cfg.loss, softs)
+    v_prompts, v_completions, _ = comp.train_pairs(valid_df, tok, cfg.max_length, 1, where)
+    valid_ex, d2 = data.tokenize(tok, v_prompts, v_completions, cfg.max_length, cfg.loss)
+    run = Run(max_length=cfg.max_length, data_dir=where)
+
+    def metric(model, tokenizer) -> float:
+        return comp.evaluate(model, tokenizer, valid_df, run, progress=False)
+
+    label_ids = [tok(x, add_special_tokens=False)["input_ids"][0] for x in comp.labels] if comp.labels else None
+    return Split(train_ex, valid_ex, metric, comp.higher_is_better, label_ids, dropped=d1 + d2)
+
+
+def _soft_labels(cfg, comp, train_df, perms) -> list:
+    """A teacher's probabilities per training row, in each view's label order."""
+    if comp.kind not in RANKED:
+        raise ConfigError("soft_labels", f"{comp.name} is {comp.kind}; distillation needs label probabilities")
+    ids = train_df[comp.id_column].tolist()
+    names = getattr(comp, "class_names", comp.labels)
+    teacher = data.read_soft_labels(cfg.soft_labels, ids, comp.labels, names, id_column=comp.id_column)
+    if len(perms) % len(ids):
+        raise ConfigError("soft_labels", "distillation with views needs every row in every view")
+    return [[teacher[k % len(ids)][j] for j in perm] for k, perm in enumerate(perms)]
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train a LoRA adapter as `cfg` says; resume from out/last when it holds a run of the same config."""
+    import torch
+    from accelerate import Accelerator
+
+    from ..hardware import detect, guard_half
+    from ..models import load_config, resolve_model
+
+    deadline = Deadline.parse(cfg.budget)
+    competitions.get(cfg.competition)  # an unknown competition or a bad spec fails before any model loads
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    # fp32 for a family that overflows fp16 (Gemma 2/3 on a T4), decided before accelerate's mixed precision
+    profile = guard_half(detect(cfg.dtype, cfg.device), load_config(resolve_model(cfg.model)).model_type)
+    precision = {"float16": "fp16", "bfloat16": "bf16"}.get(profile.compute_dtype, "no")
+    accelerator = Accelerator(
+        mixed_precision=precision if profile.device == "cuda" else "no",  # a CPU's bf16 autocast: see fit()
+        cpu=profile.device == "cpu",
+    )
+    log.info(
+        "accelerate: %s, %d process(es), mixed precision %s",
+        accelerator.distributed_type,
+        accelerator.num_processes,
+        accelerator.mixed_precision,
+    )
+    model, tok = model_lib.build(cfg, profile)
+    split = prepare_data(cfg, tok)
+    if not split.train or not split.valid:
+        raise ConfigError("train", f"no rows left to train ({len(split.train)}) or validate ({len(split.valid)})")
+    per_epoch = math.ceil(len(split.train) / cfg.batch_size / accelerator.num_processes / cfg.grad_accum)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    opt = model_lib.optimizer(model, cfg, profile)
+    sched = model_lib.schedule(cfg, opt, total)
+    model, opt = accelerator.prepare(model, opt)
+    return fit(
+        cfg, accelerator, model, tok, opt, sched, split, total, _resume(cfg, accelerator, model, opt, sched), deadline
+    )
+
+
+def _resume(cfg, accelerator, model, opt, sched) -> dict:
+    """The loop state to start from: a fresh one, or out/last's when it holds a run of the same config."""
+    out = Path(cfg.out)
+    state = {"step": 0, "epoch": 0, "pos": 0, "best": None, "best_step": None, "stale": 0, "history": []}
+    previous = checkpoint.saved_config(out / "last")
+    if previous is None:
+        return state
+    mine = {k: v for k, v in asdict(cfg).items() if k not in RESUME_IGNORES}
+    if {k: v for k, v in previous.items() if k not in RESUME_IGNORES} != mine:
+        raise ConfigError("out", f"{out} holds a run with another config; use a new --set out=... to start afresh")
+    scaler = getattr(accelerator, "scaler", None)
+    state = checkpoint.load_state(out / "last", accelerator.unwrap_model(model), opt, sched, scaler) or state
+    log.info("resuming %s at step %d", out, state["step"])
+    return state
