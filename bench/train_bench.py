@@ -1,12 +1,16 @@
 """Training benchmark: the kit's fit() against a plain transformers.Trainer + peft run, same data, same
-steps, each in its own process so peak RSS is its own. The peer is the usual notebook: random batches,
-each padded to its longest row, labels masked on the prompt, the model's own loss over full logits.
+steps, each in its own process so peak RSS is its own. The peers are the usual notebook (random batches,
+each padded to its longest row, labels masked on the prompt, the model's own loss over full logits) and
+a good one: the same with batches grouped by length (`train_sampling_strategy="group_by_length"`).
+`--loss answer` trains the first answer token only (the kit then computes logits at that position only;
+the Trainer still computes them everywhere). Writes bench/results/train_<device>[_<model>].json.
 
 The kit trains in its hardware profile's dtype (bf16 on a CPU with native bf16, else fp32); the peer in
 --peer-dtype: 'same' (the kit's, a like-for-like comparison of the loop) or float32 (a notebook that
 keeps the default).
 
     python bench/train_bench.py [--steps 8] [--batch 4] [--quant nf4|none] [--peer-dtype same|float32|bfloat16]
+        [--model demo|demo:gemma3|FOLDER] [--loss completion|answer]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def rows_file() -> Path:
@@ -37,11 +42,12 @@ def run_kit(args, out: Path) -> dict:
         "science_exam",
         str(rows_file()),
         out=str(out),
+        model=args.model,
         quant=args.quant,
         lora_r=8,
         lora_alpha=16,
         lora_dropout=0.0,
-        loss="completion",
+        loss=args.loss,
         max_length=512,
         batch_size=args.batch,
         grad_accum=1,
@@ -56,9 +62,9 @@ def run_kit(args, out: Path) -> dict:
         progress=False,
     )
     from kaggle_kit.jobs.training import prepare_data
-    from kaggle_kit.models import demo_model_dir, load_tokenizer
+    from kaggle_kit.models import load_tokenizer, resolve_model
 
-    split = prepare_data(cfg, load_tokenizer(demo_model_dir()))  # the rows train() will see
+    split = prepare_data(cfg, load_tokenizer(resolve_model(args.model)))  # the rows train() will see
     res = train(cfg)
     # steps 2..N, timed from the per-step log lines (model load, step-0 eval and warm-up left out)
     logs = [h for h in res.history if "train_loss" in h]
@@ -86,9 +92,9 @@ def run_trainer(args, out: Path) -> dict:
     )
 
     from kaggle_kit.competitions import get
-    from kaggle_kit.models import demo_model_dir, load_tokenizer
+    from kaggle_kit.models import load_tokenizer, resolve_model
 
-    path = demo_model_dir()
+    path = resolve_model(args.model)
     tok = load_tokenizer(path)
     science_exam = get("science_exam")
     df = science_exam.read(rows_file(), labelled=True)
@@ -98,7 +104,8 @@ def run_trainer(args, out: Path) -> dict:
         p_ids = tok(p, add_special_tokens=False)["input_ids"]
         c_ids = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         p_ids = p_ids[-(512 - len(c_ids)) :]
-        rows.append({"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_ids})
+        labels = c_ids if args.loss == "completion" else c_ids[:1] + [-100] * (len(c_ids) - 1)
+        rows.append({"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + labels})
     if args.quant == "nf4":
         bnb = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -126,6 +133,7 @@ def run_trainer(args, out: Path) -> dict:
         bf16=args.peer_dtype == "bfloat16",
         seed=42,
         disable_tqdm=True,
+        **({"train_sampling_strategy": "group_by_length"} if args.which == "grouped" else {}),
     )
     trainer = Trainer(
         model=model, args=targs, train_dataset=rows, data_collator=DataCollatorForSeq2Seq(tok, padding=True)
@@ -160,7 +168,9 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--quant", default="nf4", choices=["nf4", "none"])
     ap.add_argument("--peer-dtype", default="same", choices=["same", "float32", "bfloat16"])
-    ap.add_argument("--which", choices=["kit", "trainer"])
+    ap.add_argument("--which", choices=["kit", "trainer", "grouped"])
+    ap.add_argument("--model", default="demo", help="demo (SmolLM2), demo:gemma3, or a model folder")
+    ap.add_argument("--loss", default="completion", choices=["completion", "answer"])
     args = ap.parse_args()
     if args.peer_dtype == "same":
         from kaggle_kit.hardware import detect
@@ -173,7 +183,7 @@ def main():
         print(json.dumps(res))
         return
     results = {}
-    for which in ("kit", "trainer"):
+    for which in ("kit", "trainer", "grouped"):
         cmd = [
             sys.executable,
             __file__,
@@ -187,15 +197,20 @@ def main():
             args.quant,
             "--peer-dtype",
             args.peer_dtype,
+            "--model",
+            args.model,
+            "--loss",
+            args.loss,
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[which] = json.loads(out)
     from kaggle_kit.hardware import detect
     from kaggle_kit.progress import format_table
 
+    names = {"kit": "kit fit()", "trainer": "Trainer, random batches", "grouped": "Trainer, group_by_length"}
     rows = [
         {
-            "run": k,
+            "run": names[k],
             "train tok/s": v["tokens"] / v["seconds"],
             "padding %": 100 * (1 - v["tokens"] / v["padded"]),
             "seconds": v["seconds"],
@@ -204,12 +219,22 @@ def main():
         for k, v in results.items()
     ]
     print(format_table(rows))
-    k, t = results["kit"], results["trainer"]
+    k, t = results["kit"], results["grouped"]
     print(
-        f"kit / Trainer tokens/s: {(k['tokens'] / k['seconds']) / (t['tokens'] / t['seconds']):.2f}x; "
+        f"kit / length-grouped Trainer tokens/s: {(k['tokens'] / k['seconds']) / (t['tokens'] / t['seconds']):.2f}x; "
         f"peak RSS {k['peak_rss_mb']:.0f} vs {t['peak_rss_mb']:.0f} MB ({args.steps} steps x batch {args.batch}, "
-        f"{args.quant}; kit {detect().compute_dtype}, peer {args.peer_dtype}; steps 2..N timed)"
+        f"{args.quant}, loss {args.loss}; kit {detect().compute_dtype}, peer {args.peer_dtype}; steps 2..N timed)"
     )
+    import platform
+
+    from infer_bench import _commit
+
+    suffix = "" if args.model == "demo" else "_" + args.model.replace(":", "_").replace("/", "_")
+    out = ROOT / "bench" / "results" / f"train_{detect().device}{suffix}_{args.loss}.json"
+    meta = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "model": args.model}
+    meta["machine"] = platform.processor() or platform.machine()
+    out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,18 @@ Importing the package loads no torch: the public functions below are imported on
 from __future__ import annotations
 
 import importlib
+import logging
+import warnings
 
 __version__ = "0.1.0"
+
+# bitsandbytes warns at import, on every CPU run, that it could not fetch a faster 4-bit kernel from the
+# hub (the `kernels` package: no hub at run time). Its own CPU path gives the same numbers; docs/training.md
+# says so once. Set before anything imports bitsandbytes (peft and transformers may, indirectly).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# Importing bitsandbytes compiles a kernel with torch.compile, whose inductor imports torch.utils.mkldnn,
+# which still uses torch.jit.script_method: torch warns about its own code, nothing a user can change.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated", category=DeprecationWarning)
 
 # public name -> module that defines it
 _EXPORTS = {

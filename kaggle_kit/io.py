@@ -213,6 +213,26 @@ def _read_parquet_text(path):
     return out
 
 
+def read_yaml_mapping(path, error) -> dict:
+    """The mapping a YAML file holds ({} for an empty file). `error(message)` builds the exception raised
+    when the file is missing, is not valid YAML or holds something else than a mapping, so each caller
+    names its own flag or field."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"file {path} not found")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise error(f"{path} is not valid YAML: {exc}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise error(f"{path} must hold a mapping of field: value")
+    return values
+
+
 def read_submission(path):
     """A submission (or any predictions) file as text cells: the one reader validate, score, calibrate and
     ensembles share (a BOM is dropped, the text 'NA' stays text)."""
@@ -271,6 +291,32 @@ def write_csv_atomic(df, path) -> Path:
     return _atomic(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n", quoting=quoting))
 
 
+def write_head(source, out, rows: int, start: int = 0) -> Path:
+    """Records start .. start + rows - 1 (the first `rows` by default) of a CSV, JSON / JSONL or parquet
+    file written to `out` in the same format, cells as written (a sample of a competition file that reads
+    back as the original does)."""
+    source, out = Path(source), Path(out)
+    suffix, part = source.suffix.lower(), slice(start, start + rows)
+    if suffix in (".json", ".jsonl"):
+        text = source.read_text(encoding="utf-8-sig")
+        if text.lstrip().startswith("["):
+            try:
+                return write_json_atomic(json.loads(text)[part], out)
+            except json.JSONDecodeError as exc:
+                raise InputError(source, f"not JSON: {exc.msg}", row=exc.lineno) from None
+        lines = [line for line in text.splitlines() if line.strip()]
+        return write_text_atomic("".join(line + "\n" for line in lines[part]), out)
+    if suffix in (".parquet", ".pq"):
+        import pandas as pd
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        pd.read_parquet(source).iloc[part].to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+        return out
+    return write_csv_atomic(read_text_csv(source).iloc[part].reset_index(drop=True), out)
+
+
 def write_text_atomic(text: str, path) -> Path:
     """Write text atomically."""
     return _atomic(path, lambda fh: fh.write(text))
@@ -279,3 +325,29 @@ def write_text_atomic(text: str, path) -> Path:
 def write_json_atomic(obj, path) -> Path:
     """Write JSON (indented, UTF-8) atomically."""
     return _atomic(path, lambda fh: json.dump(obj, fh, indent=2, ensure_ascii=False))
+
+
+def replace_folder(tmp, folder) -> Path:
+    """Put the finished folder `tmp` in place of `folder` without a moment where neither exists: the old
+    one is renamed aside (.NAME.old), the new one renamed in, the old one removed. A kill between the two
+    renames leaves .NAME.old, which recover_folder() puts back."""
+    import shutil
+
+    tmp, folder = Path(tmp), Path(folder)
+    recover_folder(folder)
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def recover_folder(folder) -> Path:
+    """Put back `.NAME.old` when a kill fell between replace_folder()'s two renames (the folder is missing)."""
+    folder = Path(folder)
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.exists() and old.is_dir():
+        os.replace(old, folder)
+    return folder

@@ -109,7 +109,7 @@ def temperature_fit(y_true: Sequence[int], probs, lo: float = 0.05, hi: float = 
 
 def roc_auc(y_true: Sequence[int], scores: Sequence[float]) -> float:
     """Area under the ROC curve of binary labels (0/1) by scores: the probability that a random positive
-    scores above a random negative, ties counting half (the Mann-Whitney U statistic; sklearn's value)."""
+    scores above a random negative, ties counting half (sklearn's roc_auc_score, with clear errors)."""
     y = np.asarray(y_true, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)
     if len(y) != len(s):
@@ -119,15 +119,9 @@ def roc_auc(y_true: Sequence[int], scores: Sequence[float]) -> float:
         raise ValueError("roc_auc needs labels 0 and 1")
     if not pos or not neg:
         raise ValueError("roc_auc needs at least one positive and one negative row")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    start = 0
-    for end in range(1, len(s) + 1):  # tied scores share their mean rank
-        if end == len(s) or sorted_s[end] != sorted_s[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2.0
-            start = end
-    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s))
 
 
 def grouped_roc_auc(y_true, scores, groups) -> float:

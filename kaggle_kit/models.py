@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .env import KAGGLE_INPUT
 from .errors import ConfigError, ModelNotFound
+from .io import replace_folder
 from .provision import DEMOS, cache_dir, demo_model_dir, gguf_model_dir
 
 # No hub, ever: every load below is local; these make transformers fail instead of reaching out.
@@ -139,11 +142,17 @@ def load_model(
     if adapters:
         from peft import PeftModel
 
+        from .heads import peft_config, prepare_base
+
         items = [(n, _check_adapter(Path(a))) for n, a in adapters.items()]
-        model = PeftModel.from_pretrained(model, items[0][1], adapter_name=items[0][0], is_trainable=False)
-        for n, a in items[1:]:
-            model.load_adapter(a, adapter_name=n, is_trainable=False)
-        model.set_adapter(items[0][0])
+        prepare_base(model, [a for _, a in items])  # a classification adapter's head (heads.py)
+        first, path = items[0]
+        with quiet_peft():
+            model = PeftModel.from_pretrained(model, path, first, is_trainable=False, config=peft_config(path))
+            for n, a in items[1:]:
+                model.add_adapter(n, peft_config(a))
+                model.load_adapter(a, adapter_name=n, is_trainable=False)
+        model.set_adapter(first)
     model.eval()
     paths = fast.set_paths(model, fast.inspect(model, enabled=fast_paths))
     if profile.device == "cpu" and fast_paths:
@@ -154,6 +163,15 @@ def load_model(
         if not bnb:
             paths.packed = pack_linears(model)  # bf16 weights in oneDNN's layout once; a no-op in fp32
     return model, tok
+
+
+@contextmanager
+def quiet_peft():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning in transformers
+    5.x) on every wrap: the two libraries' business, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def load_config(path: Path):
@@ -203,15 +221,14 @@ def merge_adapter(
     base = resolve_model(model or adapter_base(adapter) or DEMO)
     tok = load_tokenizer(base)
     plain = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), local_files_only=True)
-    merged = PeftModel.from_pretrained(plain, _check_adapter(Path(adapter))).merge_and_unload()
+    with quiet_peft():
+        merged = PeftModel.from_pretrained(plain, _check_adapter(Path(adapter))).merge_and_unload()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return replace_folder(tmp, out)
 
 
 def average_adapters(adapters: list, out) -> Path:
@@ -244,9 +261,7 @@ def average_adapters(adapters: list, out) -> Path:
     shutil.copytree(paths[0], tmp, ignore=shutil.ignore_patterns("trainer_state.pt", "*.png", "metrics*"))
     save_file(mean, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
     (tmp / "averaged_from.json").write_text(json.dumps([str(p) for p in paths], indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return replace_folder(tmp, out)
 
 
 def _norm_cfg(value):

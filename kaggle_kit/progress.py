@@ -24,6 +24,48 @@ def bar(total: int, desc: str, unit: str = "row", disable: bool | None = None):
     )
 
 
+class Heartbeat:
+    """A line in the log every `every` seconds while rows are worked through: done / total, rows/s, ETA,
+    the budget left and the rows without an output. Kaggle keeps a kernel's log even when its progress
+    bars do not render, so an 8-hour run says how it is going. `every` defaults to
+    $KAGGLE_KIT_HEARTBEAT seconds, else 300; 0 turns it off."""
+
+    def __init__(self, total: int, desc: str, deadline=None, every: float | None = None, done: int = 0):
+        import os
+        import time
+
+        self.total, self.desc, self.deadline, self.start_done = total, desc, deadline, done
+        self.every = float(os.environ.get("KAGGLE_KIT_HEARTBEAT", 300)) if every is None else every
+        self._clock = time.monotonic
+        self.t0 = self.last = self._clock()
+
+    def beat(self, done: int, missing: int = 0, force: bool = False) -> bool:
+        """Log a line if `every` seconds have passed (or `force`); True when one was logged."""
+        now = self._clock()
+        if self.every <= 0 or (not force and now - self.last < self.every):
+            return False
+        self.last = now
+        ran = done - self.start_done
+        rate = ran / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        left = None if self.deadline is None or self.deadline.seconds is None else self.deadline.remaining()
+        log.info(
+            "heartbeat %s: %d/%d rows (%.0f%%), %.2f rows/s, ETA %s, budget left %s, without output %d",
+            self.desc, done, self.total, 100.0 * done / max(self.total, 1), rate, duration(eta),
+            "none set" if left is None else duration(left), missing,
+        )  # fmt: skip
+        return True
+
+
+def duration(seconds: float) -> str:
+    """'2h07m', '4m05s', '12s' (or '?' when unknown)."""
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    s = int(round(seconds))
+    h, m, sec = s // 3600, s % 3600 // 60, s % 60
+    return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
 def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     """A plain-text table: one header line, a rule, one line per row; floats to 4 decimals."""
     if not rows:
@@ -51,15 +93,15 @@ def _numeric(text: str) -> bool:
 
 
 def loss_curve(records: list[dict], path) -> None:
-    """A PNG of train loss (per log line) and eval loss (per evaluation) against optimizer steps."""
-    import matplotlib
+    """A PNG of train loss (per log line) and eval loss (per evaluation) against optimizer steps.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a bare matplotlib Figure (no pyplot), so a notebook's backend and open figures are untouched."""
+    from matplotlib.figure import Figure
 
     train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue")
     if evals:
@@ -70,4 +112,3 @@ def loss_curve(records: list[dict], path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

@@ -50,9 +50,11 @@ COMMANDS = {
     "wheels": ("build the offline wheels dataset (kit + pinned deps Kaggle lacks)", kc._add_wheels, kc._wheels),
     "dataset": ("push a dataset folder (the wheels) to Kaggle", kc._add_dataset, kc._dataset),
     "data": ("download a competition's files", kc._add_data, kc._data),
+    "model": ("push an adapter to Kaggle Models", kc._add_model, kc._model),
     "demo": ("predict and score every competition on data/ and print a table", run._add_demo, run._demo),
     "init": ("write a draft competition spec from a folder of competition files", tools._add_init, tools._init),
     "check-spec": ("validate competition spec files", tools._add_check_spec, tools._check_spec),
+    "env": ("versions, device, dtype profile and models found, for a bug report", tools._add_env, tools._env),
 }
 
 

@@ -88,6 +88,7 @@ def _add_predict(p):
     p.add_argument("--shard", help="I/N: compute shard I of N into --out (join with 'merge')")
     p.add_argument("--checkpoint", help="resumable results file (default OUT.ckpt.jsonl)")
     p.add_argument("--no-plan", action="store_true", help="with --budget: skip the runtime planner")
+    p.add_argument("--limit-rows", type=int, help="run the model on the first N rows only (a smoke run)")
     p.add_argument(
         "--fast-paths",
         choices=["on", "off"],
@@ -231,6 +232,7 @@ def _demo(args):
             names=args.competition or None,
             progress=not args.no_progress,
             rows=args.rows,
+            recipes=not args.no_recipe,
         )
     )
     return 0
@@ -242,5 +244,6 @@ def _add_demo(p):
     p.add_argument("--model", default="demo")
     p.add_argument("--budget", help="per-competition budget")
     p.add_argument("--competition", action="append", help="only this one (repeatable)")
-    p.add_argument("--rows", type=int, default=40, help="labelled rows per competition (default 40)")
+    p.add_argument("--rows", type=int, default=40, help="labelled rows per competition, half scored (default 40)")
+    p.add_argument("--no-recipe", action="store_true", help="constant and zero-shot only (no training, minutes less)")
     p.add_argument("--no-progress", action="store_true")

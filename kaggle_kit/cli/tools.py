@@ -3,6 +3,7 @@ average-adapters, merge-adapter, serve, init, check-spec."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import KitError
@@ -56,21 +57,25 @@ def _synth(args):
     from ..config import SynthConfig
     from ..playbooks.synth import synthesize
 
-    res = synthesize(_config(SynthConfig, args, progress=not args.no_progress))
-    print(f"{res.out}: {res.rows} of {res.requested} rewrites ({res.dropped} dropped), {res.seconds:.0f}s")
+    cfg = _config(SynthConfig, args, progress=not args.no_progress)
+    res = synthesize(cfg)
+    print(f"{res.out}: {res.rows} of {res.requested} {cfg.kind} ({res.dropped} dropped), {res.seconds:.0f}s")
     return 0
 
 
 def _add_synth(p):
-    p.add_argument("--texts", required=True, help="CSV with original texts")
-    p.add_argument("--prompts", required=True, help="rewrite prompts: .txt (one per line) or a CSV column")
+    p.add_argument(
+        "--kind", default="rewrites", choices=["rewrites", "essays"], help="what to write (default rewrites)"
+    )
+    p.add_argument("--texts", help="rewrites: CSV with original texts")
+    p.add_argument("--prompts", required=True, help="rewrites: .txt or a CSV column; essays: train_prompts.csv")
     p.add_argument("--out", default="runs/synthetic_train.csv")
     p.add_argument("--model", help="local model folder or 'demo' (default demo)")
     p.add_argument("--adapter")
     p.add_argument("--text-column", default="original_text")
     p.add_argument("--prompt-column", default="rewrite_prompt")
     p.add_argument("--rows", type=int, help="first N texts")
-    p.add_argument("--per-text", type=int, default=1, help="different prompts per text")
+    p.add_argument("--per-text", type=int, default=1, help="rewrites: prompts per text; essays: essays per prompt")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget")
@@ -175,3 +180,15 @@ def _check_spec(args):
 
 def _add_check_spec(p):
     p.add_argument("specs", nargs="+", help="competition spec files (YAML)")
+
+
+def _env(args):
+    from ..jobs.environment import format_report, report
+
+    info = report()
+    print(json.dumps(info, indent=2) if args.json else format_report(info))
+    return 0
+
+
+def _add_env(p):
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")

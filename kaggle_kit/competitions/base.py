@@ -164,6 +164,11 @@ class Competition:
         """What is wrong with one submission row, or None."""
         raise NotImplementedError
 
+    @property
+    def scores_with_model(self) -> bool:
+        """True when the metric needs the model itself (perplexity), so no submission file can be scored."""
+        return False
+
     def score(self, sub, truth, **kw) -> float:
         """The competition metric of a submission against labelled rows, matched by id."""
         raise NotImplementedError

@@ -98,18 +98,12 @@ REQUIRED = ("name", "task", "id", "columns", "prompt", "submission", "metric")
 
 def load_spec(path) -> Spec:
     """A Spec from a YAML file, every field checked (SpecError names the file and the field)."""
-    import yaml
+    from ..io import read_yaml_mapping
 
     path = Path(path)
     if not path.is_file():
         raise KitError(f"competition spec {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(path, "(file)", f"not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(path, "(file)", "must hold a mapping of field: value")
-    return parse_spec(raw, path)
+    return parse_spec(read_yaml_mapping(path, lambda message: SpecError(path, "(file)", message)), path)
 
 
 def parse_spec(raw: dict, path) -> Spec:

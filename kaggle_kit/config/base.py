@@ -93,20 +93,9 @@ def from_dict(cls, values: dict):
 
 def read_yaml_mapping(path, flag: str) -> dict:
     """The mapping a YAML file holds; ConfigError naming `flag` when missing, invalid or not a mapping."""
-    from pathlib import Path
+    from ..io import read_yaml_mapping as read
 
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(flag, f"file {path} not found")
-    try:
-        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(flag, f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(flag, f"{path} must hold a mapping of field: value")
-    return values
+    return read(path, lambda message: ConfigError(flag, message))
 
 
 def load_yaml_config(cls, path: str | None, overrides: list[str] = (), **required):

@@ -57,11 +57,15 @@ class PerplexityConfig:
 
 @dataclass
 class SynthConfig:
-    """Synthetic Prompt Recovery triples: original texts rewritten by an LLM under known rewrite prompts."""
+    """Synthetic training rows from a local LLM: 'rewrites' (Prompt Recovery: original texts rewritten
+    under known rewrite prompts) or 'essays' (LLM-Detect: essays written to the assignment prompts, the
+    positives the official train set lacks)."""
 
-    texts: str  # CSV with the original texts
-    prompts: str  # rewrite prompts: a text file (one per line) or a CSV column
-    out: str = "runs/synthetic_train.csv"  # the competition's train.csv columns
+    texts: str | None  # rewrites: CSV with the original texts; essays: unused (None)
+    prompts: str  # rewrites: a text file (one per line) or a CSV column; essays: train_prompts.csv
+    out: str = "runs/synthetic_train.csv"  # the competition's train file columns
+    kind: str = "rewrites"  # 'rewrites' or 'essays'
+    temperature: float = 0.9  # essays: sampled, so the essays of one prompt differ
     model: str | None = "demo"  # the rewriting model (a Prompt Recovery write-up planned Gemma-7b-it)
     adapter: str | None = None
     text_column: str = "original_text"
@@ -78,8 +82,12 @@ class SynthConfig:
     progress: bool = True
 
     def __post_init__(self):
-        _check_positive(self, "rows", "per_text", "max_new_tokens", "max_length", "max_text_chars")
+        _check_positive(self, "rows", "per_text", "max_new_tokens", "max_length", "max_text_chars", "temperature")
         parse_duration(self.budget, "budget")
+        if self.kind not in ("rewrites", "essays"):
+            raise ConfigError("kind", f"{self.kind!r} is not one of ['rewrites', 'essays']")
+        if self.kind == "rewrites" and not self.texts:
+            raise ConfigError("texts", "rewrites need a CSV of original texts (--texts)")
 
 
 @dataclass

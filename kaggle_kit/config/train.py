@@ -13,6 +13,19 @@ SCHEDULERS = ("constant", "linear", "cosine")
 
 
 LOSSES = ("completion", "answer")
+HEADS = ("tokens", "classifier")  # label tokens of the LM head, or AutoModelForSequenceClassification's linear head
+# accelerate's experiment trackers (`report_to`), each with the packages that provide it
+TRACKERS = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "trackio": ("trackio",),
+    "mlflow": ("mlflow",),
+    "comet_ml": ("comet_ml",),
+    "aim": ("aim",),
+    "clearml": ("clearml",),
+    "dvclive": ("dvclive",),
+    "swanlab": ("swanlab",),
+}
 
 
 @dataclass
@@ -35,6 +48,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     target_modules: str | list = "all-linear"  # a list of module names, or 'all-linear'
     loss: str = "completion"  # 'completion' (prompt tokens masked) or 'answer' (only the first answer token)
+    head: str = "tokens"  # 'tokens': read the labels' tokens; 'classifier': a trained linear head on the last token
     chat_format: str = (
         "auto"  # 'auto' = the tokenizer's template; 'alpaca' = a Science Exam QLoRA repo's format; 'plain'
     )
@@ -61,6 +75,7 @@ class TrainConfig:
     budget: str | None = None  # wall clock for training; stops in time, keeping the best adapter
     deepspeed: str | None = None  # not supported (see __post_init__); DDP: accelerate launch --num_processes 2
     progress: bool = True
+    report_to: str | list | None = None  # experiment trackers through accelerate: tensorboard, wandb, trackio, ...
 
     def __post_init__(self):
         _check_positive(
@@ -84,6 +99,7 @@ class TrainConfig:
             ("quant", QUANTS),
             ("best_by", ("eval_loss", "metric")),
             ("chat_format", CHAT_FORMAT_NAMES),
+            ("head", HEADS),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{getattr(self, name)!r} is not one of {list(allowed)}")
@@ -91,6 +107,8 @@ class TrainConfig:
             raise ConfigError("distill_weight", f"must be in [0, 1], got {self.distill_weight}")
         if self.soft_labels and self.loss != "answer":
             raise ConfigError("soft_labels", "distillation scores one answer token per row: set loss: answer")
+        if self.head == "classifier" and (self.loss != "answer" or self.soft_labels):
+            raise ConfigError("head", "a classifier head learns one class per row: set loss: answer (no soft_labels)")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -114,5 +132,24 @@ class TrainConfig:
                 "does not see; LoRA's trainable weights are small, so DDP (accelerate launch --num_processes 2) "
                 "is what 2 GPUs need",
             )
+        self.report_to = _trackers(self.report_to)
         if self.best_by == "metric" and not self.eval_metric:
             raise ConfigError("best_by", "'metric' needs eval_metric: true (or best_by: eval_loss)")
+
+
+def _trackers(value) -> list[str]:
+    """`report_to` as a list of tracker names: None / 'none' -> [], 'all' -> those installed (as in
+    transformers' TrainingArguments), a name or a list of names -> checked against accelerate's."""
+    import importlib.util
+
+    if value in (None, "none", []):
+        return []
+    if value == "all":
+        return [n for n, pkgs in TRACKERS.items() if any(importlib.util.find_spec(p) for p in pkgs)]
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("report_to", f"a tracker name or a list of them, got {value!r}")
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError("report_to", f"{name!r} is not one of {['none', 'all', *TRACKERS]}")
+    return names

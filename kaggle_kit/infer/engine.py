@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..budget import Deadline
 from ..errors import KitError
-from ..progress import bar
+from ..progress import Heartbeat, bar
 
 log = logging.getLogger("kaggle_kit")
 
@@ -210,6 +210,7 @@ def run_batches(
         batches = todo
     start = time.perf_counter()
     sec_per_token = 0.0
+    heartbeat = Heartbeat(stats.rows, desc, deadline, done=stats.rows_done)
     with bar(stats.rows, desc, disable=not progress) as pbar:
         pbar.update(stats.rows_resumed)
         for batch in batches:
@@ -233,6 +234,8 @@ def run_batches(
             stats.rows_done += sum(out is not None for out in outs)
             stats.batches += 1
             pbar.update(len(batch))
+            done = stats.rows_resumed + sum(len(b) for b in batches[: stats.batches])
+            heartbeat.beat(done, done - stats.rows_done)
     if checkpoint is not None:
         checkpoint.flush()
     stats.seconds = time.perf_counter() - start

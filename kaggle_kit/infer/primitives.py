@@ -11,6 +11,7 @@ import numpy as np
 
 from ..budget import Deadline
 from ..errors import ConfigError
+from ..heads import head_weight, refuse_classifier
 from . import fast
 from .checkpoint import Checkpoint, fingerprint
 from .engine import RunStats, encode, left_pad, run_batches
@@ -154,7 +155,7 @@ def choice_task(
     if temperature <= 0:
         raise ConfigError("temperature", f"must be > 0, got {temperature}")
     paths = fast.paths(model)
-    head = LabelHead(model, label_token_ids(tokenizer, labels), enabled=fp32_head and paths.label_head)
+    head = _label_head(model, tokenizer, labels, fp32_head and paths.label_head)
     ids = encode(tokenizer, prompts, max_length)
     extra = [(encode(tokenizer, p, max_length), list(perm)) for p, perm in views or []]
     allowed = None if masks is None else torch.as_tensor(np.asarray(masks, dtype=bool))
@@ -177,7 +178,7 @@ def choice_task(
 
     settings = {"labels": labels, "temperature": temperature}
     if head.active:  # other numbers than the model's own logits: a checkpoint of those is not resumed
-        settings["label_head"] = "fp32"
+        settings["label_head"] = "classifier" if head.classifier else "fp32"
     if extra:
         settings["views"] = [perm for _, perm in extra]
     if prefix.length:
@@ -191,6 +192,18 @@ def choice_task(
         shared=prefix.length,
         window=paths.window,
     )
+
+
+def _label_head(model, tokenizer, labels: list[str], fp32: bool) -> LabelHead:
+    """The labels' logits: the model's classification head where its adapter has one (heads.py), else
+    the label tokens' rows of the output layer (in fp32 where `fp32` and that reproduces the model)."""
+    classifier = head_weight(model)
+    if classifier is None:
+        return LabelHead(model, label_token_ids(tokenizer, labels), enabled=fp32)
+    if classifier.shape[0] != len(labels):
+        name = getattr(model, "name_or_path", "the model")
+        raise ConfigError("adapter", f"{name}: its classification head has {classifier.shape[0]} classes, not {labels}")
+    return LabelHead(model, list(range(len(labels))), classifier=classifier)
 
 
 def _label_scorer(model, pad_id: int, head, allowed, temperature: float, prune: bool):
@@ -252,6 +265,7 @@ def generation_task(
 
     if samples < 1:
         raise ConfigError("samples", f"must be >= 1, got {samples}")
+    refuse_classifier(model, "generation")
     ids = encode(tokenizer, prompts, max_length)
     stop = list(stop or [])
     paths = fast.paths(model)
@@ -316,6 +330,7 @@ def perplexity_task(model, tokenizer, prompts: list[str], outputs: list[str], *,
     no (batch x length x vocabulary) tensor, which for a 262k vocabulary would not fit a GPU."""
     import torch
 
+    refuse_classifier(model, "perplexity")
     prompt_ids = encode(tokenizer, prompts, max_length)
     rows, n_out = [], []
     for p, o in zip(prompt_ids, outputs):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..heads import saved_classes
 from .engine import encode
 from .primitives import MAX_LENGTH, Task, label_token_ids, probs_from_results
 
@@ -22,6 +24,9 @@ log = logging.getLogger("kaggle_kit")
 BATCH_TOKENS = 262144  # tokens handed to vLLM per step: it schedules its own batches inside
 MIN_CAPABILITY = (7, 0)  # vLLM's CUDA kernels start at Volta: a P100 (sm_60) is refused
 QUANT = {"nf4": "bitsandbytes", "none": None}  # the kit's --quant -> vLLM's in-flight quantisation
+# vLLM's V1 engine does not run below compute capability 8.0 (a T4 is sm_75); its V0 engine, chosen with
+# VLLM_USE_V1=0, does, and was removed after this release.
+V0_LAST = (0, 10, 2)
 
 
 def available() -> bool:
@@ -47,7 +52,23 @@ def why_not() -> str | None:
         return (
             f"vLLM needs compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}+, this GPU is sm_{cap[0]}{cap[1]}"
         )
+    version = _version()
+    if cap < (8, 0) and version > V0_LAST:
+        last = ".".join(map(str, V0_LAST))
+        return (
+            f"vLLM {'.'.join(map(str, version))} has only its V1 engine, which does not run on sm_{cap[0]}{cap[1]} "
+            f"(T4); vLLM <= {last} runs its V0 engine there (`kaggle-kit wheels --with vllm` says which fits)"
+        )
     return None
+
+
+def _version() -> tuple[int, ...]:
+    """The installed vLLM's release as numbers (0.10.2 -> (0, 10, 2); a dev or post suffix dropped)."""
+    import re
+
+    import vllm
+
+    return tuple(int(n) for n in re.findall(r"\d+", str(getattr(vllm, "__version__", "0")).split("+")[0])[:3])
 
 
 def check(model_type: str, profile, quant: str | None) -> str | None:
@@ -79,6 +100,12 @@ def load(
     reason = why_not()
     if reason:
         raise ConfigError("backend", f"vllm cannot run here: {reason}; use --backend transformers")
+    if adapter and saved_classes(adapter):
+        raise ConfigError(
+            "backend", f"{adapter} has a classification head, which vLLM does not run; --backend transformers"
+        )
+    if profile.capability is not None and profile.capability < (8, 0):
+        os.environ["VLLM_USE_V1"] = "0"  # V0: the engine that runs on a T4 (why_not refused a V1-only vLLM)
     from vllm import LLM
 
     kw = {"enable_lora": True, "max_lora_rank": 64} if adapter else {}

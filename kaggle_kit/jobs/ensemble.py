@@ -100,15 +100,20 @@ def save_spec(spec: EnsembleSpec, path) -> Path:
     return Path(path)
 
 
-def _member_process(cfg, seconds_left: float | None, gpu: int | None = None) -> dict:
+def _member_process(cfg, seconds_left: float | None, gpu: int | None = None, threads: int | None = None) -> dict:
     """In a fresh process: one member's predictions into its checkpoint file (see jobs._worker), on GPU
-    `gpu` alone when given (T4 x2: two members at once)."""
+    `gpu` alone when given (T4 x2: two members at once). Its stats say which device it saw and when it ran."""
+    import time
+
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     os.environ["KAGGLE_KIT_WORKER_GPUS"] = "0"  # the device is chosen above, not by a shard index
     from .work import _worker
 
-    return _worker(cfg, (0, 1), seconds_left, os.cpu_count() or 1)
+    started = time.time()
+    stats = _worker(cfg, (0, 1), seconds_left, threads or os.cpu_count() or 1)
+    gpu_seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {**stats, "gpu": gpu_seen, "started": started, "finished": time.time()}
 
 
 def run_member(cfg, seconds_left: float | None):
@@ -221,18 +226,26 @@ def predict_members(cfg, comp, df, deadline):
     gpus = _gpu_count()
     slots = max(1, gpus)
     configs = [member_config(cfg, m, cfg.data, f"{base}.{m.name}") for m in spec.members]
-    outputs, stats = [], []
+    outputs, rounds, members = [], [], []
     for start in range(0, len(configs), slots):
         group = configs[start : start + slots]
         rounds_left = math.ceil((len(configs) - start) / slots)
         seconds = None if deadline.seconds is None else deadline.remaining() / rounds_left
+        threads = max(1, (os.cpu_count() or 1) // len(group))
         log.info("ensemble: members %s side by side", [spec.members[start + k].name for k in range(len(group))])
         with ProcessPoolExecutor(len(group), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_member_process, c, seconds, k if gpus else None) for k, c in enumerate(group)]
-            stats += [f.result() for f in futures]
+            futures = [
+                pool.submit(_member_process, c, seconds, k if gpus else None, threads) for k, c in enumerate(group)
+            ]
+            rounds.append([f.result() for f in futures])
         outputs += [_ordered(comp, df, read_results(c.checkpoint_path()) or {}) for c in group]
+        members += [{"name": spec.members[start + k].name, **st} for k, st in enumerate(rounds[-1])]
     combined = combine(comp, outputs, spec.weight_vector(), spec.temperature)
-    return combined, sum_stats(stats, parallel=False), [c.checkpoint_path() for c in configs]
+    stats = sum_stats([sum_stats(r, parallel=True) for r in rounds], parallel=False)
+    stats["members"] = [
+        {k: m[k] for k in ("name", "gpu", "rows_done", "seconds", "started", "finished")} for m in members
+    ]
+    return combined, stats, [c.checkpoint_path() for c in configs]
 
 
 def _ordered(comp, df, results: dict):
@@ -307,9 +320,9 @@ def _free_cuda() -> None:
 def fit(cfg) -> EnsembleSpec:
     """Run every member on a labelled validation file, fit the weights and the temperature that minimise
     log loss there, and write them into the ensemble file (`kaggle-kit ensemble`)."""
+    from .. import competitions
     from ..config import PredictConfig
     from ..metrics import log_loss, temperature_fit
-    from .. import competitions
 
     comp = competitions.get(cfg.competition)
     if comp.kind not in RANKED:

@@ -25,7 +25,10 @@ def score(cfg: ScoreConfig) -> float:
         from ..embed import scorer
 
         kw["embed"] = scorer(cfg.embedder, cfg.scs_max_tokens, cfg.scs_special_tokens_as_text)
-    return comp.score(sub, truth, **kw)
+    try:
+        return comp.score(sub, truth, **kw)
+    except ValueError as exc:  # a metric undefined on these rows: ROC AUC over one class
+        raise InputError(cfg.truth, f"{comp.metric} cannot be computed on these rows: {exc}") from None
 
 
 def validate(cfg: ValidateConfig) -> list[str]:

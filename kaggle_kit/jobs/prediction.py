@@ -104,16 +104,20 @@ def predict(cfg: PredictConfig) -> PredictResult:
     rows_df = limited(df, cfg)
     outputs, stats, rows_done, max_length, planned, leftovers = _predict_rows(cfg, comp, rows_df, deadline)
     outputs = padded(outputs, len(df))
-    rows = len(df) if cfg.shard is None else stats["rows"]
+    # the engine counts task items; rank_candidates has several (row, candidate) items per row
+    per_row = len(rows_df) / max(comp.items(rows_df, str(Path(cfg.data).parent)), 1)
+    rows_done = rows_done if cfg.ensemble or cfg.workers > 1 else round(rows_done * per_row)
+    rows = len(df) if cfg.shard is None else round(stats["rows"] * per_row)
     if cfg.shard is None:
         write_csv_atomic(_finish(comp, cfg, comp.to_submission(df, outputs)), cfg.out)
         if rows_done == len(rows_df):  # complete: the checkpoint has served its purpose
             for path in leftovers:
                 Path(path).unlink(missing_ok=True)
-    ran = stats["rows_done"] - stats["rows_resumed"]
+    ran = (stats["rows_done"] - stats["rows_resumed"]) * per_row
     result = PredictResult(
         Path(cfg.out), rows, rows_done, rows - rows_done, deadline.elapsed(),
-        ran / stats["seconds"] if stats["seconds"] else 0.0, stats["rows_resumed"], max_length, planned, stats,
+        ran / stats["seconds"] if stats["seconds"] else 0.0, round(stats["rows_resumed"] * per_row), max_length,
+        planned, stats,
     )  # fmt: skip
     log.info(
         "%s: %d rows, %d predicted (%d resumed), %d fallback, %.2f rows/s; inference %.1fs%s; total %.1fs",

@@ -22,7 +22,7 @@ from ..train import model as model_lib
 from ..train.loop import Split, TrainResult, fit
 
 log = logging.getLogger("kaggle_kit")
-RESUME_IGNORES = ("budget", "progress", "patience")  # may change between a run and its resumption
+RESUME_IGNORES = ("budget", "progress", "patience", "report_to")  # may change between a run and its resumption
 RANKED = ("multiple_choice", "label_probabilities")  # task types whose outputs are label probabilities
 
 
@@ -74,7 +74,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     from ..models import load_config, resolve_model
 
     deadline = Deadline.parse(cfg.budget)
-    competitions.get(cfg.competition)  # an unknown competition or a bad spec fails before any model loads
+    comp = competitions.get(cfg.competition)  # an unknown competition or a bad spec fails before any model loads
+    if cfg.head == "classifier" and comp.kind not in RANKED:
+        raise ConfigError("head", f"{comp.name} is {comp.kind}; a classifier head needs labels ({', '.join(RANKED)})")
+    _check_trackers(cfg.report_to)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -84,14 +87,21 @@ def train(cfg: TrainConfig) -> TrainResult:
     accelerator = Accelerator(
         mixed_precision=precision if profile.device == "cuda" else "no",  # a CPU's bf16 autocast: see fit()
         cpu=profile.device == "cpu",
+        log_with=cfg.report_to or None,
+        project_dir=str(Path(cfg.out) / "logs"),
     )
+    if cfg.report_to:
+        # hyperparameters as trackers take them (tensorboard: numbers and strings only)
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(cfg).items()}
+        accelerator.init_trackers(Path(cfg.out).name, config=hparams)
+        log.info("reporting to %s (%s)", ", ".join(cfg.report_to), Path(cfg.out) / "logs")
     log.info(
         "accelerate: %s, %d process(es), mixed precision %s",
         accelerator.distributed_type,
         accelerator.num_processes,
         accelerator.mixed_precision,
     )
-    model, tok = model_lib.build(cfg, profile)
+    model, tok = model_lib.build(cfg, profile, comp.labels)
     split = prepare_data(cfg, tok)
     if not split.train or not split.valid:
         raise ConfigError("train", f"no rows left to train ({len(split.train)}) or validate ({len(split.valid)})")
@@ -103,6 +113,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     return fit(
         cfg, accelerator, model, tok, opt, sched, split, total, _resume(cfg, accelerator, model, opt, sched), deadline
     )
+
+
+def _check_trackers(names: list[str]) -> None:
+    """ConfigError naming the package to install for each `report_to` tracker that is not installed."""
+    import importlib.util
+
+    from ..config.train import TRACKERS
+
+    for name in names:
+        if not any(importlib.util.find_spec(p) for p in TRACKERS[name]):
+            raise ConfigError("report_to", f"{name} is not installed: pip install {TRACKERS[name][0]}")
 
 
 def _resume(cfg, accelerator, model, opt, sched) -> dict:

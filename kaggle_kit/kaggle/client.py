@@ -134,3 +134,71 @@ def download(competition: str, to: str | Path) -> list[Path]:
         raise KitError(f"{archive} is not a zip archive") from None
     archive.unlink()
     return [to / n for n in names if not n.endswith("/")]
+
+
+# Files of a training folder that only resuming needs (optimizer, RNG, data position): never uploaded.
+RESUME_ONLY = {"trainer_state.pt"}
+
+
+def model_push(folder: str | Path, handle: str, message: str = "", license_name: str = "Apache 2.0") -> str:
+    """Upload an adapter (or model) folder to Kaggle Models as `handle` (owner/model/framework/variation):
+    a new version of the variation, creating the model (private) and the variation when they do not exist.
+    The folder is scanned for credentials first; files only resuming needs stay behind."""
+    import shutil
+    import tempfile
+
+    from .secrets import refuse_secrets
+
+    folder = Path(folder)
+    owner, model, framework, variation = _model_handle(handle)
+    if not ((folder / "adapter_config.json").is_file() or (folder / "config.json").is_file()):
+        raise KitError(f"{folder}: no adapter_config.json or config.json; give an adapter or model folder")
+    refuse_secrets([folder])
+    client = api()
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp) / variation
+        shutil.copytree(folder, stage, ignore=lambda _, names: [n for n in names if n in RESUME_ONLY])
+        try:
+            res = client.model_instance_version_create(handle, str(stage), message, quiet=True, dir_mode="zip")
+        except OSError as exc:
+            if getattr(getattr(exc, "response", None), "status_code", None) != 404:
+                raise KitError(f"model push failed: {exc}") from None
+            log.info("no variation %s yet; creating it", handle)
+            res = _create_model_instance(client, stage, owner, model, framework, variation, license_name)
+    if getattr(res, "error", None):
+        raise KitError(f"model push refused by Kaggle: {res.error}")
+    return getattr(res, "url", "") or f"pushed {handle}"
+
+
+def _model_handle(handle: str) -> tuple[str, str, str, str]:
+    parts = handle.split("/")
+    if len(parts) != 4 or not all(parts):
+        example = "me/lmsys-gemma/transformers/r16"
+        raise KitError(f"model handle {handle!r}: expected owner/model/framework/variation, e.g. {example}")
+    return tuple(parts)
+
+
+def _create_model_instance(client, stage: Path, owner, model, framework, variation, license_name):
+    """Create the model (if it is missing, private) and its variation from the files in `stage`."""
+    import json
+
+    try:
+        client.model_get(f"{owner}/{model}")
+    except OSError as exc:
+        if getattr(getattr(exc, "response", None), "status_code", None) != 404:
+            raise KitError(f"model push failed: {exc}") from None
+        meta = {"ownerSlug": owner, "slug": model, "title": model, "isPrivate": True, "description": ""}
+        (stage / "model-metadata.json").write_text(json.dumps(meta, indent=2))
+        res = _call("model create", client.model_create_new, str(stage))
+        if getattr(res, "error", None):
+            raise KitError(f"model create refused by Kaggle: {res.error}") from None
+    meta = {
+        "ownerSlug": owner,
+        "modelSlug": model,
+        "instanceSlug": variation,
+        "framework": framework,
+        "licenseName": license_name,
+        "overview": "Trained with kaggle-kit",
+    }
+    (stage / "model-instance-metadata.json").write_text(json.dumps(meta, indent=2))
+    return _call("model variation create", client.model_instance_create, str(stage), quiet=True, dir_mode="zip")

@@ -1,4 +1,4 @@
-"""The Kaggle-side CLI commands: kernel, wheels, dataset, data (argument setup + run, as in cli.py)."""
+"""The Kaggle-side CLI commands: kernel, wheels, dataset, model, data (argument setup + run, as in cli.py)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,11 @@ def _add_kernel(p):
 def _wheels(args):
     from .wheels import build_wheels
 
-    out = build_wheels(args.out, python=args.python, user=args.user)
+    if args.with_ and not args.torch:
+        from ..errors import ConfigError
+
+        raise ConfigError("torch", "--with vllm needs the image's torch: print(torch.__version__) in a Kaggle notebook")
+    out = build_wheels(args.out, python=args.python, user=args.user, vllm_torch=args.torch if args.with_ else None)
     print(f"{out}: {len(list(out.glob('*.whl')))} wheels; push with: kaggle-kit dataset push {out}")
     return 0
 
@@ -109,6 +113,8 @@ def _add_wheels(p):
     p.add_argument("--out", default="runs/kaggle-kit-wheels")
     p.add_argument("--python", default="3.11", help="the Kaggle image's Python (default 3.11)")
     p.add_argument("--user", default="kagglekit", help="Kaggle user owning the dataset")
+    p.add_argument("--with", dest="with_", choices=["vllm"], help="add an optional engine (requirements-vllm.txt)")
+    p.add_argument("--torch", help="with --with vllm: the Kaggle image's torch version, e.g. 2.6.0")
 
 
 def _dataset(args):
@@ -123,6 +129,22 @@ def _add_dataset(p):
     d = sub.add_parser("push", help="upload a dataset folder: a new version, or a new private dataset")
     d.add_argument("folder")
     d.add_argument("--message", default="kaggle-kit wheels")
+
+
+def _model(args):
+    from . import client
+
+    print(client.model_push(args.folder, args.handle, args.message, args.license))
+    return 0
+
+
+def _add_model(p):
+    sub = p.add_subparsers(dest="action", required=True)
+    m = sub.add_parser("push", help="upload an adapter folder: a new version of a Kaggle Models variation")
+    m.add_argument("folder", help="an adapter (or model) folder, e.g. runs/lmsys/final")
+    m.add_argument("--handle", required=True, help="owner/model/framework/variation, e.g. me/lmsys/transformers/r16")
+    m.add_argument("--message", default="", help="version notes")
+    m.add_argument("--license", default="Apache 2.0", help="license of a new variation")
 
 
 def _data(args):

@@ -202,8 +202,16 @@ def build(
         meta.pop("machine_shape", None)
         if shape:
             meta["machine_shape"] = shape
+    meta = with_notebook_sources(meta, src / meta.get("code_file", ""))
     meta = normalise(meta)
     validate(meta, src)
+    unprovided = unprovided_inputs(src / meta["code_file"], meta)
+    if unprovided:
+        raise ConfigError(
+            "dataset_sources",
+            f"{src / meta['code_file']} reads {unprovided[0]} but no source of the kernel provides it; add one "
+            "(--dataset owner/slug, --model owner/model/framework/variation/version) or remove the path",
+        )
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -216,6 +224,69 @@ def build(
     meta["code_file"] = code.name
     (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
     return publish(tmp, out)
+
+
+def notebook_constants(code_file: Path) -> dict:
+    """The top-level `NAME = "text"` constants of a notebook's (or script's) code."""
+    import ast
+
+    consts = {}
+    for source in _code(code_file):
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
+                consts.update({t.id: node.value.value for t in node.targets if isinstance(t, ast.Name)})
+    return consts
+
+
+def with_notebook_sources(meta: dict, code_file: Path) -> dict:
+    """`meta` with the Kaggle handles the notebook's constants name added as sources: a model handle
+    (owner/model/framework/variation/version) to model_sources, a dataset handle (owner/slug[/file]) to
+    dataset_sources. What the code reads, the metadata carries."""
+    from ..env import handle_kind
+
+    meta = dict(meta)
+    for value in notebook_constants(code_file).values():
+        kind = handle_kind(value)
+        if kind == "model":
+            meta["model_sources"] = list(dict.fromkeys([*meta.get("model_sources", []), value]))
+        elif kind == "dataset":
+            handle = "/".join(value.split("/")[:2])
+            meta["dataset_sources"] = list(dict.fromkeys([*meta.get("dataset_sources", []), handle]))
+    return meta
+
+
+def unprovided_inputs(code_file: Path, meta: dict) -> list[str]:
+    """The /kaggle/input/... paths written in the code whose folder no source of `meta` mounts."""
+    import re
+
+    mounted = set(meta.get("competition_sources", []))
+    mounted |= {s.split("/")[1] for s in meta.get("dataset_sources", []) + meta.get("kernel_sources", [])}
+    mounted |= {s.split("/")[1] for s in meta.get("model_sources", [])}
+    found = []
+    for source in _code(code_file):
+        for path in re.findall(r"/kaggle/input/([A-Za-z0-9_.-]+)", source):
+            if path not in mounted:
+                found.append(f"/kaggle/input/{path}")
+    return list(dict.fromkeys(found))
+
+
+def _code(code_file: Path) -> list[str]:
+    """The code of a notebook's cells (or a script's text)."""
+    code_file = Path(code_file)
+    if not code_file.is_file():
+        return []
+    if code_file.suffix != ".ipynb":
+        return [code_file.read_text()]
+    nb = json.loads(code_file.read_text())
+    return ["".join(c.get("source", "")) for c in nb.get("cells", []) if c.get("cell_type") == "code"]
 
 
 def _clear_outputs(nb: dict) -> dict:

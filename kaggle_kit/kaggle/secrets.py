@@ -69,6 +69,6 @@ def publish(tmp: Path, out: Path) -> Path:
     except KitError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    from ..io import replace_folder
+
+    return replace_folder(tmp, out)

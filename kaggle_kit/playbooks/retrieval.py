@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..embed import retrieve  # noqa: F401  (re-exported: the retrieval of this playbook)
 from ..errors import InputError
+from ..io import read_text_csv
 
 log = logging.getLogger("kaggle_kit")
 _HITS: dict[str, list[list[int]]] = {}  # one retrieval per (passages, embedder, k, queries) in a process
@@ -24,10 +25,13 @@ def read_passages(path, column: str = "text") -> tuple[str, ...]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "passage file not found")
-    try:
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise InputError(path, f"cannot read as {'parquet' if path.suffix == '.parquet' else 'CSV'}: {exc}") from None
+    if path.suffix != ".parquet":
+        df = read_text_csv(path)  # the one CSV reader: BOM, encoding and malformed rows handled
+    else:  # a dump of millions of chunks: read as is, not cell by cell as text
+        try:
+            df = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(path, f"cannot read as parquet: {exc}") from None
     if column not in df.columns:
         raise InputError(path, f"no column {column!r}", column=column, expected=column, got=list(df.columns))
     texts = [str(t).strip() for t in df[column].fillna("").tolist()]

@@ -1,6 +1,11 @@
-"""Synthetic Prompt Recovery data: rewrite original texts with an LLM under a list of rewrite prompts,
-as a Prompt Recovery write-up planned with Gemma (here the demo model; on Kaggle any local model). The output has the
-competition's train.csv columns, so `kaggle-kit train prompt_recovery` takes it as it is."""
+"""Synthetic training data from a local LLM, in a competition's train-file columns so `kaggle-kit train`
+takes it as it is:
+
+- rewrites (Prompt Recovery): original texts rewritten under known rewrite prompts, as a Prompt Recovery
+  write-up planned with Gemma;
+- essays (LLM-Detect): essays written to the assignment prompts of train_prompts.csv, sampled so that the
+  essays of one prompt differ: the generated positives the official train set lacks (3 in 1,378).
+"""
 
 from __future__ import annotations
 
@@ -55,6 +60,41 @@ def request(tokenizer, prompt: str, text: str) -> str:
     return render(tokenizer, f"{prompt}\n\nText:\n{text}\n\nReply with the rewritten text only.")
 
 
+def essay_request(tokenizer, row: dict) -> str:
+    """The chat prompt asking for a student's essay on an assignment of train_prompts.csv."""
+    source = str(row.get("source_text", ""))[:1200]
+    text = f"Assignment: {row['instructions']}\n\nSources:\n{source}\n\nWrite the essay, about 300 words."
+    return render(tokenizer, text)
+
+
+def essays(cfg, model, tok, deadline) -> tuple[list[dict], int]:
+    """(rows id, prompt_id, text, generated=1 of the essays written, essays asked for)."""
+    from ..infer import run_task
+    from ..infer.primitives import generation_task
+    from ..io import Column, read_csv
+
+    rows = read_csv(cfg.prompts, [Column("prompt_id", "id"), Column("instructions")], id_column="prompt_id")
+    rows = rows.to_dict("records")[: cfg.rows or None]
+    task = generation_task(
+        model, tok, [essay_request(tok, r) for r in rows], max_new_tokens=cfg.max_new_tokens,
+        max_length=cfg.max_length, samples=cfg.per_text, temperature=cfg.temperature, seed=cfg.seed,
+    )  # fmt: skip
+    outputs, _ = run_task(task, model, deadline=deadline, progress=cfg.progress, checkpoint=f"{cfg.out}.ckpt.jsonl")
+    out = []
+    for r, texts in zip(rows, outputs):
+        for k, text in enumerate(texts or []):
+            if text and text.strip():
+                out.append(
+                    {
+                        "id": f"synth-{r['prompt_id']}-{k}",
+                        "prompt_id": r["prompt_id"],
+                        "text": text.strip(),
+                        "generated": 1,
+                    }
+                )
+    return out, len(rows) * cfg.per_text
+
+
 def synthesize(cfg) -> SynthResult:
     """Write cfg.out: id, original_text, rewrite_prompt, rewritten_text for every (text, prompt) pair the
     budget reaches. Resumable: a rerun after a kill continues from the checkpoint file."""
@@ -68,6 +108,11 @@ def synthesize(cfg) -> SynthResult:
     from ..models import load_model
 
     deadline = Deadline.parse(cfg.budget)
+    if cfg.kind == "essays":
+        model, tok = load_model(cfg.model, detect(cfg.dtype, cfg.device), cfg.adapter)
+        rows, requested = essays(cfg, model, tok, deadline)
+        write_csv_atomic(pd.DataFrame(rows, columns=["id", "prompt_id", "text", "generated"]), cfg.out)
+        return _done(cfg, len(rows), requested, deadline)
     texts = read_csv(cfg.texts, [Column(cfg.text_column)], id_column="")[cfg.text_column].tolist()
     texts = [t[: cfg.max_text_chars] for t in texts[: cfg.rows or None]]
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
@@ -89,8 +134,12 @@ def synthesize(cfg) -> SynthResult:
         if o and o.strip()
     ]
     write_csv_atomic(pd.DataFrame(rows, columns=["id", "original_text", "rewrite_prompt", "rewritten_text"]), cfg.out)
-    if len(rows) == len(todo):
+    return _done(cfg, len(rows), len(todo), deadline)
+
+
+def _done(cfg, written: int, requested: int, deadline) -> SynthResult:
+    if written == requested:
         Path(f"{cfg.out}.ckpt.jsonl").unlink(missing_ok=True)
-    res = SynthResult(Path(cfg.out), len(rows), len(todo), len(todo) - len(rows), deadline.elapsed())
-    log.info("synthetic data: %d of %d rewrites written to %s (%.0fs)", res.rows, res.requested, res.out, res.seconds)
+    res = SynthResult(Path(cfg.out), written, requested, requested - written, deadline.elapsed())
+    log.info("synthetic data: %d of %d %s written to %s (%.0fs)", written, requested, cfg.kind, res.out, res.seconds)
     return res

@@ -141,18 +141,9 @@ def build_router(spec: dict | None, embedder_loader=None) -> Router:
 
 
 def load_routes(path: str | Path | None) -> dict | None:
-    """The routes mapping from a YAML file (None -> None)."""
+    """The routes mapping (rules / embedding / default) from a YAML file (None -> None)."""
     if path is None:
         return None
-    import yaml
+    from ..io import read_yaml_mapping
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("routes", f"file {path} not found")
-    try:
-        spec = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError("routes", f"{path} is not valid YAML: {exc}") from None
-    if spec is not None and not isinstance(spec, dict):
-        raise ConfigError("routes", f"{path} must hold a mapping with rules / embedding / default")
-    return spec
+    return read_yaml_mapping(path, lambda message: ConfigError("routes", message)) or None

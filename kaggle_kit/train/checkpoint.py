@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KitError
+from ..heads import mark_saved
+from ..io import replace_folder
 
 STATE = "trainer_state.pt"
 KIT_CONFIG = "kit_config.json"
@@ -45,13 +47,7 @@ def save(
             "the previous checkpoint is unchanged"
         ) from exc
     recover(folder)
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return replace_folder(tmp, folder)
 
 
 def _is_write_error(exc: Exception) -> bool:
@@ -64,6 +60,8 @@ def _write(tmp: Path, model, tokenizer, cfg, state, extra_files, optimizer, sche
     import torch
 
     model.save_pretrained(tmp, safe_serialization=True)
+    if cfg.head == "classifier":
+        mark_saved(tmp)  # read by transformers + peft as a sequence-classification adapter
     tokenizer.save_pretrained(tmp)
     (tmp / KIT_CONFIG).write_text(
         json.dumps(

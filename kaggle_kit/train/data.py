@@ -123,11 +123,9 @@ def read_soft_labels(
     """A teacher's probabilities per train row, from a CSV of id + one column per label: named as the
     competition's submission columns (an LMSYS submission made on the train rows) or as the labels.
     Every train id must be there; each row must be probabilities summing to 1."""
-    import pandas as pd
+    from ..io import Column, read_csv, read_text_csv
 
-    from ..io import Column, read_csv
-
-    head = pd.read_csv(path, nrows=0).columns.tolist() if Path(path).is_file() else []
+    head = read_text_csv(path).columns.tolist() if Path(path).is_file() else []
     cols = list(columns) if set(columns) <= set(head) and len(columns) == len(labels) else list(labels)
     df = read_csv(path, [Column(id_column, "id"), *(Column(c, "probability") for c in cols)], id_column=id_column)
     probs = df[cols].astype(float).to_numpy()
@@ -155,6 +153,36 @@ def label_logits(model, ids, mask, labels):
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
     logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
     return logits, targets[:, keep]
+
+
+def class_logits(model, core, ids, mask, labels, label_ids: list[int]):
+    """(logits (batch, classes), classes (batch,)) of the classification head (heads.py) at each row's answer
+    position (loss: answer labels one token a row): the hidden state the output layer reads there, through
+    the head. `model` runs the forward (DDP-wrapped or not), `core` is the peft model inside it."""
+    import torch
+
+    from ..heads import SCORE
+
+    targets = labels[:, 1:]
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    caught = {}
+    hook = core.get_output_embeddings().register_forward_hook(lambda m, args, out: caught.update(h=args[0]))
+    try:
+        model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
+    finally:
+        hook.remove()
+    rows, cols = (targets[:, keep] != IGNORE).nonzero(as_tuple=True)  # one answer position per row
+    lookup = torch.full((int(max(label_ids)) + 1,), IGNORE, device=ids.device)
+    lookup[torch.tensor(label_ids, device=ids.device)] = torch.arange(len(label_ids), device=ids.device)
+    classes = lookup[targets[:, keep][rows, cols]]
+    return getattr(core.get_base_model(), SCORE)(caught["h"][rows, cols]), classes
+
+
+def class_loss(logits, classes, n_items: int):
+    """Sum of the rows' cross-entropy over the classes / n_items (the rows of the whole optimizer step)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.float(), classes, reduction="sum") / n_items
 
 
 def token_loss(logits, targets, n_items: int):

@@ -42,7 +42,7 @@ class Split:
     valid: list
     metric: object = None  # (model, tokenizer) -> float
     higher_is_better: bool = True  # the metric's direction
-    label_ids: list | None = None  # distillation: the first token of each label
+    label_ids: list | None = None  # the first token of each label (distillation, classification head)
     dropped: int = 0
 
 
@@ -58,14 +58,24 @@ def evaluate(model, tok, split: Split, cfg: TrainConfig) -> dict:
             ids, mask, labels = data.collate(split.valid[k : k + cfg.batch_size], tok.pad_token_id)
             dev = model.device
             n_items = int((labels[:, 1:] != data.IGNORE).sum())
-            logits, targets = data.label_logits(model, ids.to(dev), mask.to(dev), labels.to(dev))
-            nll += float(data.token_loss(logits, targets, n_items)) * n_items
+            nll += float(_loss(model, model, cfg, split, ids.to(dev), mask.to(dev), labels.to(dev), n_items)) * n_items
             n += n_items
     result = {"eval_loss": nll / max(n, 1), "perplexity": math.exp(min(nll / max(n, 1), 50))}
     if cfg.eval_metric and split.metric is not None:
         result["metric"] = split.metric(model, tok)
     model.train()
     return result
+
+
+def _loss(model, core, cfg, split: Split, ids, mask, labels, n_items: int, soft=None):
+    """The loss of one micro-batch, divided by the labelled items of the whole step: the classification
+    head's cross-entropy (head: classifier), the teacher's (soft labels), or the label tokens' NLL."""
+    if cfg.head == "classifier":
+        return data.class_loss(*data.class_logits(model, core, ids, mask, labels, split.label_ids), n_items)
+    logits, targets = data.label_logits(model, ids, mask, labels)
+    if soft is None:
+        return data.token_loss(logits, targets, n_items)
+    return data.distill_loss(logits, targets, soft, split.label_ids, cfg.distill_weight, n_items)
 
 
 def _any_process(accelerator, flag: bool) -> bool:
@@ -141,13 +151,15 @@ def fit(
     stopped, step_seconds, window = "done", 0.0, []
     core = accelerator.unwrap_model(model)
     precision = _precision(cfg, accelerator, core)
-    label_ids = split.label_ids if cfg.soft_labels else None  # distillation: each label's first token
+    distill = bool(cfg.soft_labels)  # a teacher's probabilities on each label's first token
 
     def record(entry: dict):
         history.append(entry)
         if accelerator.is_main_process:
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
+        if cfg.report_to:  # accelerate's trackers (a no-op without them); the step is the x axis
+            accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
 
     def save(name: str, with_state: bool):
         if not accelerator.is_main_process:
@@ -210,12 +222,8 @@ def fit(
             sync = contextlib.nullcontext() if k == len(examples) - 1 else accelerator.no_sync(model)
             with sync, precision():
                 # logits only where a label is; loss = their NLL / labelled tokens of the whole step
-                logits, targets = data.label_logits(model, ids, mask, labels)
-                if label_ids is None:
-                    loss = data.token_loss(logits, targets, n_items)
-                else:
-                    soft = torch.tensor([e.soft for e in ex], device=accelerator.device)
-                    loss = data.distill_loss(logits, targets, soft, label_ids, cfg.distill_weight, n_items)
+                soft = torch.tensor([e.soft for e in ex], device=accelerator.device) if distill else None
+                loss = _loss(model, core, cfg, split, ids, mask, labels, n_items, soft)
                 accelerator.backward(loss)
             loss_sum += float(loss.detach()) * n_items
         grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
@@ -252,6 +260,8 @@ def fit(
         run_eval()
         save("last", with_state=True)
     accelerator.wait_for_everyone()
+    if cfg.report_to:
+        accelerator.end_training()
     best = out / "best" if (out / "best").exists() else None
     log.info(
         "training %s after %d steps; best %s %.4f at step %s (%s)",

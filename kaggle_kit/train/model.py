@@ -7,18 +7,20 @@ import logging
 log = logging.getLogger("kaggle_kit")
 
 
-def build(cfg, profile):
+def build(cfg, profile, labels: list[str] | None = None):
     """(peft model, tokenizer) for a TrainConfig; trainable (LoRA) parameters are fp32, the base frozen.
+    With cfg.head 'classifier' the model also carries a trainable head over `labels` (heads.py).
 
     fp32 trainable parameters are what lets fp16 training on a T4 unscale its gradients (Kaggle's
     "Attempting to unscale FP16 gradients" error comes from fp16 trainable parameters).
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from ..hardware import guard_half
-    from ..models import attention_implementation, device_map, load_config, load_tokenizer, resolve_model
+    from ..heads import add_score
+    from ..models import attention_implementation, device_map, load_config, load_tokenizer, quiet_peft, resolve_model
     from ..templates import apply_chat_format
 
     path = resolve_model(cfg.model)
@@ -47,14 +49,11 @@ def build(cfg, profile):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.config.use_cache = False
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    if cfg.head == "classifier":
+        add_score(model, [tok(x, add_special_tokens=False)["input_ids"][0] for x in labels])
+    lora = _lora_config(cfg)
+    with quiet_peft():
+        model = get_peft_model(model, lora)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -70,6 +69,21 @@ def build(cfg, profile):
         n_all / 1e6,
     )
     return model, tok
+
+
+def _lora_config(cfg):
+    from peft import LoraConfig
+
+    from ..heads import SCORE
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+        modules_to_save=[SCORE] if cfg.head == "classifier" else None,  # trained in full, saved with the adapter
+    )
 
 
 def checkpointing(cfg, profile) -> bool:

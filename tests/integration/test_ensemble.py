@@ -20,30 +20,38 @@ from ..conftest import DATA
 COLS = ["winner_model_a", "winner_model_b", "winner_tie"]
 
 
-def test_fit_then_predict_equals_the_weighted_members(tmp_path, demo_model):
+def test_fit_then_predict_equals_the_weighted_members(tmp_path, demo_model, monkeypatch):
+    """Two real models of two families: SmolLM2 with the A/B swap view, and Gemma-3-270M. Predicting
+    plays a T4 x2 (two GPUs counted): the members run side by side, each seeing its own device."""
+    from kaggle_kit.models import load_model
+
     comp = get("lmsys")
     truth = tmp_path / "valid.csv"
     pd.read_csv(DATA / "lmsys" / "train.csv", dtype=str).head(3).to_csv(truth, index=False)
     spec_path = tmp_path / "ens.yaml"
-    spec_path.write_text("members:\n  - {name: plain}\n  - {name: swap, tta: 2}\n")
+    spec_path.write_text("members:\n  - {name: smollm, tta: 2}\n  - {name: gemma, model: 'demo:gemma3'}\n")
     fit(EnsembleConfig("lmsys", str(spec_path), str(truth), work=str(tmp_path / "w"), max_length=320))
     spec = load_spec(spec_path)
     assert not list(tmp_path.glob("w.*"))  # the members' temporary results are gone
 
-    model, tok = demo_model  # each member alone, in this process
     df = comp.read(truth, labelled=True)
-    refs = []
-    for views in (None, comp.views(df, tok, 320, 2)):
+    refs = []  # each member alone, in this process
+    for (model, tok), tta in ((demo_model, 2), (load_model("demo:gemma3"), 1)):
+        views = comp.views(df, tok, 320, 2) if tta == 2 else None
         task = choice_task(model, tok, comp.examples(df, tok, 320), list(comp.labels), max_length=320, views=views)
-        refs.append(np.asarray(run_task(task, model, batch_tokens=2048, progress=False)[0]))
+        refs.append(np.asarray(run_task(task, model, progress=False)[0]))
     y = comp.targets(df)
     np.testing.assert_allclose(spec.weight_vector(), fit_weights(y, refs), atol=1e-3)
     assert spec.temperature == pytest.approx(fit_temperature(y, combine(comp, refs, spec.weight_vector())), rel=1e-3)
     assert spec.fitted["log_loss_fitted"] <= spec.fitted["log_loss_equal_weights"] + 1e-6
 
     out = tmp_path / "sub.csv"
+    monkeypatch.setattr("kaggle_kit.jobs.work._gpu_count", lambda: 2)
     res = jobs.predict(PredictConfig("lmsys", str(truth), out=str(out), max_length=320, ensemble=str(spec_path)))
     assert res.predicted == 3 and res.fallback == 0
+    smollm, gemma = res.stats["members"]
+    assert (smollm["name"], smollm["gpu"], gemma["name"], gemma["gpu"]) == ("smollm", "0", "gemma", "1")
+    assert gemma["started"] < smollm["finished"] and smollm["started"] < gemma["finished"]  # side by side
     want = combine(comp, refs, spec.weight_vector(), spec.temperature)
     np.testing.assert_allclose(pd.read_csv(out)[COLS].to_numpy(), want, atol=1e-4)
 

@@ -233,3 +233,76 @@ def test_built_artifacts_never_hold_credentials(tmp_path, monkeypatch):
     with zipfile.ZipFile(planted, "w") as z:
         z.writestr("pkg/config.py", f"KEY = '{FAKE_KAGGLE_KEY}'")
     assert find_secrets([planted], secrets) == [str(planted), f"{planted}!pkg/config.py"]
+
+
+def _adapter_folder(path: Path) -> Path:
+    """A training output folder as `kaggle-kit train` leaves it: adapter files plus the resume-only state."""
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "task_type": "CAUSAL_LM"}))
+    (path / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    (path / "calibration.json").write_text(json.dumps({"temperature": 1.1}))
+    (path / "trainer_state.pt").write_bytes(b"\1" * 64)
+    return path
+
+
+def test_model_push_creates_model_and_variation_then_versions_it(tmp_path, kaggle_double):
+    adapter = _adapter_folder(tmp_path / "final")
+    env = kaggle_double.env(tmp_path)
+    handle = "kit-tester/lmsys-smollm2/transformers/r8"
+    not_found = (404, {"code": 404, "message": "not found"})
+    kaggle_double.replies.update(
+        StartBlobUpload={"token": "blob-1", "createUrl": "http://localhost/upload/blob-1"},
+        CreateModelInstanceVersion=not_found,
+        GetModel=not_found,
+        CreateModel={
+            "ref": "kit-tester/lmsys-smollm2",
+            "url": "https://www.kaggle.com/models/kit-tester/lmsys-smollm2",
+        },
+        CreateModelInstance={"ref": handle, "url": f"https://www.kaggle.com/models/{handle}"},
+    )
+    out = run(["model", "push", str(adapter), "--handle", handle, "--message", "first"], env).stdout
+    assert f"https://www.kaggle.com/models/{handle}" in out
+    (model,) = kaggle_double.calls("CreateModel")
+    assert model["json"]["ownerSlug"] == "kit-tester" and model["json"]["slug"] == "lmsys-smollm2"
+    assert model["json"].get("isPrivate", True) is True
+    (instance,) = kaggle_double.calls("CreateModelInstance")
+    assert instance["json"]["modelSlug"] == "lmsys-smollm2" and instance["json"]["body"]["instanceSlug"] == "r8"
+    assert instance["json"]["body"]["framework"].lower().endswith("transformers")
+    uploaded = {c["json"]["name"] for c in kaggle_double.calls("StartBlobUpload")}
+    assert uploaded == {"adapter_config.json", "adapter_model.safetensors", "calibration.json"}
+
+    # the variation exists now: the next push is a new version of it, nothing created
+    kaggle_double.requests.clear()
+    kaggle_double.replies["CreateModelInstanceVersion"] = {
+        "ref": handle,
+        "url": f"https://www.kaggle.com/models/{handle}/2",
+    }
+    out = run(["model", "push", str(adapter), "--handle", handle], env).stdout
+    assert f"{handle}/2" in out
+    assert not kaggle_double.calls("CreateModel") and not kaggle_double.calls("CreateModelInstance")
+    assert len(kaggle_double.calls("CreateModelInstanceVersion")) == 1
+
+
+def test_model_push_refuses_bad_handle_and_secrets_before_any_request(tmp_path, kaggle_double):
+    adapter = _adapter_folder(tmp_path / "final")
+    env = kaggle_double.env(tmp_path)
+    res = run(["model", "push", str(adapter), "--handle", "kit-tester/lmsys"], env, ok=False)
+    assert res.returncode == 2 and "owner/model/framework/variation" in res.stderr
+    (adapter / "notes.txt").write_text(f"key {FAKE_KAGGLE_KEY}")
+    res = run(["model", "push", str(adapter), "--handle", "kit-tester/m/transformers/v1"], env, ok=False)
+    assert res.returncode == 2 and "notes.txt" in res.stderr
+    res = run(["model", "push", str(tmp_path), "--handle", "kit-tester/m/transformers/v1"], env, ok=False)
+    assert res.returncode == 2 and "no adapter_config.json" in res.stderr
+    assert kaggle_double.requests == []
+
+
+def test_wheels_with_vllm_picks_the_release_built_for_the_image_torch(tmp_path):
+    """Read from the package index (metadata only): vLLM pins torch exactly, so the image's torch decides."""
+    from kaggle_kit.errors import KitError
+    from kaggle_kit.kaggle.wheels import vllm_release
+
+    assert vllm_release("2.6.0+cu124") == "0.8.5.post1"  # the next release pins a newer torch
+    with pytest.raises(KitError, match="no vLLM release for Python 3.11 pins torch 1.13.1"):
+        vllm_release("1.13.1")
+    res = run(["wheels", "--out", str(tmp_path / "w"), "--with", "vllm"], dict(os.environ), ok=False)
+    assert res.returncode == 2 and "image's torch" in res.stderr and not (tmp_path / "w").exists()

@@ -39,11 +39,69 @@ def test_notebook_runs_locally_and_writes_valid_submission(name, tmp_path):
         shutil.copy(comp.file("test", DATA / name), test)
     if comp.spec.files.catalogue:
         shutil.copy(comp.file("catalogue", DATA / name), comp.file("catalogue", tmp_path / "data" / name))
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    printed = execute(nb, tmp_path, {"KAGGLE_KIT_HEARTBEAT": "0.0001"})
     sub = tmp_path / "runs" / "notebooks" / name / "submission.csv"
     assert validate(ValidateConfig(name, str(sub), str(test))) == []
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "fallback" in printed
+    assert "fallback" in printed and "\nvalid\n" in printed and "heartbeat" in printed
+
+
+def execute(nb, folder, env: dict) -> str:
+    """Run a notebook headless in `folder` with `env` added to its kernel's environment; its printed text
+    (stdout, stderr and displayed results)."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            texts.append(out.get("text", "") + str(out.get("data", {}).get("text/plain", "")))
+    return "".join(texts)
+
+
+@pytest.mark.parametrize("rerun", [False, True], ids=["commit_run", "scored_rerun"])
+def test_lmsys_notebook_on_kaggle_commit_run_and_scored_rerun(tmp_path, rerun):
+    """Kaggle played locally: /kaggle/input and /kaggle/working stand-ins, the model attached where its
+    handle mounts (the demo model), the adapter not attached. The commit run predicts a few rows and
+    leaves the fallback for the rest; the scored rerun predicts every row; both leave a valid file."""
+    import os
+
+    import pandas as pd
+
+    from kaggle_kit.models import demo_model_dir
+
+    comp = competitions.get("lmsys")
+    inputs, working = tmp_path / "input", tmp_path / "working"
+    (inputs / comp.slug).mkdir(parents=True)
+    working.mkdir()
+    rows = pd.read_csv(DATA / "lmsys" / "train.csv", dtype=str, keep_default_na=False).head(7)
+    rows.drop(columns=["model_a", "model_b", "winner_model_a", "winner_model_b", "winner_tie"]).to_csv(
+        inputs / comp.slug / "test.csv", index=False
+    )
+    model = inputs / "gemma-2" / "transformers" / "gemma-2-9b-it" / "2"
+    model.parent.mkdir(parents=True)
+    os.symlink(demo_model_dir(), model)
+    env = {
+        "KAGGLE_KERNEL_RUN_TYPE": "Batch", "KAGGLE_KIT_INPUT_DIR": str(inputs),
+        "KAGGLE_KIT_WORKING_DIR": str(working), "KAGGLE_IS_COMPETITION_RERUN": "1" if rerun else "",
+    }  # fmt: skip
+    nb = nbformat.read(NOTEBOOKS / "lmsys" / "lmsys.ipynb", as_version=4)
+    printed = execute(nb, tmp_path, env)
+    sub = pd.read_csv(working / "submission.csv")
+    assert (
+        validate(ValidateConfig("lmsys", str(working / "submission.csv"), str(inputs / comp.slug / "test.csv"))) == []
+    )
+    prior = sub.iloc[:, 1:].round(6).eq([round(p / sum(comp.prior), 6) for p in comp.prior]).all(axis=1)
+    assert int((~prior).sum()) == (7 if rerun else 4)  # commit run: SMOKE_ROWS rows, the rest the fallback
+    assert "is not attached" in printed
 
 
 @pytest.mark.parametrize("name", competitions.on_kaggle())

@@ -4,6 +4,7 @@ are left out, and said so in the test's output) and the Python block."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -12,7 +13,7 @@ import sys
 
 from ..conftest import ROOT
 
-NEEDS_KAGGLE = ("kernel push", "kernel status", "kernel submit", "dataset push", "wheels", "data download")
+NEEDS_KAGGLE = ("kernel push", "kernel status", "kernel submit", "dataset push", "kit wheels", "data download")
 
 
 def readme_blocks(lang: str) -> list[str]:
@@ -39,10 +40,14 @@ def test_every_readme_command_runs_as_written(tmp_path):
     run, skipped = commands()
     assert len(run) >= 8 and all(not s.startswith("kaggle-kit predict") for s in skipped)
     print("left out (Kaggle's servers, a Kaggle machine or make):", *skipped, sep="\n  ")
+    env = {**os.environ, "PYTHONWARNINGS": "default"}  # deprecation warnings shown, as a notebook shows them
     for line in run:
         argv = [sys.executable, "-m", "kaggle_kit", *shlex.split(line)[1:]]
-        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
         assert r.returncode == 0, f"{line}\n{r.stdout[-1500:]}\n{r.stderr[-3000:]}"
+        # quiet runs: no library deprecation (transformers' past_key_values), no hub-kernel warning
+        noise = [x for x in r.stderr.splitlines() if "deprecat" in x.lower() or "kernels-community" in x]
+        assert noise == [], f"{line}\n" + "\n".join(noise)
     (python,) = readme_blocks("python")
     r = subprocess.run([sys.executable, "-c", python], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -196,7 +196,10 @@ def test_a_spec_outside_the_package_runs_end_to_end(tmp_path):
     assert r.returncode == 0 and "ROC AUC:" in r.stdout, r.stderr
     train_steps(tmp_path, spec, folder / "labelled.csv", eval_metric=True, valid_fraction=0.4)
     kernel = tmp_path / "kernel"
-    r = run_kit("kernel", "build", "--spec", spec, "--out", kernel, "--model-dir", "/kaggle/input/my-model")
+    build = ["kernel", "build", "--spec", spec, "--out", kernel, "--model-dir", "/kaggle/input/my-model"]
+    r = run_kit(*build)  # the notebook reads /kaggle/input/my-model and no source mounts it
+    assert r.returncode == 2 and "/kaggle/input/my-model" in r.stderr and not kernel.exists(), r.stderr
+    r = run_kit(*build, "--dataset", "kit-tester/kaggle-kit-wheels", "--dataset", "kit-tester/my-model")
     assert r.returncode == 0, r.stderr
     notebook = (kernel / "toy_detector.ipynb").read_text()
     assert "def tidy" in notebook and "toy-detector" in (kernel / "kernel-metadata.json").read_text()

@@ -259,11 +259,31 @@ def test_shipped_configs_are_valid():
         ("chat_format=chatml", "chat_format"),
         ("distill_weight=2", "distill_weight"),
         ("quant=fp4", "quant"),
+        ("report_to=slack", "report_to"),
     ],
 )
 def test_bad_config_names_the_field(override, field):
     with pytest.raises(ConfigError, match=f"'{field}'"):
         load_yaml_config(TrainConfig, str(ROOT / "configs" / "science_exam_demo.yaml"), override.split(","))
+
+
+def test_report_to_tensorboard_logs_the_curve_through_accelerate(tmp_path):
+    res = train(small(tmp_path, report_to="tensorboard", max_steps=2, eval_every=2))
+    events = sorted((res.out / "logs").rglob("events.out.tfevents.*"))  # the scalars', the hparams' own
+    logged = b"".join(e.read_bytes() for e in events)
+    # every metrics.jsonl key (train and eval rows) is a scalar in the event file, the hyperparameters too
+    for key in ("train_loss", "lr", "grad_norm", "eval_loss", "perplexity", "lora_r"):
+        assert key.encode() in logged, key
+    assert [h["step"] for h in res.history if "train_loss" in h] == [1, 2]
+
+
+def test_report_to_a_tracker_not_installed_says_what_to_install(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        train(small(tmp_path, report_to=["wandb"], model=str(tmp_path / "never-loaded")))
 
 
 def test_missing_train_file_or_column_is_input_error(tmp_path):

@@ -32,3 +32,20 @@ def test_deadline_with_fake_clock():
 
 def test_no_budget_never_expires():
     assert not Deadline(None).expired(next_cost=1e12)
+
+
+def test_heartbeat_logs_rows_rate_eta_budget_and_missing(caplog):
+    """A line in the log every `every` seconds: Kaggle keeps the log when progress bars do not render."""
+    from kaggle_kit.budget import Deadline
+    from kaggle_kit.progress import Heartbeat, duration
+
+    beat = Heartbeat(100, "score", Deadline(3600), every=0.0001)
+    import time
+
+    time.sleep(0.01)
+    with caplog.at_level("INFO", logger="kaggle_kit"):
+        assert beat.beat(25, missing=2)
+    line = caplog.records[-1].getMessage()
+    assert "heartbeat score: 25/100 rows (25%)" in line and "without output 2" in line and "budget left 5" in line
+    assert not Heartbeat(100, "score", every=0).beat(50)  # 0: off
+    assert duration(7625) == "2h07m" and duration(245) == "4m05s" and duration(float("inf")) == "?"

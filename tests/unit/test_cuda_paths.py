@@ -5,6 +5,7 @@ another GPU count, chunked perplexity logits."""
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -44,6 +45,7 @@ class FakeVllm:
 
         self.module = types.ModuleType("vllm")
         self.module.LLM = LLM
+        self.module.__version__ = "0.10.2"
 
 
 @pytest.fixture
@@ -61,6 +63,21 @@ def test_vllm_is_not_available_on_a_p100_and_says_why(fake_vllm, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (6, 0))
     assert not vllm_backend.available() and "sm_60" in vllm_backend.why_not()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
+    assert vllm_backend.available()
+
+
+def test_vllm_on_a_t4_runs_the_v0_engine_and_refuses_a_v1_only_release(fake_vllm, monkeypatch):
+    from kaggle_kit.infer import vllm_backend
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
+    monkeypatch.delenv("VLLM_USE_V1", raising=False)
+    vllm_backend.load("/models/llama", t4())
+    assert os.environ["VLLM_USE_V1"] == "0"
+    fake_vllm.module.__version__ = "0.11.0+cu128"
+    assert not vllm_backend.available() and "V1 engine" in vllm_backend.why_not()
+    with pytest.raises(ConfigError, match="vLLM <= 0.10.2"):
+        vllm_backend.load("/models/llama", t4())
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (8, 0))  # an A100 / L4: V1 runs
     assert vllm_backend.available()
 
 

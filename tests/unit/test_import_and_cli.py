@@ -102,3 +102,32 @@ def test_validate_and_score_good_files():
 def test_bad_budget_names_the_field():
     r = run_cli("predict", "lmsys", "--data", str(DATA / "lmsys" / "test.csv"), "--budget", "soon")
     assert r.returncode == 2 and "config field 'budget'" in r.stderr
+
+
+def test_env_reports_versions_device_and_demo_models():
+    r = run_cli("env", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    info = json.loads(r.stdout)
+    assert info["packages"]["transformers"].startswith("5.")
+    assert info["device"]["profile"].startswith("cpu ")
+    assert [line.split(":")[0] for line in info["models"]["demo"]] == ["demo", "demo"]  # 'demo', 'demo:gemma3'
+    text = run_cli("env").stdout
+    assert "kaggle-kit: " in text and "profile: cpu" in text
+
+
+def test_loss_curve_leaves_pyplot_alone(tmp_path):
+    code = (
+        "import sys; from kaggle_kit.progress import loss_curve; "
+        f"loss_curve([{{'step': 1, 'train_loss': 2.0}}, {{'step': 2, 'eval_loss': 1.5}}], {str(tmp_path / 'c.png')!r});"
+        " assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_bitsandbytes_cpu_kernel_warning_is_not_printed():
+    code = "import kaggle_kit, peft, bitsandbytes"  # bitsandbytes warns at import about the hub-only kernel
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "kernels-community" not in r.stderr

@@ -125,3 +125,20 @@ def test_build_refuses_a_notebook_holding_a_credential(tmp_path, monkeypatch):
     assert key not in str(err.value)
     assert not (tmp_path / "built").exists()
     assert find_secrets([src]) == [str(src / "lmsys.ipynb")]
+
+
+def test_build_takes_sources_from_the_notebooks_constants_and_refuses_an_unprovided_input(tmp_path):
+    """Regression: model_sources was empty though the LMSYS notebook expects /kaggle/input/gemma-2/..."""
+    src = tmp_path / "nb"
+    src.mkdir()
+    nb = json.loads((ROOT / "notebooks" / "lmsys" / "lmsys.ipynb").read_text())
+    (src / "lmsys.ipynb").write_text(json.dumps(nb))
+    (src / "kernel-metadata.json").write_text(json.dumps({**GOOD, "code_file": "lmsys.ipynb", "model_sources": []}))
+    meta = metadata.read(metadata.build(src, tmp_path / "built"))
+    assert meta["model_sources"] == ["google/gemma-2/transformers/gemma-2-9b-it/2"]
+    assert "kagglekit/lmsys-gemma2-lora" in meta["dataset_sources"]
+    nb["cells"][2]["source"] += '\nEXTRA = pd.read_csv("/kaggle/input/some-other-data/extra.csv")\n'
+    (src / "lmsys.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(ConfigError, match="/kaggle/input/some-other-data"):
+        metadata.build(src, tmp_path / "built2")
+    assert not (tmp_path / "built2").exists()

@@ -13,7 +13,7 @@ from ..conftest import ROOT
 PACKAGE = ROOT / "kaggle_kit"
 LAYERS = [  # each may import its own layer and those before it
     {"errors", "budget", "progress", "metrics", "io", "env", "hardware", "templates", "config"},
-    {"provision", "models", "embed", "infer", "train", "serve"},
+    {"provision", "models", "heads", "embed", "infer", "train", "serve"},
     {"competitions"},
     {"playbooks"},
     {"jobs"},
@@ -162,4 +162,21 @@ def test_no_competition_is_named_outside_competitions():
         for i, line in enumerate(path.read_text().splitlines(), 1):
             if pattern.search(line):
                 hits.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert hits == []
+
+
+def test_one_yaml_reader_one_submission_reader_one_folder_replace():
+    """Regression: three YAML readers with their own error handling, two submission readers that
+    disagreed on a BOM, delete-then-rename folder swaps. io.py holds the one of each."""
+    patterns = {
+        "yaml file read": re.compile(r"yaml\.safe_load\([^)]*read_text"),
+        "submission read": re.compile(r"pd\.read_csv\("),
+        "folder delete then rename": re.compile(r"shutil\.rmtree\((\w+)\)[\s\S]{0,200}?\.rename\("),
+    }
+    hits = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).as_posix() == "io.py":
+            continue
+        text = path.read_text()
+        hits += [f"{path.relative_to(ROOT)}: {what}" for what, pat in patterns.items() if pat.search(text)]
     assert hits == []

@@ -93,6 +93,10 @@ class Task(Competition):
         sub.loc[is_fallback, col] = mean
         return sub
 
+    @property
+    def scores_with_model(self) -> bool:
+        return self.spec.metric == "perplexity"
+
     def evaluate(self, model, tokenizer, df, run, **run_kw) -> float:
         """Metric 'perplexity': the mean per-example perplexity of the reference texts given the prompts
         (what instruction tuning is scored by); else predict and score."""

@@ -25,14 +25,19 @@ _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> bo
 
 class LabelHead:
     """fp32 logits of `label_ids` at the last position; use as
-    `with head.capture(): logits = model(...).logits[:, -1]` then `head.logits(logits)`."""
+    `with head.capture(): logits = model(...).logits[:, -1]` then `head.logits(logits)`. With `classifier`
+    (a (K, hidden) weight) the K logits are that head's on the same hidden state."""
 
-    def __init__(self, model, label_ids: list[int], enabled: bool = True):
+    def __init__(self, model, label_ids: list[int], enabled: bool = True, classifier=None):
         import torch
 
         self._ids = torch.tensor(label_ids)
         self._layer = model.get_output_embeddings()
         self._hidden = None
+        self.classifier = classifier is not None
+        if classifier is not None:  # a classification head (heads.py): its rows, whatever the model's logits
+            self.active, self._w, self._b = True, classifier.detach().float(), None
+            return
         self.active = enabled and _reproduces_model(model, self._layer)
         if self.active:
             self._w, self._b = _fp32_rows(self._layer, self._ids)

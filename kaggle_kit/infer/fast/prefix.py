@@ -36,7 +36,8 @@ def common_prefix(rows: list[list[int]]) -> int:
 def cache_kwarg(model) -> str:
     """The name a model's forward takes its KV cache by: 'cache' (transformers >= 5.2x), else the older
     'past_key_values' (the new name keeps a run free of deprecation warnings)."""
-    params = inspect.signature(model.forward).parameters
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper takes **kwargs
+    params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
