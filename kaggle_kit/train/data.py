@@ -161,7 +161,7 @@ def class_logits(model, core, ids, mask, labels, label_ids: list[int]):
     the head. `model` runs the forward (DDP-wrapped or not), `core` is the peft model inside it."""
     import torch
 
-    from ..heads import SCORE
+    from ..heads import SCORE, head_weight
 
     targets = labels[:, 1:]
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
@@ -175,7 +175,9 @@ def class_logits(model, core, ids, mask, labels, label_ids: list[int]):
     lookup = torch.full((int(max(label_ids)) + 1,), IGNORE, device=ids.device)
     lookup[torch.tensor(label_ids, device=ids.device)] = torch.arange(len(label_ids), device=ids.device)
     classes = lookup[targets[:, keep][rows, cols]]
-    return getattr(core.get_base_model(), SCORE)(caught["h"][rows, cols]), classes
+    # a bf16 / fp16 hidden state into the fp32 head: autocast casts in training; an evaluation has none
+    hidden = caught["h"][rows, cols].to(head_weight(core).dtype)
+    return getattr(core.get_base_model(), SCORE)(hidden), classes
 
 
 def class_loss(logits, classes, n_items: int):

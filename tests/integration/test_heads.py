@@ -6,6 +6,7 @@ time in fp32 with eager attention."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -79,6 +80,14 @@ def test_classifier_scores_as_plain_transformers_sequence_classification(classif
     want = (one_by_one(prompts) + one_by_one(view_prompts)[:, np.argsort(perm)]) / 2
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.abs(got - 1 / 3).max() > 1e-3  # not uniform: the head says something
+
+
+def test_classifier_trains_and_evaluates_in_bf16(tmp_path):
+    """Regression: the evaluation (no autocast) fed the bf16 hidden state into the fp32 head and failed."""
+    lmsys = dict(competition="lmsys", train=str(DATA / "lmsys" / "train.csv"), valid=None)
+    cfg = small(tmp_path, **lmsys, head="classifier", loss="answer", dtype="bfloat16", max_length=128)
+    res = train(replace(cfg, max_steps=1, eval_every=1))  # quant: nf4 with a bf16 compute dtype
+    assert all(np.isfinite(h["eval_loss"]) for h in res.history if "eval_loss" in h)
 
 
 def test_classifier_adapter_is_refused_where_it_does_not_fit(classifier_adapter):

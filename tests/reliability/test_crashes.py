@@ -23,8 +23,8 @@ from kaggle_kit.config import ValidateConfig
 
 from ..conftest import DATA, write_subset
 
-PREDICT_SEEDS = [11, 12, 13]
-TRAIN_SEEDS = [21, 22]
+PREDICT_SEEDS = [11, 12]  # each kills at two random points; more seeds cost ~30 s each
+TRAIN_SEEDS = [21]  # ~75 s each
 PREDICT = ["lmsys", "--max-length", "192", "--batch-tokens", "512", "--no-progress"]
 TRAIN = [
     "train",
