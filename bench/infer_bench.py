@@ -75,6 +75,13 @@ def plain_model(name: str, device: str, dtype: str = "float32"):
     return model.to(device).eval()
 
 
+def _special(tok, text: str) -> bool:
+    """Whether the tokenizer should add its special tokens (BOS) to `text`, as the kit's encode does and a
+    notebook's default tokenizer call does: yes unless the chat template already wrote BOS. Gemma without
+    BOS computes something else entirely."""
+    return bool(tok.bos_token) and not text.startswith(tok.bos_token)
+
+
 def peer_one_row(model, tok, prompts, label_ids):
     """The public-notebook loop: one prompt at a time, full logits, last position."""
     import torch
@@ -82,7 +89,7 @@ def peer_one_row(model, tok, prompts, label_ids):
     out = []
     with torch.no_grad():
         for p in prompts:
-            x = tok(p, return_tensors="pt", add_special_tokens=False).to(model.device)
+            x = tok(p, return_tensors="pt", add_special_tokens=_special(tok, p)).to(model.device)
             logits = model(**x).logits[0, -1].float()
             out.append(torch.softmax(logits[label_ids], -1).cpu().numpy())
     return np.array(out)
@@ -96,8 +103,9 @@ def peer_batch8(model, tok, prompts, label_ids):
     tok.padding_side = "left"
     with torch.no_grad():
         for k in range(0, len(prompts), 8):
-            x = tok(prompts[k : k + 8], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            logits = model(**x).logits[:, -1].float()
+            batch = prompts[k : k + 8]
+            x = tok(batch, return_tensors="pt", padding=True, add_special_tokens=_special(tok, batch[0]))
+            logits = model(**x.to(model.device)).logits[:, -1].float()
             out += list(torch.softmax(logits[:, label_ids], -1).cpu().numpy())
     return np.array(out)
 
@@ -109,7 +117,7 @@ def peer_one_row_last(model, tok, prompts, label_ids):
     out = []
     with torch.no_grad():
         for p in prompts:
-            x = tok(p, return_tensors="pt", add_special_tokens=False).to(model.device)
+            x = tok(p, return_tensors="pt", add_special_tokens=_special(tok, p)).to(model.device)
             logits = model(**x, logits_to_keep=1).logits[0, -1].float()
             out.append(torch.softmax(logits[label_ids], -1).cpu().numpy())
     return np.array(out)
@@ -120,14 +128,15 @@ def peer_sorted8(model, tok, prompts, label_ids):
     results put back in file order."""
     import torch
 
-    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    lengths = [len(tok(p, add_special_tokens=_special(tok, p))["input_ids"]) for p in prompts]
     order = np.argsort(lengths, kind="stable")
     out = np.zeros((len(prompts), len(label_ids)))
     tok.padding_side = "left"
     with torch.no_grad():
         for k in range(0, len(order), 8):
             idx = order[k : k + 8]
-            x = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = [prompts[i] for i in idx]
+            x = tok(batch, return_tensors="pt", padding=True, add_special_tokens=_special(tok, batch[0]))
             logits = model(**x.to(model.device), logits_to_keep=1).logits[:, -1].float()
             out[idx] = torch.softmax(logits[:, label_ids], -1).cpu().numpy()
     return out
@@ -139,7 +148,7 @@ def peer_generate_one_row(model, tok, prompts, max_new_tokens):
     texts = []
     with torch.no_grad():
         for p in prompts:
-            x = tok(p, return_tensors="pt", add_special_tokens=False).to(model.device)
+            x = tok(p, return_tensors="pt", add_special_tokens=_special(tok, p)).to(model.device)
             y = model.generate(**x, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
             texts.append(tok.decode(y[0, x["input_ids"].shape[1] :], skip_special_tokens=True))
     return texts
