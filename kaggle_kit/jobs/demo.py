@@ -8,7 +8,7 @@ The labelled rows are cut in two: the first half is scored, the second half is w
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import competitions
@@ -82,7 +82,7 @@ def run_demo(
             write_csv_atomic(read_text_csv(comp.file("catalogue", Path(data_dir) / name)), comp.file("catalogue", out))
         t0 = time.perf_counter()
         base = PredictConfig(name, str(data), model=model, budget=budget, progress=progress)
-        res = predict(_with(base, out=str(out / "submission.csv")))
+        res = predict(replace(base, out=str(out / "submission.csv")))
         truth = comp.read(data, labelled=True)
         baseline = write_csv_atomic(comp.fallback(truth[comp.id_column].tolist(), truth), out / "constant.csv")
         row = {
@@ -105,23 +105,17 @@ def run_demo(
     return table
 
 
-def _with(cfg: PredictConfig, **changes) -> PredictConfig:
-    from dataclasses import replace
-
-    return replace(cfg, **changes)
-
-
 def _recipe(comp, recipe: Recipe, base: PredictConfig, zero_shot: Path, fit: Path, out: Path, data_dir: Path) -> Path:
     """The recipe's submission for the scored rows: fitted on the `fit` rows only."""
     from ..config import CalibrateConfig
     from ..playbooks.calibration import calibrate
 
-    cfg = _with(base, tta=recipe.tta, out=str(out / "recipe.csv"))
+    cfg = replace(base, tta=recipe.tta, out=str(out / "recipe.csv"))
     if recipe.train:
         config = data_dir.resolve().parent / "configs" / recipe.train  # the checkout's configs/, beside data/
-        cfg = _with(cfg, adapter=str(_train(config, base.model, fit, out)))
+        cfg = replace(cfg, adapter=str(_train(config, base.model, fit, out)))
     if recipe.calibrate:
-        on_fit = predict(_with(cfg, data=str(fit), out=str(out / "fit" / "submission.csv")))
+        on_fit = predict(replace(cfg, data=str(fit), out=str(out / "fit" / "submission.csv")))
         calibrate(CalibrateConfig(comp.name, str(on_fit.submission), str(fit), adapter=cfg.adapter))
     if recipe.mean_prompt:
         return _with_mean_prompt(comp, zero_shot, fit, out)

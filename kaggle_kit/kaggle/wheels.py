@@ -204,8 +204,13 @@ def vllm_set(torch_version: str, python: str = "3.11", with_packages: dict[str, 
     drop = TORCH_FAMILY | IMAGE_HAS | {_norm(n) for n in with_packages}
     chosen = {n: v for n, v in sorted(found.items()) if n not in drop and not n.startswith("nvidia-")}
     log.info("vLLM %s for torch %s: %d wheels", version, torch_version, len(chosen))
-    if tuple(int(n) for n in version.split(".")[:3] if n.isdigit()) > (0, 10, 2):
-        log.warning("vLLM %s has only its V1 engine, which does not run on a T4; a T4 needs vLLM <= 0.10.2", version)
+    from packaging.version import Version
+
+    from ..infer.vllm_backend import V0_LAST
+
+    last = ".".join(map(str, V0_LAST))
+    if Version(version) > Version(last):
+        log.warning("vLLM %s has only its V1 engine, which does not run on a T4; a T4 needs vLLM <= %s", version, last)
     return chosen
 
 
