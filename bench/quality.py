@@ -235,6 +235,56 @@ def lmsys_ensemble(rows: int, model: str, tmp: Path, trained: bool = True) -> li
     return [{"competition": "lmsys", "rows": len(df), **r} for r in table]
 
 
+def lmsys_two_models(rows: int, model: str, tmp: Path, trained: bool = False) -> list[dict]:
+    """LMSYS, 2-fold on the same 100 rows, two architectures: `model` (SmolLM2 by default) and Gemma-3-270M,
+    each with the A/B swap TTA; their ensemble with weights and temperature fitted on one half
+    (`kaggle-kit ensemble`), predicting the other; and a cascade where Gemma-3-270M re-answers `model`'s
+    least confident 40% (`--cascade-model`). Nothing is trained (`trained` is ignored)."""
+    from kaggle_kit.config import EnsembleConfig
+    from kaggle_kit.jobs.ensemble import fit as fit_ensemble
+
+    second = "demo:gemma3"
+    df = pd.read_csv(SHARED / "lmsys" / "train_first100.csv", dtype=str, keep_default_na=False).head(rows)
+    names = [f"{model} + swap TTA", f"{second} + swap TTA", "ensemble of both", "cascade"]
+    parts, secs, fitted_at = {n: [] for n in names}, dict.fromkeys(names, 0.0), []
+    for k in (0, 1):
+        fit_csv, score_csv = tmp / f"tm_fit{k}.csv", tmp / f"tm_score{k}.csv"
+        df.iloc[k::2].to_csv(fit_csv, index=False)
+        df.iloc[1 - k :: 2].to_csv(score_csv, index=False)
+        spec = tmp / f"tm{k}.yaml"
+        members = [f"  - {{name: a, model: {model}, tta: 2}}", f"  - {{name: b, model: {second}, tta: 2}}"]
+        spec.write_text("members:\n" + "\n".join(members) + "\n")
+        t = time.perf_counter()
+        fitted = fit_ensemble(
+            EnsembleConfig("lmsys", str(spec), str(fit_csv), work=str(tmp / f"tw{k}"), max_length=512)
+        )
+        fit_s = time.perf_counter() - t
+        fitted_at.append((round(fitted.weights["a"], 2), round(fitted.temperature, 2)))
+        runs = (
+            (names[0], {"model": model, "tta": 2}),
+            (names[1], {"model": second, "tta": 2}),
+            (names[2], {"ensemble": str(spec)}),
+            (names[3], {"model": model, "tta": 2, "cascade_model": second, "cascade_fraction": 0.4}),
+        )
+        for name, kw in runs:
+            chosen = kw.pop("model", model)
+            out, sec = run(f"tm{k}_{names.index(name)}", "lmsys", score_csv, tmp, chosen, max_length=512, **kw)
+            secs[name] += sec + (fit_s if name == names[2] else 0.0)
+            parts[name].append(pd.read_csv(out, dtype=str))
+    data = tmp / "tm_all.csv"
+    df.to_csv(data, index=False)
+    table = []
+    for name in names:
+        out = tmp / f"tm_{names.index(name)}.csv"
+        pd.concat(parts[name]).to_csv(out, index=False)
+        label = f"{name} (w_{model}, T per fold: {fitted_at})" if name == names[2] else name
+        if name == names[3]:
+            label = f"cascade: {model} + swap, {second} re-answers the least confident 40%"
+        score = jobs.score(ScoreConfig("lmsys", str(out), str(data)))
+        table.append({"technique": label, "log loss": score, "seconds": secs[name]})
+    return [{"competition": "lmsys", "rows": len(df), **r} for r in table]
+
+
 def prompt_recovery(rows: int, model: str, tmp: Path, trained: bool = True) -> list[dict]:
     """Zero-shot generation vs the fixed mean prompt vs the searched one (fallback, and appended).
 
@@ -387,6 +437,7 @@ SECTIONS = {
     "lmsys": lmsys,
     "lmsys_ensemble": lmsys_ensemble,
     "lmsys_heads": lmsys_heads,
+    "lmsys_two_models": lmsys_two_models,
     "prompt_recovery": prompt_recovery,
     "alpaca": alpaca,
 }

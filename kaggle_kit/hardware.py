@@ -86,6 +86,23 @@ def cpu_has_native_bf16(cpuinfo: str) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            text = fh.read()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX-BF16 tiles (Intel Sapphire Rapids on): torch's own CPU flash attention
+    runs bf16 on them, faster than the kit's blocked attention (infer/fast/attention.py)."""
+    return "amx_bf16" in cpu_flags()
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_is_fast() -> bool:
     """True when the CPU has native bf16 and torch's oneDNN will use it.

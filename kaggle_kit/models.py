@@ -135,7 +135,7 @@ def load_model(
         path,
         dtype=profile.torch_dtype(),
         local_files_only=True,
-        attn_implementation=attention_implementation(config, profile.device, fast_paths),
+        attn_implementation=attention_implementation(config, profile.device, fast_paths, profile.dtype),
         **device_map(profile),  # straight onto the GPU: no host-RAM copy of the weights first
         **({"quantization_config": bnb} if bnb else {}),
     )
@@ -185,14 +185,18 @@ def load_config(path: Path):
         raise ConfigError("model", f"{path}: transformers cannot load this architecture ({exc})") from None
 
 
-def attention_implementation(config, device: str, fast_paths: bool = True) -> str:
+def attention_implementation(config, device: str, fast_paths: bool = True, dtype: str | None = None) -> str:
     """The attention a model runs: on a CPU the kit's blocked attention (infer/fast/attention.py, which
-    also applies Gemma 2's soft cap), else SDPA; eager where scores are soft-capped, since transformers'
-    SDPA refuses a cap (and older versions silently dropped it)."""
+    also applies Gemma 2's soft cap), except in bf16 on an AMX CPU, where torch's flash kernel is faster
+    (SmolLM2, 40 Science Exam rows: 5.1 s against 7.0; LMSYS's 270-2,000-token rows: 8.3 against 13.9);
+    else SDPA; eager where scores are soft-capped, since transformers' SDPA refuses a cap (and older
+    versions silently dropped it)."""
+    from .hardware import cpu_has_amx
     from .infer.fast import attention
     from .infer.fast.probe import softcapped
 
-    if device == "cpu" and fast_paths:
+    amx = dtype == "bfloat16" and cpu_has_amx() and not softcapped(config)
+    if device == "cpu" and fast_paths and not amx:
         return attention.register()
     return "eager" if softcapped(config) else "sdpa"
 

@@ -18,6 +18,7 @@ from .engine import RunStats, encode, left_pad, run_batches
 from .fast.label_head import LabelHead
 from .fast.last_position import last_position_only
 from .fast.prefix import SharedPrefix
+from .fast.views import ViewPrefix, mapped_back
 
 MAX_LENGTH = 2048
 
@@ -45,6 +46,7 @@ class Task:
     shared: int = 0  # leading tokens common to all rows, run once through a prefix cache (not per row)
     window: int | None = None  # sliding window: a row whose slots exceed it runs whole (prefix.py)
     copies: int = 1  # rows a row becomes in a batch (sampled generations side by side)
+    parts: list = field(default_factory=list)  # its caches (prefix.py, views.py): their counters say what ran
 
     @property
     def lengths(self) -> list[int]:
@@ -137,18 +139,17 @@ def choice_task(
     prefix_cache: bool = True,
     fp32_head: bool = True,
     prune_last_layer: bool = True,
+    view_prefix: bool = True,
 ) -> Task:
-    """Next-token probabilities over `labels`; only the last position's logits are computed, and the
-    labels' in fp32 (label_head.py). `masks` ((N, K) booleans) leaves a row's False labels out: they get
-    probability 0 (an empty option of a multiple-choice row is never predicted).
+    """Next-token probabilities over `labels`, from the last position only, the labels' logits in fp32
+    (label_head.py; `fp32_head=False` keeps a half-precision model's own). `masks` ((N, K) booleans) gives
+    a row's False labels probability 0 (an empty option is never predicted).
 
-    `views` adds test-time augmentation: each (prompts, perm) is scored too, where perm[j] is the label
-    index shown at position j (options reordered, A/B swapped), one perm for all rows or one per row (None:
-    the view does not count for that row); its probabilities are mapped back and averaged with the main
-    view's, so a letter-position bias cancels out. `prefix_cache` runs the tokens
-    all prompts of a view share once (see prefix.py). `fp32_head=False` keeps a bf16/fp16 model's own
-    rounded logits (to measure what the fp32 label head gains). `prune_last_layer` runs the last layer's
-    per-position work on the last position only (last_position.py).
+    `views` adds test-time augmentation: each (prompts, perm) is scored too, perm[j] the label index shown
+    at position j, one perm for all rows or one per row (None: the row sits the view out); probabilities
+    are mapped back and averaged with the main view's, so a letter-position bias cancels out. Fast paths:
+    `prefix_cache` runs the tokens all prompts of a view share once (prefix.py), `view_prefix` those a row
+    shares with its views (views.py), `prune_last_layer` the last layer on one position (last_position.py).
     """
     import torch
 
@@ -162,36 +163,53 @@ def choice_task(
     cached = prefix_cache and paths.prefix_cache
     prefix = SharedPrefix(model, ids if cached else [], window=paths.window)
     view_prefixes = [SharedPrefix(model, v if cached else [], window=paths.window) for v, _ in extra]
+    every = [ids] + [v for v, _ in extra]
+    heads = ViewPrefix(model, every, paths.window, cached and view_prefix)
     prune = prune_last_layer and paths.prune_last_layer
-
-    score = _label_scorer(model, tokenizer.pad_token_id, head, allowed, temperature, prune)
+    pruned = (lambda: last_position_only(model)) if prune else nullcontext
+    run = _label_scorer(model, head, allowed, temperature, pruned)
+    pad_id = tokenizer.pad_token_id
 
     def step(batch, pad_as=None):
         pad_as = pad_as or batch
-        probs = score(batch, [ids[i] for i in batch], max(len(ids[i]) for i in pad_as), prefix)
-        counted = np.ones((len(batch), 1), dtype=probs.dtype)
-        for (view_ids, perm), view_prefix in zip(extra, view_prefixes):
-            width = max(len(view_ids[i]) for i in pad_as)
-            shown = score(batch, [view_ids[i] for i in batch], width, view_prefix)
-            probs = probs + mapped_back(shown, perm, batch, counted)
+        if heads.applies(pad_as):
+            shown = heads.scores(batch, pad_as, pad_id, run, pruned)
+        else:
+            shown = [
+                run(batch, shared.batch([rows[i] for i in batch], pad_id, max(len(rows[i]) for i in pad_as)))
+                for rows, shared in zip(every, [prefix, *view_prefixes])
+            ]
+        probs, counted = shown[0], np.ones((len(batch), 1), dtype=shown[0].dtype)
+        for (_, perm), view in zip(extra, shown[1:]):
+            probs = probs + mapped_back(view, perm, batch, counted)
         return list(probs / counted)
 
-    settings = {"labels": labels, "temperature": temperature}
-    if head.active:  # other numbers than the model's own logits: a checkpoint of those is not resumed
-        settings["label_head"] = "classifier" if head.classifier else "fp32"
-    if extra:
-        settings["views"] = [perm for _, perm in extra]
-    if prefix.length:
-        settings["prefix"] = prefix.length
+    settings = _choice_settings(labels, temperature, head, [perm for _, perm in extra], heads.active, prefix.length)
+    finish = lambda results: probs_from_results(results, len(labels))  # noqa: E731
     return Task(
         "score",
         ids,
         step,
-        lambda results: probs_from_results(results, len(labels)),
+        finish,
         settings,
         shared=prefix.length,
         window=paths.window,
+        parts=[prefix, *view_prefixes, heads],
     )
+
+
+def _choice_settings(labels, temperature, head, perms, view_heads: bool, prefix: int) -> dict:
+    """What a choice task's checkpoint must match to be resumed: what changes its numbers or its rows."""
+    settings = {"labels": labels, "temperature": temperature}
+    if head.active:  # other numbers than the model's own logits: a checkpoint of those is not resumed
+        settings["label_head"] = "classifier" if head.classifier else "fp32"
+    if perms:
+        settings["views"] = perms
+    if view_heads:
+        settings["view_heads"] = True
+    if prefix:
+        settings["prefix"] = prefix
+    return settings
 
 
 def _label_head(model, tokenizer, labels: list[str], fp32: bool) -> LabelHead:
@@ -206,39 +224,21 @@ def _label_head(model, tokenizer, labels: list[str], fp32: bool) -> LabelHead:
     return LabelHead(model, list(range(len(labels))), classifier=classifier)
 
 
-def _label_scorer(model, pad_id: int, head, allowed, temperature: float, prune: bool):
-    """score(batch, rows, width, shared): the label probabilities of `rows` (rows `batch` of the task),
-    padded to `width`, continuing from the `shared` prefix; masked labels get 0."""
+def _label_scorer(model, head, allowed, temperature: float, pruned):
+    """run(batch, inputs): the label probabilities of model `inputs` whose rows are task rows `batch`;
+    masked labels get 0. `pruned()` is the context the forward runs in (last_position.py or none)."""
     import torch
 
     @torch.inference_mode()
-    def score(batch, rows, width: int, shared: SharedPrefix):
-        inputs = shared.batch(rows, pad_id, width)
-        pruned = last_position_only(model) if prune else nullcontext()
-        with head.capture(), pruned:
+    def run(batch, inputs):
+        with head.capture(), pruned():
             logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
         chosen = head.logits(logits) / temperature
         if allowed is not None and not allowed[batch].all():
             chosen = chosen.masked_fill(~allowed[batch].to(chosen.device), float("-inf"))
         return torch.softmax(chosen, dim=-1).cpu().numpy()
 
-    return score
-
-
-def mapped_back(shown, perm, batch, counted):
-    """A view's probabilities in the original label order (position j showed label perm[j]; `perm` is one
-    list for all rows, or one per row, None where the row sits the view out), adding 1 to `counted` for
-    each row the view counts for."""
-    back = np.zeros_like(shown)
-    if perm and isinstance(perm[0], int):
-        back[:, perm] = shown
-        counted += 1
-        return back
-    for j, i in enumerate(batch):
-        if perm[i] is not None:
-            back[j, perm[i]] = shown[j]
-            counted[j] += 1
-    return back
+    return run
 
 
 def generation_task(

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,92 @@ def label_logits(model, ids, mask, labels):
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
     logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
     return logits, targets[:, keep]
+
+
+LOGIT_CHUNK = 1 << 24  # fp32 logit values a chunk of the loss holds (64 MB): 64 positions of a 262k vocabulary
+_HEAD_EXACT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its head reproduces its logits
+
+
+def labelled_hidden(model, core, ids, mask, labels):
+    """(hidden (N, H), targets (N,)): the final hidden state the output layer reads at each of the batch's
+    N labelled positions, and the token it should predict there. The output layer itself runs on one
+    position a row (a pre-hook hands it a slice), so no (batch, length, vocabulary) logits exist.
+    `model` runs the forward (DDP-wrapped or not), `core` is the (peft) model inside it."""
+    targets = labels[:, 1:]
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    caught = {}
+
+    def grab(module, args):
+        caught["h"] = args[0]
+        return (args[0][:, :1], *args[1:])
+
+    hook = core.get_output_embeddings().register_forward_pre_hook(grab)
+    try:
+        model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
+    finally:
+        hook.remove()
+    kept = targets[:, keep]
+    rows, cols = (kept != IGNORE).nonzero(as_tuple=True)
+    return caught["h"][rows, cols], kept[rows, cols]
+
+
+def head_logits(core, hidden):
+    """The model's logits from final hidden states: its output layer, then Gemma 2's final soft cap where
+    the config sets one (in the logits' dtype, as the model's forward caps them)."""
+    import torch
+
+    logits = core.get_output_embeddings()(hidden)
+    cap = getattr(core.config.get_text_config(decoder=True), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def chunked_token_loss(core, hidden, targets, n_items: int):
+    """token_loss from hidden states, LOGIT_CHUNK logit values at a time: each chunk's logits are made,
+    upcast and reduced to its NLL sum, and made again in the backward pass (activation checkpointing),
+    so no (tokens x vocabulary) tensor is ever whole. The same sum as token_loss, in another order."""
+    from torch.utils.checkpoint import checkpoint
+
+    per = max(1, LOGIT_CHUNK // core.get_output_embeddings().weight.shape[0])
+    import torch
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for k in range(0, len(targets), per):
+        total = total + checkpoint(_chunk_nll, core, hidden[k : k + per], targets[k : k + per], use_reentrant=False)
+    return total / n_items
+
+
+def _chunk_nll(core, hidden, targets):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(head_logits(core, hidden).float(), targets, reduction="sum")
+
+
+def head_is_exact(core, ids) -> bool:
+    """Whether head_logits reproduces the model's own logits (checked once per model on a few tokens of
+    `ids`, in eval mode): a model that scales or transforms its logits otherwise (a logit scale, an
+    unknown cap) keeps the plain path, label_logits, and the log says so once."""
+    import torch
+
+    found = _HEAD_EXACT.get(core)
+    if found is not None:
+        return found
+    x, caught = ids[:1, :32], {}
+    hook = core.get_output_embeddings().register_forward_pre_hook(lambda m, args: caught.update(h=args[0]))
+    was = core.training
+    core.eval()
+    try:
+        with torch.no_grad():
+            own = core(input_ids=x, logits_to_keep=0).logits[0].float()
+            mine = head_logits(core, caught["h"][0]).float()
+    finally:
+        hook.remove()
+        core.train(was)
+    half = next(core.parameters()).dtype != torch.float32 or torch.is_autocast_enabled(x.device.type)
+    found = bool(torch.allclose(own, mine, rtol=1e-2 if half else 1e-5, atol=1e-2 if half else 1e-4))
+    if not found:
+        log.info("training computes full logits: this model's output layer alone does not give its logits")
+    _HEAD_EXACT[core] = found
+    return found
 
 
 def class_logits(model, core, ids, mask, labels, label_ids: list[int]):

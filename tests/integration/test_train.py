@@ -360,10 +360,13 @@ def test_distillation_with_one_hot_teacher_equals_hard_labels_and_soft_teacher_d
         train(_distil_cfg(tmp_path, "bad", soft_labels=str(tmp_path / "short.csv")))
 
 
-def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path):
-    """The loop computes logits only where a label is (data.label_logits): the loss and every LoRA
-    gradient equal those of the model's own `labels=` loss over full logits."""
+def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, monkeypatch):
+    """The loop computes logits only where a label is, a chunk of positions at a time from the hidden
+    states (data.chunked_token_loss; data.label_logits where a model's head is not its logits): the loss
+    and every LoRA gradient equal those of the model's own `labels=` loss over full logits."""
     from kaggle_kit.train import data
+
+    monkeypatch.setattr(data, "LOGIT_CHUNK", 3 * 49152)  # 3 positions a chunk: completions span many chunks
 
     cfg = small(tmp_path, quant="none", dtype="float32", max_length=96)
     model, tok = model_lib.build(cfg, detect("float32"))
@@ -378,10 +381,15 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path):
     ids, mask, labels = data.collate(examples, tok.pad_token_id)  # right-padded, completions of unequal length
     n_items = int((labels[:, 1:] != data.IGNORE).sum())
     grads = []
-    for way in ("full", "label positions"):
+    assert data.head_is_exact(model, ids)
+    for way in ("full", "label positions", "chunks"):
         model.zero_grad()
         if way == "full":
             loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items).loss
+        elif way == "chunks":
+            hidden, targets = data.labelled_hidden(model, model, ids, mask, labels)
+            assert hidden.shape[0] == n_items > 3
+            loss = data.chunked_token_loss(model, hidden, targets, n_items)
         else:
             logits, targets = data.label_logits(model, ids, mask, labels)
             assert logits.shape[1] < ids.shape[1] - 1  # fewer positions than the sequence
@@ -389,9 +397,10 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path):
         loss.backward()
         grad = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         grads.append((float(loss.detach()), grad))
-    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
-    for n, g in grads[0][1].items():
-        torch.testing.assert_close(grads[1][1][n], g, rtol=1e-4, atol=1e-7)
+    for (loss, grad), atol in zip(grads[1:], (1e-7, 1e-6)):  # chunks: another order of fp32 sums (2.5e-7)
+        assert loss == pytest.approx(grads[0][0], rel=1e-6)
+        for n, g in grads[0][1].items():
+            torch.testing.assert_close(grad[n], g, rtol=1e-4, atol=atol)
 
 
 def test_an_evaluation_does_not_change_the_training_numbers(tmp_path):

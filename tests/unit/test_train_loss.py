@@ -1,0 +1,54 @@
+"""Training's loss from hidden states in chunks (train/data.py) on families whose logits are not the output
+layer's plain product: Gemma 2's final soft cap is applied as the model applies it; a model with another
+transform (Cohere's logit scale) is detected and keeps the full-logits path. Same loss and gradients as
+the model's own `labels=` loss, fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kaggle_kit.train import data
+
+
+def tiny(family: str):
+    from transformers import CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    size = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    size.update(num_key_value_heads=2, head_dim=8)
+    if family == "gemma2":
+        cfg = Gemma2Config(**size, final_logit_softcapping=1.5, attn_logit_softcapping=None, sliding_window=16)
+        return Gemma2ForCausalLM(cfg).eval()
+    return CohereForCausalLM(CohereConfig(**size, logit_scale=0.25)).eval()
+
+
+def batch():
+    """Two right-padded rows with completions of unequal length at unequal positions."""
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 0, 0, 0]])
+    mask = (torch.arange(8) < torch.tensor([[8], [5]])).long()
+    labels = torch.full_like(ids, data.IGNORE)
+    labels[0, 4:8], labels[1, 2:5] = ids[0, 4:8], ids[1, 2:5]
+    return ids, mask, labels
+
+
+@pytest.mark.parametrize("family, exact", [("gemma2", True), ("cohere", False)])
+def test_chunked_loss_equals_the_models_own(family, exact, monkeypatch):
+    model = tiny(family)
+    monkeypatch.setattr(data, "LOGIT_CHUNK", 2 * 96)  # two positions a chunk
+    ids, mask, labels = batch()
+    n_items = int((labels[:, 1:] != data.IGNORE).sum())
+    assert data.head_is_exact(model, ids) is exact
+    model.zero_grad()
+    own = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    own.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    if exact:
+        loss = data.chunked_token_loss(model, *data.labelled_hidden(model, model, ids, mask, labels), n_items)
+    else:
+        loss = data.token_loss(*data.label_logits(model, ids, mask, labels), n_items)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(float(own.detach()), rel=1e-6)
+    for n, g in want.items():
+        torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, rtol=1e-4, atol=1e-7)
