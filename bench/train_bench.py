@@ -10,7 +10,10 @@ The kit trains in its hardware profile's dtype (bf16 on a CPU with native bf16, 
 keeps the default).
 
     python bench/train_bench.py [--steps 8] [--batch 4] [--quant nf4|none] [--peer-dtype same|float32|bfloat16]
-        [--model demo|demo:gemma3|FOLDER] [--loss completion|answer]
+        [--model demo|demo:gemma3|FOLDER] [--loss completion|answer] [--device cpu|cuda] [--dtype float16]
+
+On a GPU (`--device cuda --dtype float16`, a T4's profile) the Trainer runs there too, and the JSON adds
+each contender's peak GPU memory (torch.cuda.max_memory_allocated).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def run_kit(args, out: Path) -> dict:
         out=str(out),
         model=args.model,
         quant=args.quant,
+        device=args.device,
+        dtype=args.dtype,
         lora_r=8,
         lora_alpha=16,
         lora_dropout=0.0,
@@ -113,10 +118,11 @@ def run_trainer(args, out: Path) -> dict:
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, dtype=dtype, device_map={"": "cpu"})
+        where = {"": 0 if args.device == "cuda" else "cpu"}
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, dtype=dtype, device_map=where)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device or "cpu")
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     )
@@ -129,8 +135,9 @@ def run_trainer(args, out: Path) -> dict:
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
+        use_cpu=args.device != "cuda",
         bf16=args.peer_dtype == "bfloat16",
+        fp16=args.peer_dtype == "float16",
         seed=42,
         disable_tqdm=True,
         **({"train_sampling_strategy": "group_by_length"} if args.which == "grouped" else {}),
@@ -167,19 +174,27 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--quant", default="nf4", choices=["nf4", "none"])
-    ap.add_argument("--peer-dtype", default="same", choices=["same", "float32", "bfloat16"])
+    ap.add_argument("--peer-dtype", default="same", choices=["same", "float32", "bfloat16", "float16"])
+    ap.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: the hardware profile's")
+    ap.add_argument("--dtype", default=None, help="the kit's compute dtype (default: the profile's)")
     ap.add_argument("--which", choices=["kit", "trainer", "grouped"])
     ap.add_argument("--model", default="demo", help="demo (SmolLM2), demo:gemma3, or a model folder")
     ap.add_argument("--loss", default="completion", choices=["completion", "answer"])
     args = ap.parse_args()
-    if args.peer_dtype == "same":
-        from kaggle_kit.hardware import detect
+    from kaggle_kit.hardware import detect
 
-        args.peer_dtype = detect().compute_dtype
+    profile = detect(args.dtype, args.device)
+    args.device = profile.device
+    if args.peer_dtype == "same":
+        args.peer_dtype = profile.compute_dtype
     if args.which:
         with tempfile.TemporaryDirectory() as tmp:
             res = (run_kit if args.which == "kit" else run_trainer)(args, Path(tmp))
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.device == "cuda":
+            import torch
+
+            res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         print(json.dumps(res))
         return
     results = {}
@@ -201,10 +216,12 @@ def main():
             args.model,
             "--loss",
             args.loss,
+            "--device",
+            args.device,
+            *(["--dtype", args.dtype] if args.dtype else []),
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[which] = json.loads(out)
-    from kaggle_kit.hardware import detect
     from kaggle_kit.progress import format_table
 
     names = {"kit": "kit fit()", "trainer": "Trainer, random batches", "grouped": "Trainer, group_by_length"}
@@ -215,6 +232,7 @@ def main():
             "padding %": 100 * (1 - v["tokens"] / v["padded"]),
             "seconds": v["seconds"],
             "peak RSS MB": v["peak_rss_mb"],
+            **({"peak GPU MB": v["peak_gpu_mb"]} if "peak_gpu_mb" in v else {}),
         }
         for k, v in results.items()
     ]
@@ -223,14 +241,14 @@ def main():
     print(
         f"kit / length-grouped Trainer tokens/s: {(k['tokens'] / k['seconds']) / (t['tokens'] / t['seconds']):.2f}x; "
         f"peak RSS {k['peak_rss_mb']:.0f} vs {t['peak_rss_mb']:.0f} MB ({args.steps} steps x batch {args.batch}, "
-        f"{args.quant}, loss {args.loss}; kit {detect().compute_dtype}, peer {args.peer_dtype}; steps 2..N timed)"
+        f"{args.quant}, loss {args.loss}; kit {profile.compute_dtype}, peer {args.peer_dtype}; steps 2..N timed)"
     )
     import platform
 
     from infer_bench import _commit
 
     suffix = "" if args.model == "demo" else "_" + args.model.replace(":", "_").replace("/", "_")
-    out = ROOT / "bench" / "results" / f"train_{detect().device}{suffix}_{args.loss}.json"
+    out = ROOT / "bench" / "results" / f"train_{profile.device}{suffix}_{args.loss}.json"
     meta = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "model": args.model}
     meta["machine"] = platform.processor() or platform.machine()
     out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")

@@ -96,6 +96,32 @@ def test_cascade_re_answers_only_the_least_confident_rows(tmp_path, demo_model):
     assert not list(tmp_path.glob("sub.csv.*"))  # checkpoints and the subset file cleaned up
 
 
+def test_cascade_to_a_second_architecture_re_answers_only_its_rows(tmp_path, demo_model):
+    """--cascade-model demo:gemma3: SmolLM2 answers every row, Gemma-3-270M (another architecture and
+    tokenizer, in its own process) re-answers the least confident half; those rows are its answers alone."""
+    comp = get("science_exam")
+    df = comp.read(DATA / "science_exam" / "train.csv", labelled=True).head(6)
+    data = tmp_path / "test.csv"
+    df.drop(columns="answer").to_csv(data, index=False)
+    model, tok = demo_model
+    task = choice_task(model, tok, comp.examples(df, tok, 2048), list(comp.labels), max_length=2048)
+    first, _ = run_task(task, model, batch_tokens=2048, progress=False)
+    chosen = least_confident(first, 0.5)
+    out, second = tmp_path / "sub.csv", tmp_path / "second.csv"
+    res = jobs.predict(
+        PredictConfig("science_exam", str(data), out=str(out), cascade_model="demo:gemma3", cascade_fraction=0.5)
+    )
+    assert res.stats["cascade_rows"] == 3
+    chosen_data = tmp_path / "chosen.csv"
+    df.drop(columns="answer").iloc[chosen].to_csv(chosen_data, index=False)
+    jobs.predict(PredictConfig("science_exam", str(chosen_data), out=str(second), model="demo:gemma3"))
+    got, alone = pd.read_csv(out)["prediction"], pd.read_csv(second)["prediction"].to_numpy()
+    firsts = comp.to_submission(df, first)["prediction"]
+    assert (got[chosen].to_numpy() == alone).all()
+    rest = [i for i in range(6) if i not in chosen]
+    assert (got[rest] == firsts[rest]).all()
+
+
 def test_dtype_cascade_re_checks_the_least_confident_rows_in_float32(tmp_path):
     """--cascade-dtype float32 alone: the same model re-answers the least confident bf16 rows in fp32
     (what brings bf16 top-1 agreement with fp32 from ~95% to ~99.5%, bench/infer_bench.py)."""
