@@ -56,6 +56,30 @@ def test_fit_then_predict_equals_the_weighted_members(tmp_path, demo_model, monk
     np.testing.assert_allclose(pd.read_csv(out)[COLS].to_numpy(), want, atol=1e-4)
 
 
+def run_cascade(tmp_path, demo_model, second: dict):
+    """The cascade of `second` (PredictConfig fields of the second model) over 6 Science Exam rows, and the
+    second model alone on the rows it re-answered: (cascade's predictions, the second's alone on those rows,
+    the first model's predictions, the chosen rows). The second runs alone on the chosen rows only, the
+    batches the cascade runs (in bf16 a row's numbers depend on the padding its batch gets)."""
+    comp = get("science_exam")
+    df = comp.read(DATA / "science_exam" / "train.csv", labelled=True).head(6)
+    data = tmp_path / "test.csv"
+    df.drop(columns="answer").to_csv(data, index=False)
+    model, tok = demo_model
+    task = choice_task(model, tok, comp.examples(df, tok, 2048), list(comp.labels), max_length=2048)
+    first, _ = run_task(task, model, batch_tokens=2048, progress=False)
+    chosen = least_confident(first, 0.5)
+    out, alone = tmp_path / "sub.csv", tmp_path / "second.csv"
+    cascade = {f"cascade_{k}": v for k, v in second.items()}
+    res = jobs.predict(PredictConfig("science_exam", str(data), out=str(out), cascade_fraction=0.5, **cascade))
+    assert res.stats["cascade_rows"] == 3
+    chosen_data = tmp_path / "chosen.csv"
+    df.drop(columns="answer").iloc[chosen].to_csv(chosen_data, index=False)
+    jobs.predict(PredictConfig("science_exam", str(chosen_data), out=str(alone), **second))
+    got = pd.read_csv(out)["prediction"]
+    return got, pd.read_csv(alone)["prediction"].to_numpy(), comp.to_submission(df, first)["prediction"], chosen
+
+
 def test_cascade_re_answers_only_the_least_confident_rows(tmp_path, demo_model):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -67,28 +91,7 @@ def test_cascade_re_answers_only_the_least_confident_rows(tmp_path, demo_model):
     lora = LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(AutoModelForCausalLM.from_pretrained(demo_model_dir()), lora).save_pretrained(tmp_path / "big")
 
-    comp = get("science_exam")
-    df = comp.read(DATA / "science_exam" / "train.csv", labelled=True).head(6)
-    data = tmp_path / "test.csv"
-    df.drop(columns="answer").to_csv(data, index=False)
-    model, tok = demo_model
-    task = choice_task(model, tok, comp.examples(df, tok, 2048), list(comp.labels), max_length=2048)
-    first, _ = run_task(task, model, batch_tokens=2048, progress=False)
-    chosen = least_confident(first, 0.5)
-
-    out, second = tmp_path / "sub.csv", tmp_path / "second.csv"
-    cfg = PredictConfig(
-        "science_exam", str(data), out=str(out), cascade_adapter=str(tmp_path / "big"), cascade_fraction=0.5
-    )
-    res = jobs.predict(cfg)
-    assert res.stats["cascade_rows"] == 3
-    # the second model alone on the chosen rows: the same batches the cascade runs (in bf16 a row's
-    # numbers depend on the padding its batch gets, so the reference must batch the rows alike)
-    chosen_data = tmp_path / "chosen.csv"
-    df.drop(columns="answer").iloc[chosen].to_csv(chosen_data, index=False)
-    jobs.predict(PredictConfig("science_exam", str(chosen_data), out=str(second), adapter=str(tmp_path / "big")))
-    got, alone = pd.read_csv(out)["prediction"], pd.read_csv(second)["prediction"].to_numpy()
-    firsts = comp.to_submission(df, first)["prediction"]
+    got, alone, firsts, chosen = run_cascade(tmp_path, demo_model, {"adapter": str(tmp_path / "big")})
     assert (got[chosen].to_numpy() == alone).all()
     rest = [i for i in range(6) if i not in chosen]
     assert (got[rest] == firsts[rest]).all()
@@ -99,24 +102,7 @@ def test_cascade_re_answers_only_the_least_confident_rows(tmp_path, demo_model):
 def test_cascade_to_a_second_architecture_re_answers_only_its_rows(tmp_path, demo_model):
     """--cascade-model demo:gemma3: SmolLM2 answers every row, Gemma-3-270M (another architecture and
     tokenizer, in its own process) re-answers the least confident half; those rows are its answers alone."""
-    comp = get("science_exam")
-    df = comp.read(DATA / "science_exam" / "train.csv", labelled=True).head(6)
-    data = tmp_path / "test.csv"
-    df.drop(columns="answer").to_csv(data, index=False)
-    model, tok = demo_model
-    task = choice_task(model, tok, comp.examples(df, tok, 2048), list(comp.labels), max_length=2048)
-    first, _ = run_task(task, model, batch_tokens=2048, progress=False)
-    chosen = least_confident(first, 0.5)
-    out, second = tmp_path / "sub.csv", tmp_path / "second.csv"
-    res = jobs.predict(
-        PredictConfig("science_exam", str(data), out=str(out), cascade_model="demo:gemma3", cascade_fraction=0.5)
-    )
-    assert res.stats["cascade_rows"] == 3
-    chosen_data = tmp_path / "chosen.csv"
-    df.drop(columns="answer").iloc[chosen].to_csv(chosen_data, index=False)
-    jobs.predict(PredictConfig("science_exam", str(chosen_data), out=str(second), model="demo:gemma3"))
-    got, alone = pd.read_csv(out)["prediction"], pd.read_csv(second)["prediction"].to_numpy()
-    firsts = comp.to_submission(df, first)["prediction"]
+    got, alone, firsts, chosen = run_cascade(tmp_path, demo_model, {"model": "demo:gemma3"})
     assert (got[chosen].to_numpy() == alone).all()
     rest = [i for i in range(6) if i not in chosen]
     assert (got[rest] == firsts[rest]).all()
