@@ -122,6 +122,7 @@ def load_model(
 
     from .hardware import detect, guard_half
     from .infer import fast
+    from .infer.fast.output_layer import contiguous_head
     from .templates import apply_chat_format
 
     adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
@@ -154,6 +155,7 @@ def load_model(
                 model.load_adapter(a, adapter_name=n, is_trainable=False)
         model.set_adapter(first)
     model.eval()
+    contiguous_head(model)  # not a fast path: the same numbers, without torch's slow frozen-weight product
     paths = fast.set_paths(model, fast.inspect(model, enabled=fast_paths))
     if profile.device == "cpu" and fast_paths:
         from .infer.fast.heap import keep_heap

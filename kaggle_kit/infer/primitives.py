@@ -232,7 +232,7 @@ def _label_scorer(model, head, allowed, temperature: float, pruned):
     @torch.inference_mode()
     def run(batch, inputs):
         with head.capture(), pruned():
-            logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
+            logits = model(**inputs, logits_to_keep=1, use_cache=False).logits
         chosen = head.logits(logits) / temperature
         if allowed is not None and not allowed[batch].all():
             chosen = chosen.masked_fill(~allowed[batch].to(chosen.device), float("-inf"))

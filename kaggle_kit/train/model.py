@@ -20,6 +20,7 @@ def build(cfg, profile, labels: list[str] | None = None):
 
     from ..hardware import guard_half
     from ..heads import add_score
+    from ..infer.fast.output_layer import contiguous_head
     from ..models import attention_implementation, device_map, load_config, load_tokenizer, quiet_peft, resolve_model
     from ..templates import apply_chat_format
 
@@ -54,6 +55,7 @@ def build(cfg, profile, labels: list[str] | None = None):
     lora = _lora_config(cfg)
     with quiet_peft():
         model = get_peft_model(model, lora)
+    contiguous_head(model)  # the frozen output layer's product on a slice (an evaluation's metric runs)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()

@@ -29,8 +29,8 @@ def assert_keeps_own_logits(model):
     x = torch.tensor([[5, 9, 2]])
     with torch.inference_mode():
         with head.capture():
-            own = model(input_ids=x).logits[:, -1]
-    assert torch.equal(head.logits(own), own.float()[:, [3, 7]])
+            own = model(input_ids=x).logits
+    assert torch.equal(head.logits(own), own[:, -1].float()[:, [3, 7]])
 
 
 def test_label_logits_are_the_fp32_product_of_the_hidden_state_the_model_rounds():
@@ -41,7 +41,9 @@ def test_label_logits_are_the_fp32_product_of_the_hidden_state_the_model_rounds(
     with torch.inference_mode():
         with head.capture():
             out = model(input_ids=x, output_hidden_states=True)
-        logits = head.logits(out.logits[:, -1])
+        logits = head.logits(out.logits)
+        assert out.logits.shape == (1, 0, 128)  # the full-vocabulary product was skipped
+        out.logits = model(input_ids=x).logits  # the model's own, without the head
     hidden = out.hidden_states[-1][:, -1].float()
     w = model.lm_head.weight[[3, 7, 11]].float()
     assert logits.dtype == torch.float32

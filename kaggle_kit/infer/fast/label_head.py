@@ -4,8 +4,9 @@ A bf16 model rounds its logits to bf16: a logit near 16 moves in steps of 1/16, 
 between two answer letters of a small model. SmolLM2-135M on 200 Science Exam rows: bf16 logits agree
 with fp32 on the top answer for 85% of rows (median |p - p32| 0.0086); with the label logits taken in
 fp32 from the same bf16 hidden state, 95% (0.0035). The hidden state the output layer reads is caught by
-a forward hook and multiplied by the K label rows of its weight in fp32: K dot products a row, no extra
-forward, nothing to change in the model.
+a pre-hook and multiplied by the K label rows of its weight in fp32: K dot products a row, no extra
+forward, nothing to change in the model; the layer's own full-vocabulary product is skipped
+(output_layer.py: on Gemma-3's 262k vocabulary, a tenth of a batch's forward on this CPU).
 
 It is used only where it reproduces the model's own logits (checked once per model on a few tokens): a
 model that scales or soft-caps its logits after the output layer (Gemma 2, Cohere, Granite), a quantised
@@ -18,6 +19,8 @@ import logging
 import weakref
 from contextlib import contextmanager
 
+from .output_layer import skipped
+
 log = logging.getLogger("kaggle_kit")
 
 _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> bool: fp32 head reproduces it
@@ -25,7 +28,7 @@ _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> bo
 
 class LabelHead:
     """fp32 logits of `label_ids` at the last position; use as
-    `with head.capture(): logits = model(...).logits[:, -1]` then `head.logits(logits)`. With `classifier`
+    `with head.capture(): logits = model(...).logits` then `head.logits(logits)`. With `classifier`
     (a (K, hidden) weight) the K logits are that head's on the same hidden state."""
 
     def __init__(self, model, label_ids: list[int], enabled: bool = True, classifier=None):
@@ -44,23 +47,20 @@ class LabelHead:
 
     @contextmanager
     def capture(self):
-        """Keep the last position's hidden state the output layer reads during the forward inside."""
+        """Keep the last position's hidden state the output layer reads during the forward inside; the
+        layer itself then runs on none of its positions (its full-vocabulary product would be dropped)."""
         if not self.active:
             yield
             return
-        hook = self._layer.register_forward_hook(self._keep)
-        try:
+        with skipped(self._layer) as caught:
             yield
-        finally:
-            hook.remove()
-
-    def _keep(self, module, args, output):
-        self._hidden = args[0][:, -1]
+        self._hidden = caught["h"][:, -1] if "h" in caught else None
 
     def logits(self, model_logits):
-        """(B, K) fp32 label logits: from the caught hidden state, else from `model_logits` (B, V)."""
+        """(B, K) fp32 label logits: from the caught hidden state, else from `model_logits` (B, S, V) at
+        their last position."""
         if not self.active or self._hidden is None:
-            return model_logits.float()[:, self._ids.to(model_logits.device)]
+            return model_logits[:, -1].float()[:, self._ids.to(model_logits.device)]
         hidden, self._hidden = self._hidden, None
         return _fp32_product(hidden, self._w, self._b)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .output_layer import skipped
 from .prefix import MIN_PREFIX, SharedPrefix, cache_kwarg, common_prefix, output_cache
 
 
@@ -80,7 +81,7 @@ class ViewPrefix:
         g = self.shared.length
         head_width = self._widths(pad_as)[0]
         inputs = self.shared.batch([self.views[0][i][: self.heads[i]] for i in batch], pad_id, g + head_width)
-        with torch.inference_mode(), prune():
+        with torch.inference_mode(), prune(), skipped(self._model.get_output_embeddings()):  # its KV cache only
             cache = output_cache(self._model(**inputs, use_cache=True, logits_to_keep=1))
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         at = {i: j for j, i in enumerate(batch)}
