@@ -3,9 +3,9 @@
 torch 2.13's CPU linear, given a half-precision weight that needs no gradient (a frozen base: a peft
 adapter loaded for inference, QLoRA training) and a non-contiguous 3-D input, copies the weight once per
 row and runs a batched product: `logits_to_keep=1` on a batch slices exactly such an input, hidden[:, -1:].
-Measured on this project's 2-core AMX Xeon, 8 rows, bf16: SmolLM2's 49k x 576 head 1.40 s instead of
-15 ms; Gemma-3's 262k x 640 head 2.7 GB and 17 s instead of 0.16 s. `contiguous_head` makes the input
-contiguous first (the same numbers, bit for bit: tests/unit/test_output_layer.py).
+`python bench/head_bench.py` on this project's 2-core AMX Xeon, 8 rows, bf16: SmolLM2's 49k x 576 head
+0.69 s instead of 4.3 ms; Gemma-3's 262k x 640 head 8.4 s instead of 39 ms, and 2.7 GB of weight copies.
+`contiguous_head` makes the input contiguous first (the same logits: tests/unit/test_output_layer.py).
 
 Where the logits are not read at all (training's label positions, the label head's K rows, a prefill
 kept only for its KV cache), `skipped` hands the layer none of its positions and keeps what it was given.
