@@ -6,7 +6,7 @@ with fp32 on the top answer for 85% of rows (median |p - p32| 0.0086); with the 
 fp32 from the same bf16 hidden state, 95% (0.0035). The hidden state the output layer reads is caught by
 a pre-hook and multiplied by the K label rows of its weight in fp32: K dot products a row, no extra
 forward, nothing to change in the model; the layer's own full-vocabulary product is skipped
-(output_layer.py: on Gemma-3's 262k vocabulary, a tenth of a batch's forward on this CPU).
+(output_layer.py; Gemma-3's 262k-token head: 39 ms a batch of 8 on this CPU, bench/head_bench.py).
 
 It is used only where it reproduces the model's own logits (checked once per model on a few tokens): a
 model that scales or soft-caps its logits after the output layer (Gemma 2, Cohere, Granite), a quantised
