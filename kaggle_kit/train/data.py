@@ -162,25 +162,18 @@ _HEAD_EXACT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model ->
 
 def labelled_hidden(model, core, ids, mask, labels):
     """(hidden (N, H), targets (N,)): the final hidden state the output layer reads at each of the batch's
-    N labelled positions, and the token it should predict there. The output layer itself runs on none
-    (head_input), so no (batch, length, vocabulary) logits exist.
+    N labelled positions, and the token it should predict there. The output layer itself runs on none of
+    the positions (infer/fast/output_layer.py), so no (batch, length, vocabulary) logits exist.
     `model` runs the forward (DDP-wrapped or not), `core` is the (peft) model inside it."""
-    targets = labels[:, 1:]
-    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
-    hidden = head_input(model, core, ids, mask, keep)
-    kept = targets[:, keep]
-    rows, cols = (kept != IGNORE).nonzero(as_tuple=True)
-    return hidden[rows, cols], kept[rows, cols]
-
-
-def head_input(model, core, ids, mask, keep):
-    """(B, len(keep), H): the final hidden states the output layer reads at positions `keep`, from a
-    forward in which the output layer itself runs on none of them (infer/fast/output_layer.py)."""
     from ..infer.fast.output_layer import skipped
 
+    targets = labels[:, 1:]
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
     with skipped(core.get_output_embeddings()) as caught:
         model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
-    return caught["h"]
+    kept = targets[:, keep]
+    rows, cols = (kept != IGNORE).nonzero(as_tuple=True)
+    return caught["h"][rows, cols], kept[rows, cols]
 
 
 def head_logits(core, hidden):
@@ -250,15 +243,12 @@ def class_logits(model, core, ids, mask, labels, label_ids: list[int]):
 
     from ..heads import SCORE, head_weight
 
-    targets = labels[:, 1:]
-    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
-    hidden = head_input(model, core, ids, mask, keep)
-    rows, cols = (targets[:, keep] != IGNORE).nonzero(as_tuple=True)  # one answer position per row
+    hidden, tokens = labelled_hidden(model, core, ids, mask, labels)  # one answer position per row
     lookup = torch.full((int(max(label_ids)) + 1,), IGNORE, device=ids.device)
     lookup[torch.tensor(label_ids, device=ids.device)] = torch.arange(len(label_ids), device=ids.device)
-    classes = lookup[targets[:, keep][rows, cols]]
+    classes = lookup[tokens]
     # a bf16 / fp16 hidden state into the fp32 head: autocast casts in training; an evaluation has none
-    hidden = hidden[rows, cols].to(head_weight(core).dtype)
+    hidden = hidden.to(head_weight(core).dtype)
     return getattr(core.get_base_model(), SCORE)(hidden), classes
 
 
