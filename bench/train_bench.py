@@ -11,6 +11,7 @@ keeps the default).
 
     python bench/train_bench.py [--steps 8] [--batch 4] [--quant nf4|none] [--peer-dtype same|float32|bfloat16]
         [--model demo|demo:gemma3|FOLDER] [--loss completion|answer] [--device cpu|cuda] [--dtype float16]
+        [--repeats 2]
 
 On a GPU (`--device cuda --dtype float16`, a T4's profile) the Trainer runs there too, and the JSON adds
 each contender's peak GPU memory (torch.cuda.max_memory_allocated).
@@ -66,11 +67,14 @@ def run_kit(args, out: Path) -> dict:
         valid_fraction=0.1,
         progress=False,
     )
-    from kaggle_kit.jobs.training import prepare_data
-    from kaggle_kit.models import load_tokenizer, resolve_model
+    from kaggle_kit.jobs import training
 
-    split = prepare_data(cfg, load_tokenizer(resolve_model(args.model)))  # the rows train() will see
+    # the rows train() sees, caught as it splits them: a second tokenizer in this process would count in
+    # the kit's peak RSS (Gemma-3's 262k-token tokenizer holds 0.3 GB)
+    seen, prepare = {}, training.prepare_data
+    training.prepare_data = lambda cfg, tok: seen.setdefault("split", prepare(cfg, tok))
     res = train(cfg)
+    split = seen["split"]
     # steps 2..N, timed from the per-step log lines (model load, step-0 eval and warm-up left out)
     logs = [h for h in res.history if "train_loss" in h]
     took = logs[-1]["elapsed"] - logs[0]["elapsed"]
@@ -180,6 +184,7 @@ def main():
     ap.add_argument("--which", choices=["kit", "trainer", "grouped"])
     ap.add_argument("--model", default="demo", help="demo (SmolLM2), demo:gemma3, or a model folder")
     ap.add_argument("--loss", default="completion", choices=["completion", "answer"])
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of the three runs; each keeps its fastest")
     args = ap.parse_args()
     from kaggle_kit.hardware import detect
 
@@ -198,7 +203,9 @@ def main():
         print(json.dumps(res))
         return
     results = {}
-    for which in ("kit", "trainer", "grouped"):
+    # contenders in rotation, `--repeats` rounds: this VM drifts by 15-25% over minutes, so each keeps its
+    # fastest round, and its largest peak RSS
+    for which in [w for _ in range(args.repeats) for w in ("kit", "trainer", "grouped")]:
         cmd = [
             sys.executable,
             __file__,
@@ -221,7 +228,12 @@ def main():
             *(["--dtype", args.dtype] if args.dtype else []),
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        results[which] = json.loads(out)
+        res, best = json.loads(out), results.get(which)
+        if best:
+            peak = max(res["peak_rss_mb"], best["peak_rss_mb"])
+            res = res if res["tokens"] / res["seconds"] > best["tokens"] / best["seconds"] else best
+            res["peak_rss_mb"] = peak
+        results[which] = res
     from kaggle_kit.progress import format_table
 
     names = {"kit": "kit fit()", "trainer": "Trainer, random batches", "grouped": "Trainer, group_by_length"}
@@ -241,7 +253,8 @@ def main():
     print(
         f"kit / length-grouped Trainer tokens/s: {(k['tokens'] / k['seconds']) / (t['tokens'] / t['seconds']):.2f}x; "
         f"peak RSS {k['peak_rss_mb']:.0f} vs {t['peak_rss_mb']:.0f} MB ({args.steps} steps x batch {args.batch}, "
-        f"{args.quant}, loss {args.loss}; kit {profile.compute_dtype}, peer {args.peer_dtype}; steps 2..N timed)"
+        f"{args.quant}, loss {args.loss}; kit {profile.compute_dtype}, peer {args.peer_dtype}; steps 2..N timed; "
+        f"best of {args.repeats})"
     )
     import platform
 
@@ -250,6 +263,7 @@ def main():
     suffix = "" if args.model == "demo" else "_" + args.model.replace(":", "_").replace("/", "_")
     out = ROOT / "bench" / "results" / f"train_{profile.device}{suffix}_{args.loss}.json"
     meta = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "model": args.model}
+    meta["repeats"] = args.repeats
     meta["machine"] = platform.processor() or platform.machine()
     out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -65,6 +65,7 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer steps; overrides epochs
     max_grad_norm: float = 0.3  # the NTU ADL homework (QLoRA paper)
     weight_decay: float = 0.0
+    fast_paths: bool = True  # off: peft's own LoRA forward and every norm's fp32 copy kept (train/fast.py)
     gradient_checkpointing: bool | None = None  # less memory, ~30% slower; None = on for a GPU under 24 GB (T4)
     seed: int = 42
     log_every: int = 10  # optimizer steps between log lines

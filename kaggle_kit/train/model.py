@@ -23,6 +23,7 @@ def build(cfg, profile, labels: list[str] | None = None):
     from ..infer.fast.output_layer import contiguous_head
     from ..models import attention_implementation, device_map, load_config, load_tokenizer, quiet_peft, resolve_model
     from ..templates import apply_chat_format
+    from .fast import fast_paths
 
     path = resolve_model(cfg.model)
     config = load_config(path)
@@ -56,19 +57,18 @@ def build(cfg, profile, labels: list[str] | None = None):
     with quiet_peft():
         model = get_peft_model(model, lora)
     contiguous_head(model)  # the frozen output layer's product on a slice (an evaluation's metric runs)
+    fast = "fast paths off"
+    if cfg.fast_paths:  # one addmm per LoRA layer; half-precision norm inputs kept for backward, not fp32 copies
+        fast = fast_paths(model, half=compute != torch.float32, layers_checkpointed=checkpointing(cfg, profile))
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     log.info(
-        "model %s (%s), LoRA r=%d on %s: %.2fM trainable of %.1fM",
-        path.name,
-        cfg.quant,
-        cfg.lora_r,
-        cfg.target_modules,
-        n_train / 1e6,
-        n_all / 1e6,
+        "model %s (%s), LoRA r=%d on %s: %.2fM trainable of %.1fM; %s",
+        *(path.name, cfg.quant, cfg.lora_r, cfg.target_modules, n_train / 1e6, n_all / 1e6),
+        fast,
     )
     return model, tok
 

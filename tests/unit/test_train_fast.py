@@ -1,0 +1,163 @@
+"""Training's fast paths (kaggle_kit/train/fast.py) against what they replace, on tiny randomly initialised
+models: the fused LoRA forward against peft's own (fp32: the same loss and gradients to fp32 rounding; a
+4-bit base; dropout; the cases it leaves to peft), and the recomputed norms against the norms' plain
+autograd (bf16: the same gradients bit for bit, with fewer fp32 bytes kept for backward)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from kaggle_kit.train.fast import fused_lora, recomputed_norms
+
+SIZE = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+
+
+def tiny(family: str = "llama", dtype=torch.float32):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gemma3":
+        cfg = Gemma3TextConfig(**SIZE, num_key_value_heads=2, head_dim=16, sliding_window=8)
+        return Gemma3ForCausalLM(cfg).to(dtype)
+    return LlamaForCausalLM(LlamaConfig(**SIZE, num_key_value_heads=2)).to(dtype)
+
+
+def with_lora(model, alpha: int = 12, dropout: float = 0.0):
+    """peft LoRA r=8 on every linear layer, B drawn at random (peft starts it at zero: no LoRA term)."""
+    from peft import LoraConfig, get_peft_model
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lora = LoraConfig(r=8, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def ids():
+    torch.manual_seed(2)
+    return torch.randint(3, 96, (2, 12))
+
+
+def loss_and_grads(model, x, seed: int = 3):
+    torch.manual_seed(seed)  # the same dropout masks in both runs
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=x, labels=x)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same(a, b, **tol):
+    (logits_a, grads_a), (logits_b, grads_b) = a, b
+    torch.testing.assert_close(logits_a, logits_b, **tol)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], **tol)
+
+
+@pytest.mark.parametrize("alpha, dropout", [(16, 0.0), (12, 0.0), (12, 0.2)])  # scale 2, scale 1.5, dropout
+def test_fused_lora_gives_pefts_loss_and_gradients(alpha, dropout):
+    plain = with_lora(tiny(), alpha, dropout).train()
+    fused = copy.deepcopy(plain)
+    assert fused_lora(fused) == 14  # 7 linear layers x 2 decoder layers
+    want, got = loss_and_grads(plain, ids()), loss_and_grads(fused, ids())
+    assert_same(got, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad(), plain.disable_adapter():
+        assert not torch.allclose(want[0], plain(input_ids=ids()).logits, atol=1e-3)  # the LoRA term is there
+
+
+def test_fused_lora_on_a_4bit_base_gives_pefts_numbers(tmp_path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny().save_pretrained(tmp_path)
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=nf4, dtype=torch.float32)
+    plain = with_lora(base).train()
+    fused = copy.deepcopy(plain)
+    assert fused_lora(fused) == 14
+    assert "bnb" in type(next(m for m in fused.modules() if "forward" in m.__dict__)).__module__
+    assert_same(loss_and_grads(fused, ids()), loss_and_grads(plain, ids()), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_lora_in_bf16_is_no_further_from_fp32_than_peft():
+    """Under CPU bf16 autocast peft rounds the LoRA term, its scaled copy and the sum; the fused forward
+    rounds once."""
+    ref = with_lora(tiny()).eval()
+    plain, fused = copy.deepcopy(ref), copy.deepcopy(ref)
+    fused_lora(fused)
+    x = ids()
+    with torch.no_grad():
+        exact = ref(input_ids=x).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            err_plain = (plain(input_ids=x).logits.float() - exact).abs().max()
+            err_fused = (fused(input_ids=x).logits.float() - exact).abs().max()
+    assert 0 < err_fused <= 1.25 * err_plain
+
+
+def test_fused_lora_leaves_other_cases_to_peft():
+    """Adapters disabled, merged, or two active at once: the fused forward hands the call to peft's."""
+    plain = with_lora(tiny()).eval()
+    plain.add_adapter("second", copy.deepcopy(plain.peft_config["default"]))
+    fused = copy.deepcopy(plain)
+    fused_lora(fused)
+    x = ids()
+    with torch.no_grad():
+        with plain.disable_adapter(), fused.disable_adapter():
+            assert torch.equal(fused(input_ids=x).logits, plain(input_ids=x).logits)
+        for model in (plain, fused):
+            model.base_model.set_adapter(["default", "second"])
+        assert torch.equal(fused(input_ids=x).logits, plain(input_ids=x).logits)
+        for model in (plain, fused):
+            model.base_model.set_adapter("default")
+            model.merge_adapter()
+        assert torch.equal(fused(input_ids=x).logits, plain(input_ids=x).logits)
+
+
+def fp32_saved_bytes(model, x) -> int:
+    seen = {}
+
+    def pack(t):
+        if t.dtype == torch.float32:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=x, labels=x).loss.backward()
+    return sum(seen.values())
+
+
+def test_recomputed_norms_give_the_same_gradients_and_keep_no_fp32_copies():
+    plain = with_lora(tiny("gemma3", torch.bfloat16)).train()
+    for p in plain.parameters():
+        if p.requires_grad:  # as train.model.build: fp32 LoRA weights, bf16 base
+            p.data = p.data.float()
+    recomputed = copy.deepcopy(plain)
+    assert recomputed_norms(recomputed) == 2 * 6 + 1  # 4 norms and q/k norms per layer, and the final one
+    x = ids()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = loss_and_grads(plain, x), loss_and_grads(recomputed, x)
+        kept_plain, kept = fp32_saved_bytes(plain, x), fp32_saved_bytes(recomputed, x)
+    assert torch.equal(got[0], want[0])
+    for name, g in want[1].items():
+        assert torch.equal(got[1][name], g), name
+    assert kept < kept_plain / 4, (kept, kept_plain)
+
+
+def test_build_leaves_peft_and_the_norms_alone_with_fast_paths_off(tmp_path):
+    from kaggle_kit.config import TrainConfig
+    from kaggle_kit.hardware import detect
+    from kaggle_kit.train import model as train_model
+
+    def patched(fast: bool) -> int:
+        cfg = TrainConfig("science_exam", "x.csv", quant="none", dtype="bfloat16", fast_paths=fast)
+        model, _ = train_model.build(cfg, detect(cfg.dtype, "cpu"))
+        return sum("forward" in m.__dict__ for m in model.modules())
+
+    assert patched(False) == 0
+    assert patched(True) == 30 * 7 + 30 * 2 + 1  # SmolLM2: 30 layers of 7 LoRA layers and 2 norms, final norm
