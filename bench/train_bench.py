@@ -11,7 +11,7 @@ keeps the default).
 
     python bench/train_bench.py [--steps 8] [--batch 4] [--quant nf4|none] [--peer-dtype same|float32|bfloat16]
         [--model demo|demo:gemma3|FOLDER] [--loss completion|answer] [--device cpu|cuda] [--dtype float16]
-        [--repeats 2]
+        [--repeats 2] [--fast-paths on|off] [--which kit|trainer|grouped: one contender, JSON on stdout]
 
 On a GPU (`--device cuda --dtype float16`, a T4's profile) the Trainer runs there too, and the JSON adds
 each contender's peak GPU memory (torch.cuda.max_memory_allocated).
@@ -66,6 +66,7 @@ def run_kit(args, out: Path) -> dict:
         log_every=1,
         valid_fraction=0.1,
         progress=False,
+        fast_paths=args.fast_paths == "on",
     )
     from kaggle_kit.jobs import training
 
@@ -184,6 +185,7 @@ def main():
     ap.add_argument("--which", choices=["kit", "trainer", "grouped"])
     ap.add_argument("--model", default="demo", help="demo (SmolLM2), demo:gemma3, or a model folder")
     ap.add_argument("--loss", default="completion", choices=["completion", "answer"])
+    ap.add_argument("--fast-paths", default="on", choices=["on", "off"], help="the kit's training fast paths")
     ap.add_argument("--repeats", type=int, default=2, help="rounds of the three runs; each keeps its fastest")
     args = ap.parse_args()
     from kaggle_kit.hardware import detect
@@ -223,6 +225,8 @@ def main():
             args.model,
             "--loss",
             args.loss,
+            "--fast-paths",
+            args.fast_paths,
             "--device",
             args.device,
             *(["--dtype", args.dtype] if args.dtype else []),
@@ -261,6 +265,7 @@ def main():
     from infer_bench import _commit
 
     suffix = "" if args.model == "demo" else "_" + args.model.replace(":", "_").replace("/", "_")
+    suffix += "" if args.fast_paths == "on" else "_fast_paths_off"
     out = ROOT / "bench" / "results" / f"train_{profile.device}{suffix}_{args.loss}.json"
     meta = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "model": args.model}
     meta["repeats"] = args.repeats
