@@ -32,10 +32,16 @@ def fused_lora(model) -> int:
     A call the fused forward does not fit runs peft's own (see `_fits`)."""
     from peft.tuners.lora import LoraLayer
 
+    return _patch(model, lambda m: isinstance(m, LoraLayer) and hasattr(m, "lora_A"), _fused_forward)
+
+
+def _patch(model, wanted, forward) -> int:
+    """Give each module of `model` that `wanted` picks, and that has no forward of its own yet, `forward`
+    as its method; returns how many (so a second call changes nothing)."""
     done = 0
     for module in model.modules():
-        if isinstance(module, LoraLayer) and hasattr(module, "lora_A") and "forward" not in module.__dict__:
-            module.forward = types.MethodType(_fused_forward, module)
+        if wanted(module) and "forward" not in module.__dict__:
+            module.forward = types.MethodType(forward, module)
             done += 1
     return done
 
@@ -69,7 +75,7 @@ def _fused_forward(self, x, *args, **kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x)
     h = self.lora_A[name](self.lora_dropout[name](x))
-    if result.dtype != h.dtype:  # no autocast to meet in: peft's sum, the term cast to the output's dtype
+    if result.dtype != h.dtype:  # dtypes addmm cannot mix: peft's sum, the term cast to the output's dtype
         return result + (self.lora_B[name](h) * self.scaling[name]).to(result.dtype)
     out = torch.addmm(
         result.reshape(-1, result.shape[-1]),
@@ -83,12 +89,7 @@ def _fused_forward(self, x, *args, **kwargs):
 def recomputed_norms(model) -> int:
     """Run every RMSNorm module under non-reentrant checkpointing; returns how many. Only worth it (and
     only called) where the model computes in half precision and the layers are not already checkpointed."""
-    done = 0
-    for module in model.modules():
-        if type(module).__name__.endswith("RMSNorm") and "forward" not in module.__dict__:
-            module.forward = types.MethodType(_recomputed_norm, module)
-            done += 1
-    return done
+    return _patch(model, lambda m: type(m).__name__.endswith("RMSNorm"), _recomputed_norm)
 
 
 def _recomputed_norm(self, x, *args, **kwargs):
