@@ -263,12 +263,58 @@ def t4_memory_estimate(ctx):
     return out
 
 
+@step
+def benches(ctx):
+    """bench/infer_bench.py and bench/train_bench.py (answer loss) in fp16, a T4's profile, beside their
+    plain-transformers peers, on SmolLM2-135M's shapes with random weights: the device has no model
+    files, so --prepare carries SmolLM2's config and tokenizer. Speed and memory are real; agreement and
+    MAP@3 mean nothing on random weights. The JSON goes to <out>/bench_results/. Dry run: the tiny
+    Llama, a few rows, fp32 on the CPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kaggle_kit.models import load_tokenizer
+
+    if ctx["cuda"]:
+        carried = ROOT / "runs" / "gpu_carry" / "smollm2"
+        if not (carried / "config.json").is_file():
+            return "skipped: runs/gpu_carry/smollm2/config.json is missing (bash bench/gpu_check.sh --prepare)"
+        folder = Path(ctx["work"]) / "smollm2-135m-random-weights"
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(carried)).save_pretrained(folder)
+        load_tokenizer(carried).save_pretrained(folder)
+        device = ["--device", "cuda", "--dtype", "float16"]
+        sizes = {"infer": ["--rows", "100", "--repeat", "2"], "train": ["--steps", "8", "--batch", "4"]}
+    else:
+        folder = Path(ctx["tiny"]["llama"])
+        device = ["--device", "cpu", "--dtype", "float32"]
+        sizes = {
+            "infer": ["--rows", "4", "--gen-rows", "2", "--max-new-tokens", "4", "--repeat", "1"],
+            "train": ["--steps", "3", "--batch", "2", "--quant", "none"],
+        }
+    sizes["train"] += ["--loss", "answer", "--repeats", "1"]
+    results = Path(ctx["out"]) / "bench_results"
+    out = {"model": folder.name, "weights": "random" if ctx["cuda"] else "tiny random Llama"}
+    for name, argv in sizes.items():
+        cmd = [sys.executable, str(ROOT / "bench" / f"{name}_bench.py"), "--model", str(folder), *device, *argv]
+        try:
+            r = subprocess.run([*cmd, "--results", str(results)], capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired:
+            out[name] = "failed: over 240 s"
+            continue
+        written = sorted(results.glob(f"{name}_*.json"))
+        if r.returncode or not written:
+            out[name] = f"failed: exit {r.returncode}: {(r.stdout + r.stderr)[-1500:]}"
+        else:
+            out[name] = json.loads(written[-1].read_text())["rows"]
+    return out
+
+
 def tiny_models(work: Path) -> dict:
-    """The tiny models, built with the demo tokenizer (or a carried one: runs/gpu_carry/tokenizer)."""
+    """The tiny models, built with the demo tokenizer (or the carried one: runs/gpu_carry/smollm2)."""
     import tiny_models as tm
     from transformers import AutoTokenizer
 
-    carried = ROOT / "runs" / "gpu_carry" / "tokenizer"
+    carried = ROOT / "runs" / "gpu_carry" / "smollm2"
     if carried.is_dir():
         tok = AutoTokenizer.from_pretrained(carried)
         tok.padding_side = "left"
@@ -290,8 +336,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.dry_run
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    ctx = {"cuda": cuda, "device": "cuda" if cuda else "cpu", "work": str(work)}
+    ctx = {"cuda": cuda, "device": "cuda" if cuda else "cpu", "work": str(work), "out": args.out}
     ctx["tiny"] = tiny_models(work)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     report = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": {}}
     for fn in STEPS:
         if args.only and fn.__name__ not in args.only:
@@ -303,8 +350,8 @@ def main(argv=None) -> int:
             res = f"failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()[-1500:]}"
         report["steps"][fn.__name__] = {"result": res, "seconds": round(time.perf_counter() - t0, 1)}
         print(f"{fn.__name__}: {json.dumps(res, default=str)[:400]}", flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        # after every step: a run cut off by the device's time limit still brings back the steps it ran
+        (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     failed = [
         k for k, v in report["steps"].items() if isinstance(v["result"], str) and v["result"].startswith("failed")
     ]

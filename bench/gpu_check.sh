@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The first GPU session's check (bench/gpu_check.py): every CUDA path the review found, ~8 minutes.
+# The first GPU session's check (bench/gpu_check.py): every CUDA path the review found, then the inference
+# and training benches in fp16, ~10 minutes.
 #
 #   bash bench/gpu_check.sh --prepare   # here, once: runs/gpu_carry/ = the bitsandbytes wheel (py3.12,
-#                                       # manylinux x86_64) + the demo tokenizer (the device has neither)
-#   device run: command "bash bench/gpu_check.sh", carry ["runs/gpu_carry"], timeout_s 540
+#                                       # manylinux x86_64) + the demo model's tokenizer and config, no
+#                                       # weights (the device has none of them; 47 MB of the 64 allowed)
+#   device run: command "bash bench/gpu_check.sh", carry ["runs/gpu_carry"], timeout_s 600 (the JSON is
+#                                       # written after each step, so a cut-off run keeps what it ran)
 #   bash bench/gpu_check.sh --dry-run   # on this CPU: the script itself (make test runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +15,9 @@ if [ "${1:-}" = "--prepare" ]; then
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d runs/gpu_carry/wheels bitsandbytes==0.50.2
-    .venv/bin/python -c "from kaggle_kit.models import demo_model_dir, load_tokenizer; \
-        load_tokenizer(demo_model_dir()).save_pretrained('runs/gpu_carry/tokenizer')"
+    .venv/bin/python -c "import shutil; from kaggle_kit.models import demo_model_dir, load_tokenizer; \
+        load_tokenizer(demo_model_dir()).save_pretrained('runs/gpu_carry/smollm2'); \
+        shutil.copy(demo_model_dir() / 'config.json', 'runs/gpu_carry/smollm2/')"
     du -sh runs/gpu_carry
     exit 0
 fi

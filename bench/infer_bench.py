@@ -10,7 +10,7 @@ Rows are real: Science Exam questions from ../shared/data (data/ when absent) fo
 Recovery rows for generation. Prints a table and writes bench/results/infer_<device>.json.
 
     python bench/infer_bench.py [--rows 100] [--gen-rows 16] [--repeat 3] [--recheck 0.2] [--device cpu|cuda]
-        [--dtype ...] [--model demo|demo:gemma3|FOLDER]
+        [--dtype ...] [--model demo|demo:gemma3|FOLDER] [--results bench/results]
 
 Each timing is the best of --repeat rounds, every contender once per round (a shared 2-core VM drifts by
 10-20% from minute to minute). Besides top-1 agreement with the fp32 peer, the MAP@3 of kit and peer on
@@ -225,6 +225,7 @@ def main():
     ap.add_argument(
         "--recheck", type=float, default=0.2, help="share of least confident rows the dtype cascade re-scores in fp32"
     )
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder the JSON is written to")
     args = ap.parse_args()
 
     profile = detect(args.dtype, args.device)
@@ -330,9 +331,8 @@ def main():
         f"{len(prompts)} choice rows ({n_tokens} tokens), {len(gprompts)} generation rows x {args.max_new_tokens} "
         f"new tokens; generation 'agree' = identical text; best of {r} interleaved rounds"
     )
-    suffix = "" if args.model == "demo" else "_" + args.model.replace(":", "_").replace("/", "_")
-    out = ROOT / "bench" / "results" / f"infer_{profile.device}{suffix}.json"
-    out.parent.mkdir(exist_ok=True)
+    out = Path(args.results) / f"infer_{profile.device}{model_suffix(args.model)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
@@ -348,6 +348,13 @@ def main():
             indent=2,
         )
     )
+
+
+def model_suffix(model: str) -> str:
+    """The results file's model part: '' for the demo model, '_demo_gemma3', or a model folder's name."""
+    if model == "demo":
+        return ""
+    return "_" + (Path(model).name if Path(model).is_dir() else model.replace(":", "_").replace("/", "_"))
 
 
 def _commit() -> str:

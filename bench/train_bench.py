@@ -11,7 +11,8 @@ keeps the default).
 
     python bench/train_bench.py [--steps 8] [--batch 4] [--quant nf4|none] [--peer-dtype same|float32|bfloat16]
         [--model demo|demo:gemma3|FOLDER] [--loss completion|answer] [--device cpu|cuda] [--dtype float16]
-        [--repeats 2] [--fast-paths on|off] [--which kit|trainer|grouped: one contender, JSON on stdout]
+        [--repeats 2] [--fast-paths on|off] [--results bench/results]
+        [--which kit|trainer|grouped: one contender, JSON on stdout]
 
 On a GPU (`--device cuda --dtype float16`, a T4's profile) the Trainer runs there too, and the JSON adds
 each contender's peak GPU memory (torch.cuda.max_memory_allocated).
@@ -187,6 +188,7 @@ def main():
     ap.add_argument("--loss", default="completion", choices=["completion", "answer"])
     ap.add_argument("--fast-paths", default="on", choices=["on", "off"], help="the kit's training fast paths")
     ap.add_argument("--repeats", type=int, default=2, help="rounds of the three runs; each keeps its fastest")
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder the JSON is written to")
     args = ap.parse_args()
     from kaggle_kit.hardware import detect
 
@@ -262,11 +264,11 @@ def main():
     )
     import platform
 
-    from infer_bench import _commit
+    from infer_bench import _commit, model_suffix
 
-    suffix = "" if args.model == "demo" else "_" + args.model.replace(":", "_").replace("/", "_")
-    suffix += "" if args.fast_paths == "on" else "_fast_paths_off"
-    out = ROOT / "bench" / "results" / f"train_{profile.device}{suffix}_{args.loss}.json"
+    suffix = model_suffix(args.model) + ("" if args.fast_paths == "on" else "_fast_paths_off")
+    out = Path(args.results) / f"train_{profile.device}{suffix}_{args.loss}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "model": args.model}
     meta["repeats"] = args.repeats
     meta["machine"] = platform.processor() or platform.machine()

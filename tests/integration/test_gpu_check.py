@@ -15,6 +15,7 @@ def test_gpu_check_dry_run_passes_every_cpu_step(tmp_path):
         "perplexity_memory",
         "train_resume",
         "t4_memory_estimate",
+        "benches",
     ]
     args = [x for step in only for x in ("--only", step)]  # the exactness step repeats test_families.py
     r = subprocess.run(
@@ -27,3 +28,10 @@ def test_gpu_check_dry_run_passes_every_cpu_step(tmp_path):
     assert steps["fp16_overflow"]["result"]["planted_overflow"].startswith("NonFiniteOutput")
     assert steps["train_resume"]["result"]["equal"] is True
     assert steps["gemma2_attention"]["result"]["kit_chooses"] == "eager"
+    benches = steps["benches"]["result"]  # both benches ran on the tiny Llama and wrote their JSON
+    assert {"run", "rows/s", "vs best peer"} <= set(benches["infer"][0])
+    assert [r["run"] for r in benches["train"]][0] == "kit fit()"
+    assert sorted(p.name for p in (tmp_path / "bench_results").iterdir()) == [
+        "infer_cpu_llama.json",
+        "train_cpu_llama_answer.json",
+    ]
