@@ -30,7 +30,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check kaggle_kit tests bench
-	$(BIN)/python -m pytest -q --durations=20 tests
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=20 tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit

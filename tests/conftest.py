@@ -14,6 +14,11 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs one pytest worker per core (pytest-xdist): each worker, and every process it starts,
+# gets its share of the cores as torch threads, or the workers' thread pools fight over the same cores
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
 
 
 def write_subset(comp_name: str, tmp_path: Path, n: int, labelled: bool = False, split: str = "train") -> Path:

@@ -123,7 +123,7 @@ def build_wheels(
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp), str(ROOT))
+    _build_kit_wheel(tmp)
     if packages or extra:
         _pip("download", "--no-deps", *_target(python), "-d", str(tmp), *pip_args, *_pins({**packages, **extra}))
     kit = md.version("kaggle-kit")
@@ -221,6 +221,18 @@ def _dry_run(requirements: list[str], python: str, deps: bool = True) -> str:
     with tempfile.TemporaryDirectory() as target:
         args = ["install", "--dry-run", "--ignore-installed", "--report", "-", "--target", target]
         return _pip(*args, *([] if deps else ["--no-deps"]), *_target(python), *requirements, constrained=False)
+
+
+def _build_kit_wheel(into: Path) -> None:
+    """The kit's wheel, built from a scratch copy of its sources: nothing (build/, *.egg-info) is written
+    into the checkout, and two builds at once cannot trip over each other's files."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kaggle-kit-src.") as src:
+        for name in ("pyproject.toml", "setup.py", "README.md"):
+            shutil.copy2(ROOT / name, Path(src) / name)
+        shutil.copytree(ROOT / "kaggle_kit", Path(src) / "kaggle_kit", ignore=shutil.ignore_patterns("__pycache__"))
+        _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(into), src)
 
 
 def _pip(*args: str, constrained: bool = True, quiet: bool = True) -> str:

@@ -189,6 +189,11 @@ def test_wheels_dataset_installs_offline_in_a_fresh_venv_and_pushes(tmp_path, ka
     wheels = build_wheels(tmp_path / "kaggle-kit-wheels", packages=subset, python=py, user="kit-tester")
     names = sorted(p.name for p in wheels.glob("*.whl"))
     assert [n.split("-")[0] for n in names] == ["gguf", "kaggle_kit", "safetensors"]
+    # the kit's wheel holds its sources as they are (built from a scratch copy: a stale build/ folder in the
+    # checkout once shipped modules deleted long before)
+    source = {p.relative_to(ROOT).as_posix() for p in (ROOT / "kaggle_kit").rglob("*.py")}
+    with zipfile.ZipFile(next(wheels.glob("kaggle_kit-*.whl"))) as whl:
+        assert {n for n in whl.namelist() if n.endswith(".py")} == source
     assert json.loads((wheels / "dataset-metadata.json").read_text())["id"] == "kit-tester/kaggle-kit-wheels"
     res = _fresh_venv_install(wheels, tmp_path / "venv")
     assert res.returncode == 0, res.stderr
