@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from functools import partial
@@ -20,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from infer_bench import _commit  # noqa: E402
+from meta import commit, machine  # noqa: E402
 
 HEADS = {"SmolLM2-135M": (49152, 576), "Gemma-3-270M": (262144, 640)}
 
@@ -63,8 +62,8 @@ def main():
             row.update(contiguous_ms=copied, ratio=sliced / copied)
             out.append(row)
             print(f"{name:13s} {row['weight']:9s} slice {sliced:9.1f} ms, contiguous {copied:7.1f} ms", flush=True)
-    meta = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "torch": torch.__version__}
-    meta.update(machine=platform.processor() or platform.machine(), device=args.device, dtype=args.dtype)
+    meta = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "torch": torch.__version__}
+    meta.update(machine=machine(), device=args.device, dtype=args.dtype)
     path = ROOT / "bench" / "results" / f"head_{args.device}.json"
     path.write_text(json.dumps({**meta, "rows": args.rows, "results": out}, indent=2))
     print(f"wrote {path.relative_to(ROOT)}")

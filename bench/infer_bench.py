@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from matmul_peak import peak_gflops  # noqa: E402
+from meta import commit, machine  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
@@ -337,9 +337,9 @@ def main():
         json.dumps(
             {
                 "command": " ".join(["python", *sys.argv]),
-                "commit": _commit(),
+                "commit": commit(),
                 "model": args.model,
-                "machine": platform.processor() or platform.machine(),
+                "machine": machine(),
                 "profile": profile.dtype,
                 "peak_gflops": peak,
                 "limit_tok_s": limit_tok_s,
@@ -355,14 +355,6 @@ def model_suffix(model: str) -> str:
     if model == "demo":
         return ""
     return "_" + (Path(model).name if Path(model).is_dir() else model.replace(":", "_").replace("/", "_"))
-
-
-def _commit() -> str:
-    import subprocess
-
-    res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return res.stdout.strip() + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":

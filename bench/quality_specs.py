@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 SPECS = ROOT / "kaggle_kit" / "competitions" / "specs"
+
+from meta import commit, machine  # noqa: E402
 
 from kaggle_kit import jobs  # noqa: E402
 from kaggle_kit.config import PredictConfig, ScoreConfig, SynthConfig, TrainConfig  # noqa: E402
@@ -143,10 +143,8 @@ def main(argv=None):
     ap.add_argument("--competition", action="append", choices=list(SECTIONS))
     ap.add_argument("--no-train", action="store_true")
     args = ap.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     meta = {"command": " ".join(["python", "bench/quality_specs.py", *(argv or sys.argv[1:])]),
-            "commit": commit.strip(), "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}",
-            "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+            "commit": commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     cols = ["competition", "rows", "technique", "metric", "score", "seconds"]
     with tempfile.TemporaryDirectory() as d:
         for name in args.competition or list(SECTIONS):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import socket
 import sys
 import threading
@@ -26,6 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from meta import commit, machine  # noqa: E402
 
 from kaggle_kit.config import ServeConfig  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
@@ -154,10 +155,12 @@ def main(argv=None):
     out = ROOT / "bench" / "results" / f"serve_{device}.json"
     out.parent.mkdir(exist_ok=True)
     meta = {
+        "command": " ".join(["python", *sys.argv]),
+        "commit": commit(),
         "clients": args.clients,
         "max_new_tokens": args.max_new_tokens,
         "max_batch": args.max_batch,
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine(),
         "device": device,
     }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))

@@ -262,16 +262,15 @@ def main():
         f"{args.quant}, loss {args.loss}; kit {profile.compute_dtype}, peer {args.peer_dtype}; steps 2..N timed; "
         f"best of {args.repeats})"
     )
-    import platform
-
-    from infer_bench import _commit, model_suffix
+    from infer_bench import model_suffix
+    from meta import commit, machine
 
     suffix = model_suffix(args.model) + ("" if args.fast_paths == "on" else "_fast_paths_off")
     out = Path(args.results) / f"train_{profile.device}{suffix}_{args.loss}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "model": args.model}
+    meta = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "model": args.model}
     meta["repeats"] = args.repeats
-    meta["machine"] = platform.processor() or platform.machine()
+    meta["machine"] = machine()
     out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from infer_bench import _commit, peer_sorted8, plain_model, rows_file, timed_rounds  # noqa: E402
+from infer_bench import peer_sorted8, plain_model, rows_file, timed_rounds  # noqa: E402
+from meta import commit, machine  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
@@ -189,8 +189,8 @@ def main():
     print(format_table(rows))
     name = "" if args.model == "demo" else "_" + args.model.replace("demo:", "demo_").replace("/", "_")
     out = ROOT / "bench" / "results" / f"tta_{profile.device}{name}.json"
-    meta = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "model": args.model}
-    meta.update(machine=platform.processor() or platform.machine(), device=profile.device, dtype=profile.dtype)
+    meta = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "model": args.model}
+    meta.update(machine=machine(), device=profile.device, dtype=profile.dtype)
     out.write_text(json.dumps({**meta, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
