@@ -148,6 +148,16 @@ def main():
             [{"kind": k, "self CPU s": round(v, 2), "share": f"{v / total:.0%}"} for k, v in sorted(kinds.items())]
         )
     )
+    other = sorted((e for e in prof.key_averages() if e.key not in KINDS), key=lambda e: -e.self_cpu_time_total)
+    print("the largest of the other ops:")
+    print(
+        format_table(
+            [
+                {"op": e.key[:60], "calls": e.count, "self CPU s": round(e.self_cpu_time_total / 1e6, 3)}
+                for e in other[:12]
+            ]
+        )
+    )
     print(f"profiled run: {profiled:.2f} s wall, profile {profile_.dtype}, torch threads {torch.get_num_threads()}")
 
 
