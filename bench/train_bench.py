@@ -11,7 +11,7 @@ keeps the default).
 
     python bench/train_bench.py [--steps 8] [--batch 4] [--quant nf4|none] [--peer-dtype same|float32|bfloat16]
         [--model demo|demo:gemma3|FOLDER] [--loss completion|answer] [--device cpu|cuda] [--dtype float16]
-        [--repeats 2] [--fast-paths on|off] [--results bench/results]
+        [--repeats 2] [--fast-paths on|off] [--gradient-checkpointing] [--results bench/results]
         [--which kit|trainer|grouped: one contender, JSON on stdout]
 
 On a GPU (`--device cuda --dtype float16`, a T4's profile) the Trainer runs there too, and the JSON adds
@@ -68,6 +68,7 @@ def run_kit(args, out: Path) -> dict:
         valid_fraction=0.1,
         progress=False,
         fast_paths=args.fast_paths == "on",
+        gradient_checkpointing=args.gradient_checkpointing or None,
     )
     from kaggle_kit.jobs import training
 
@@ -187,6 +188,9 @@ def main():
     ap.add_argument("--model", default="demo", help="demo (SmolLM2), demo:gemma3, or a model folder")
     ap.add_argument("--loss", default="completion", choices=["completion", "answer"])
     ap.add_argument("--fast-paths", default="on", choices=["on", "off"], help="the kit's training fast paths")
+    ap.add_argument(
+        "--gradient-checkpointing", action="store_true", help="the kit's layers checkpointed (the peers' are not)"
+    )
     ap.add_argument("--repeats", type=int, default=2, help="rounds of the three runs; each keeps its fastest")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder the JSON is written to")
     args = ap.parse_args()
@@ -229,6 +233,7 @@ def main():
             args.loss,
             "--fast-paths",
             args.fast_paths,
+            *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
             "--device",
             args.device,
             *(["--dtype", args.dtype] if args.dtype else []),
@@ -266,6 +271,7 @@ def main():
     from meta import commit, machine
 
     suffix = model_suffix(args.model) + ("" if args.fast_paths == "on" else "_fast_paths_off")
+    suffix += "_checkpointed" if args.gradient_checkpointing else ""
     out = Path(args.results) / f"train_{profile.device}{suffix}_{args.loss}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "model": args.model}
