@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError, KitError
@@ -226,8 +227,6 @@ def _dry_run(requirements: list[str], python: str, deps: bool = True) -> str:
 def _build_kit_wheel(into: Path) -> None:
     """The kit's wheel, built from a scratch copy of its sources: nothing (build/, *.egg-info) is written
     into the checkout, and two builds at once cannot trip over each other's files."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="kaggle-kit-src.") as src:
         for name in ("pyproject.toml", "setup.py", "README.md"):
             shutil.copy2(ROOT / name, Path(src) / name)
