@@ -33,10 +33,10 @@ test: install
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=20 tests
 
 test-unit: install
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests/unit
 
 test-integration: install
-	$(BIN)/python -m pytest -q tests/integration
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests/integration
 
 bench: install
 	$(BIN)/python bench/infer_bench.py
