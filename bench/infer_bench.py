@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from matmul_peak import peak_gflops  # noqa: E402
-from meta import commit, machine  # noqa: E402
+from meta import commit, machine, model_suffix  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
@@ -348,13 +348,6 @@ def main():
             indent=2,
         )
     )
-
-
-def model_suffix(model: str) -> str:
-    """The results file's model part: '' for the demo model, '_demo_gemma3', or a model folder's name."""
-    if model == "demo":
-        return ""
-    return "_" + (Path(model).name if Path(model).is_dir() else model.replace(":", "_").replace("/", "_"))
 
 
 if __name__ == "__main__":

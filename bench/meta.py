@@ -1,4 +1,5 @@
-"""What every bench's JSON records besides its figures: the commit it ran and the machine it ran on."""
+"""What every bench's JSON records besides its figures (the commit it ran, the machine it ran on), and
+the model part of its file name."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def commit() -> str:
 
 def machine() -> str:
     """The CPU's model name and core count, and the GPU's name where torch sees one:
-    'Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz, 2 cores'."""
+    'Intel(R) Xeon(R) Processor, 2 cores' on this project's VM."""
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -37,3 +38,10 @@ def machine() -> str:
     except ImportError:
         pass
     return out
+
+
+def model_suffix(model: str) -> str:
+    """The results file's model part: '' for the demo model, '_demo_gemma3', or a model folder's name."""
+    if model == "demo":
+        return ""
+    return "_" + (Path(model).name if Path(model).is_dir() else model.replace(":", "_").replace("/", "_"))

@@ -267,8 +267,7 @@ def main():
         f"{args.quant}, loss {args.loss}; kit {profile.compute_dtype}, peer {args.peer_dtype}; steps 2..N timed; "
         f"best of {args.repeats})"
     )
-    from infer_bench import model_suffix
-    from meta import commit, machine
+    from meta import commit, machine, model_suffix
 
     suffix = model_suffix(args.model) + ("" if args.fast_paths == "on" else "_fast_paths_off")
     suffix += "_checkpointed" if args.gradient_checkpointing else ""

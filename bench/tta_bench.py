@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from infer_bench import peer_sorted8, plain_model, rows_file, timed_rounds  # noqa: E402
-from meta import commit, machine  # noqa: E402
+from meta import commit, machine, model_suffix  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
@@ -187,8 +187,7 @@ def main():
     proc.join(timeout=60)
 
     print(format_table(rows))
-    name = "" if args.model == "demo" else "_" + args.model.replace("demo:", "demo_").replace("/", "_")
-    out = ROOT / "bench" / "results" / f"tta_{profile.device}{name}.json"
+    out = ROOT / "bench" / "results" / f"tta_{profile.device}{model_suffix(args.model)}.json"
     meta = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "model": args.model}
     meta.update(machine=machine(), device=profile.device, dtype=profile.dtype)
     out.write_text(json.dumps({**meta, "rows": rows}, indent=1))
