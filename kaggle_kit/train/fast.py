@@ -9,22 +9,56 @@
   (Gemma-3-270M at 4 x 512 tokens: 0.5 GB of 1.6 GB saved). It runs under non-reentrant checkpointing
   instead: it keeps the half-precision input and runs its same ops again in backward, so its gradients are
   bit for bit the ones it had.
+- `last_layer_on_labels`: the label-position loss (train/data.py) reads the final hidden state at the
+  labelled positions only, so in the last decoder layer only the keys and values of the others matter:
+  that layer's query and output projections and its MLP run on the labelled positions alone, forward and
+  backward (infer/fast/last_position.py). 1/n_layers of the step's matmuls, less the keys and values: ~3%
+  on SmolLM2's 30 layers, ~5% on Gemma-3-270M's 18, `loss: answer`. Off where the layers are checkpointed
+  (their recomputation in backward runs outside the forward's block) and for mixture-of-experts layers
+  (the router's auxiliary loss reads every position).
 
-Both are on in `train.model.build` unless `fast_paths: false`; a layer or norm they do not fit keeps its
-own forward (tests/unit/test_train_fast.py holds them to peft's numbers).
+All three are on in `train.model.build` unless `fast_paths: false`; a layer or norm they do not fit keeps
+its own forward (tests/unit/test_train_fast.py holds them to peft's numbers).
 """
 
 from __future__ import annotations
 
 import types
+import weakref
+from contextlib import nullcontext
+
+_ON_LABELS: weakref.WeakSet = weakref.WeakSet()  # peft models whose last layer runs on labelled positions
+EXPERTS = ("num_experts", "num_local_experts", "n_routed_experts")  # config fields of mixture-of-experts
 
 
 def fast_paths(model, half: bool, layers_checkpointed: bool) -> str:
-    """Both fast paths on a peft model (the norms only in half precision, where they upcast, and not inside
-    layers already checkpointed whole); returns what was done, for the log."""
+    """The fast paths on a peft model (the norms only in half precision, where they upcast, and neither they
+    nor the last layer's pruning where layers are checkpointed whole); returns what was done, for the log."""
     fused = fused_lora(model)
     norms = recomputed_norms(model) if half and not layers_checkpointed else 0
-    return f"fast paths: {fused} LoRA layers fused, {norms} norms recomputed in backward"
+    pruned = not layers_checkpointed and last_layer_on_labels(model)
+    last = "the last layer on labelled positions only" if pruned else "the last layer whole"
+    return f"fast paths: {fused} LoRA layers fused, {norms} norms recomputed in backward, {last}"
+
+
+def last_layer_on_labels(model) -> bool:
+    """Let `on_labels` prune the last decoder layer of `model` to the labelled positions; False (and not
+    let) where it has no decoder layers or its layers are mixtures of experts."""
+    from ..infer.fast.last_position import last_layer
+
+    text = model.config.get_text_config(decoder=True)
+    if last_layer(model) is None or any(getattr(text, k, None) for k in EXPERTS):
+        return False
+    _ON_LABELS.add(model)
+    return True
+
+
+def on_labels(model, keep):
+    """The block a label-position forward runs in: the last layer's per-position work on positions `keep`
+    (the forward's logits_to_keep) where `last_layer_on_labels` let it, else nothing."""
+    from ..infer.fast.last_position import positions_only
+
+    return positions_only(model, keep) if model in _ON_LABELS else nullcontext([])
 
 
 def fused_lora(model) -> int:

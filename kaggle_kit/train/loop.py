@@ -74,7 +74,7 @@ def _loss(model, core, cfg, split: Split, ids, mask, labels, n_items: int, soft=
         return data.class_loss(*data.class_logits(model, core, ids, mask, labels, split.label_ids), n_items)
     if soft is None and data.head_is_exact(core, ids):  # logits at labelled positions only, in chunks
         return data.chunked_token_loss(core, *data.labelled_hidden(model, core, ids, mask, labels), n_items)
-    logits, targets = data.label_logits(model, ids, mask, labels)
+    logits, targets = data.label_logits(model, ids, mask, labels, core)
     if soft is None:
         return data.token_loss(logits, targets, n_items)
     return data.distill_loss(logits, targets, soft, split.label_ids, cfg.distill_weight, n_items)

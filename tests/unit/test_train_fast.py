@@ -1,7 +1,8 @@
 """Training's fast paths (kaggle_kit/train/fast.py) against what they replace, on tiny randomly initialised
 models: the fused LoRA forward against peft's own (fp32: the same loss and gradients to fp32 rounding; a
 4-bit base; dropout; the cases it leaves to peft), and the recomputed norms against the norms' plain
-autograd (bf16: the same gradients bit for bit, with fewer fp32 bytes kept for backward)."""
+autograd (bf16: the same gradients bit for bit, with fewer fp32 bytes kept for backward), and the last
+layer run on the labelled positions only against the whole layer (the same loss and gradients)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import copy
 import pytest
 import torch
 
-from kaggle_kit.train.fast import fused_lora, recomputed_norms
+from kaggle_kit.train import data
+from kaggle_kit.train.fast import fast_paths, fused_lora, last_layer_on_labels, recomputed_norms
 
 SIZE = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 
@@ -161,3 +163,66 @@ def test_build_leaves_peft_and_the_norms_alone_with_fast_paths_off(tmp_path):
 
     assert patched(False) == 0
     assert patched(True) == 30 * 7 + 30 * 2 + 1  # SmolLM2: 30 layers of 7 LoRA layers and 2 norms, final norm
+    # (the last layer's pruning patches only inside a label-position forward)
+
+
+def right_padded():
+    """Three right-padded rows of unequal length, one answer token each at its last position (loss:
+    answer), plus a completion of three tokens in the second row."""
+    torch.manual_seed(4)
+    x = torch.randint(3, 96, (3, 14))
+    mask = (torch.arange(14) < torch.tensor([[14], [9], [12]])).long()
+    labels = torch.full_like(x, data.IGNORE)
+    for row, end in enumerate((14, 9, 12)):
+        labels[row, end - 1] = x[row, end - 1]
+    labels[1, 3:6] = x[1, 3:6]
+    return x, mask, labels
+
+
+def label_loss_and_grads(model, pruned: bool):
+    """The loop's label-position loss (chunked from hidden states) and the LoRA gradients, with the last
+    layer pruned to the labelled positions or whole; also the positions its MLP ran on."""
+    from kaggle_kit.infer.fast.last_position import last_layer
+    from kaggle_kit.train import fast
+
+    (fast._ON_LABELS.add if pruned else fast._ON_LABELS.discard)(model)
+    seen = []
+    hook = last_layer(model).mlp.down_proj.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+    x, mask, labels = right_padded()
+    n_items = int((labels[:, 1:] != data.IGNORE).sum())
+    model.zero_grad(set_to_none=True)
+    loss = data.chunked_token_loss(model, *data.labelled_hidden(model, model, x, mask, labels), n_items)
+    loss.backward()
+    plain, _ = data.label_logits(model, x, mask, labels)  # the full-logits path prunes alike
+    hook.remove()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return (loss.item(), plain.detach(), grads), seen
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_the_last_layer_on_labelled_positions_gives_the_whole_layers_loss_and_gradients(family):
+    model = with_lora(tiny(family))
+    assert last_layer_on_labels(model)
+    (loss, logits, grads), seen = label_loss_and_grads(model, pruned=True)
+    (want_loss, want_logits, want_grads), whole = label_loss_and_grads(model, pruned=False)
+    assert seen == [6, 6] and whole == [14, 14]  # positions 2, 3, 4, 7, 10, 12 (a label next) of 14
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == want_grads.keys()
+    for name, g in want_grads.items():  # the last layer's LoRA B of q, o and the MLP included
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_the_last_layer_stays_whole_under_checkpointing_and_for_experts():
+    """Checkpointed layers recompute in backward, outside the forward's block; a mixture of experts' router
+    loss reads every position: neither prunes."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from kaggle_kit.train import fast
+
+    model = with_lora(tiny())
+    assert "the last layer whole" in fast_paths(model, half=False, layers_checkpointed=True)
+    assert model not in fast._ON_LABELS
+    torch.manual_seed(0)
+    experts = MixtralForCausalLM(MixtralConfig(**SIZE, num_key_value_heads=2, num_local_experts=4))
+    assert not last_layer_on_labels(with_lora(experts))
