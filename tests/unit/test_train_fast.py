@@ -201,6 +201,8 @@ def label_loss_and_grads(model, pruned: bool):
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_the_last_layer_on_labelled_positions_gives_the_whole_layers_loss_and_gradients(family):
+    """Gemma-3's layers here are sliding-window layers of 8 positions, so the rows (9-14 tokens) run past
+    the window, as rows of more than 512 tokens run past Gemma-3-270M's."""
     model = with_lora(tiny(family))
     assert last_layer_on_labels(model)
     (loss, logits, grads), seen = label_loss_and_grads(model, pruned=True)
