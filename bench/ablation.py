@@ -1,19 +1,23 @@
 """What each of the kit's CPU inference parts is worth: choice scoring with one part switched off against
 the kit as it is, in alternating rounds on the same rows.
 
-    python bench/ablation.py [--rows 100] [--rounds 6] [--only bias,packed,...]
+    python bench/ablation.py [--rows 100] [--rounds 6] [--only bias,packed,...] [--competition lmsys]
+        [--results bench/results]
 
-Parts: `attention` (infer/fast/attention.py's blocked attention, off = SDPA), `pruning` (the last layer on the
-last position only, infer/fast/last_position.py), `packed` (oneDNN-packed bf16 weights, infer/fast/packed.py),
-`bias` (the mask turned into its fp32 bias once a forward, not once a layer). Each part's rounds
-alternate which arm goes first; prints best and median seconds of both arms and whether the two give
-identical probabilities. This VM's timings move 10-20% from minute to minute: read medians of several
-rounds, not one pair.
+Parts: `attention` (infer/fast/attention.py: the blocked attention, or on an AMX CPU in bf16 the flash
+kernel a block of queries at a time; off = SDPA), `pruning` (the last layer on the last position only,
+infer/fast/last_position.py), `packed` (oneDNN-packed bf16 weights, infer/fast/packed.py), `bias` (the
+mask turned into its fp32 bias once a forward, not once a layer: the blocked attention's). Each part's
+rounds alternate which arm goes first; prints best and median seconds of both arms and whether the two
+give identical probabilities, and writes bench/results/ablation_cpu_<competition>.json. This VM's
+timings move 10-20% from minute to minute: read medians of several rounds, not one pair. Science Exam
+rows are ~250 tokens; LMSYS rows 270-2,000 (mean ~830), where attention is a larger share.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from infer_bench import rows_file, timed_choice_run  # noqa: E402
+from meta import commit, machine  # noqa: E402
 
 from kaggle_kit import competitions  # noqa: E402
 from kaggle_kit.hardware import detect  # noqa: E402
@@ -34,11 +39,13 @@ from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 
 PARTS = ("attention", "pruning", "packed", "bias")
+ROWS = {"science_exam": "train.csv", "lmsys": "train_first100.csv"}  # the file in ../shared/data/<competition>/
 
 
 @contextmanager
 def without(part: str, model):
     """The model with `part` switched off inside the block."""
+    ours = model.config._attn_implementation
     if part == "attention":
         model.set_attn_implementation("sdpa")
     elif part == "packed":
@@ -51,7 +58,7 @@ def without(part: str, model):
         yield
     finally:
         if part == "attention":
-            model.set_attn_implementation(attention.NAME)
+            model.set_attn_implementation(ours)
         elif part == "packed":
             for m, f in packed.items():
                 m.forward = f
@@ -64,12 +71,14 @@ def main():
     ap.add_argument("--rows", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {PARTS}")
+    ap.add_argument("--competition", default="science_exam", choices=sorted(ROWS))
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder the JSON is written to")
     args = ap.parse_args()
     parts = [p for p in args.only.split(",") if p]
     if not set(parts) <= set(PARTS):
         ap.error(f"--only takes parts of {PARTS}")
-    comp = competitions.get("science_exam")
-    df = comp.read(rows_file("science_exam", "train.csv"), labelled=True).head(args.rows)
+    comp = competitions.get(args.competition)
+    df = comp.read(rows_file(args.competition, ROWS[args.competition]), labelled=True).head(args.rows)
     model, tok = load_model("demo", detect(None, "cpu"))
     prompts, labels = comp.examples(df, tok, 2048), list(comp.labels)
 
@@ -101,9 +110,15 @@ def main():
             }
         )
     print(format_table(table))
-    print(
-        f"{args.rows} Science Exam rows, {args.rounds} alternating rounds a part, profile {detect(None, 'cpu').dtype}"
-    )
+    dtype, attn = detect(None, "cpu").dtype, model.config._attn_implementation
+    tokens = float(np.mean([len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]))
+    print(f"{len(prompts)} {args.competition} rows ({tokens:.0f} tokens a row), {args.rounds} alternating rounds")
+    print(f"a part, profile {dtype}, the kit's attention {attn}")
+    out = Path(args.results) / f"ablation_cpu_{args.competition}.json"
+    meta = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "machine": machine(), "dtype": dtype}
+    meta.update(attention=attn, rows=len(prompts), mean_tokens=round(tokens, 1), rounds=args.rounds)
+    out.write_text(json.dumps({**meta, "parts": table}, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

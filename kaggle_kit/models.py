@@ -190,16 +190,16 @@ def load_config(path: Path):
 def attention_implementation(config, device: str, fast_paths: bool = True, dtype: str | None = None) -> str:
     """The attention a model runs: on a CPU the kit's blocked attention (infer/fast/attention.py, which
     also applies Gemma 2's soft cap), except in bf16 on an AMX CPU, where torch's flash kernel is faster
-    (SmolLM2, 40 Science Exam rows: 5.1 s against 7.0; LMSYS's 270-2,000-token rows: 8.3 against 13.9);
-    else SDPA; eager where scores are soft-capped, since transformers' SDPA refuses a cap (and older
-    versions silently dropped it)."""
+    (SmolLM2, 40 Science Exam rows: 5.1 s against 7.0; LMSYS's 270-2,000-token rows: 8.3 against 13.9):
+    there the kit hands a long row's queries to it a block at a time (`kit_cpu_sliced`); else SDPA; eager
+    where scores are soft-capped, since transformers' SDPA refuses a cap (and older versions silently
+    dropped it)."""
     from .hardware import cpu_has_amx
     from .infer.fast import attention
     from .infer.fast.probe import softcapped
 
-    amx = dtype == "bfloat16" and cpu_has_amx() and not softcapped(config)
-    if device == "cpu" and fast_paths and not amx:
-        return attention.register()
+    if device == "cpu" and fast_paths:
+        return attention.register(sliced=dtype == "bfloat16" and cpu_has_amx() and not softcapped(config))
     return "eager" if softcapped(config) else "sdpa"
 
 

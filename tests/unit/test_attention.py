@@ -164,3 +164,100 @@ def test_a_model_gives_sdpas_logits_and_generations():
         torch.testing.assert_close(a[real], b[real], atol=1e-4, rtol=1e-4)
         gen = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
         assert torch.equal(ours.generate(ids, **gen), sdpa.generate(ids, **gen))
+
+
+def counted_sdpa(monkeypatch) -> list:
+    """The (queries, keys) of each call the kit makes to transformers' SDPA path from now on."""
+    calls = []
+
+    def counted(module, query, key, *args, **kwargs):
+        calls.append((query.shape[2], key.shape[2]))
+        return sdpa_attention_forward(module, query, key, *args, **kwargs)
+
+    monkeypatch.setattr("transformers.integrations.sdpa_attention.sdpa_attention_forward", counted)
+    return calls
+
+
+def sliced_and_sdpa(q, k, v, mask, causal=True):
+    mod = module(causal)
+    ours = attention.sliced_sdpa(mod, q, k, v, mask, scaling=DIM**-0.5)[0]
+    sdpa = sdpa_attention_forward(mod, q, k, v, mask, scaling=DIM**-0.5, is_causal=causal)[0]
+    return ours, sdpa
+
+
+@pytest.mark.parametrize("q_len,kv_len", [(600, 600), (530, 700), (512, 512)])
+def test_sliced_sdpa_matches_sdpa_whole_with_padding_prefix_and_ragged_blocks(q_len, kv_len, monkeypatch):
+    """The AMX path: torch's flash kernel a block of queries at a time, each with the keys up to its last
+    query: the same numbers as one call over every key (fp32: to rounding) on long left-padded rows after
+    a cached prefix, a last block shorter than the others included; and it did slice."""
+    calls = counted_sdpa(monkeypatch)
+    q, k, v = inputs(3, q_len, kv_len, torch.float32, seed=9)
+    mask = padded_causal_mask([0, 7, 300], q_len, kv_len)
+    ours, sdpa = sliced_and_sdpa(q, k, v, mask)
+    real = mask[:, 0].any(-1)
+    assert ours.shape == sdpa.shape == (3, q_len, HEADS, DIM)
+    torch.testing.assert_close(ours[real], sdpa[real], atol=2e-5, rtol=1e-4)
+    block, offset = attention.SDPA_BLOCK, kv_len - q_len
+    ends = [min(q_len, s + block) for s in range(0, q_len, block)]
+    assert calls == [(e - s, offset + e) for s, e in zip(range(0, q_len, block), ends)]
+
+
+def test_sliced_sdpa_leaves_short_rows_masks_it_cannot_slice_and_caps_to_others():
+    """Rows under 2 x SDPA_BLOCK, no mask (SDPA's causal flag), a non-causal layer: SDPA whole, the same
+    tensor; a soft cap: the blocked path, which caps (SDPA refuses a cap)."""
+    q, k, v = inputs(2, 300, 300, torch.float32, seed=10)
+    mask = padded_causal_mask([0, 20], 300, 300)
+    assert torch.equal(*sliced_and_sdpa(q, k, v, mask))
+    q, k, v = inputs(1, 600, 600, torch.float32, seed=11)
+    assert torch.equal(*sliced_and_sdpa(q, k, v, None))
+    full = torch.ones(1, 1, 600, 600, dtype=torch.bool)
+    assert torch.equal(*sliced_and_sdpa(q, k, v, full, causal=False))
+    mod = module()
+    capped = attention.sliced_sdpa(mod, q, k, v, None, scaling=DIM**-0.5, softcap=2.0)[0]
+    torch.testing.assert_close(capped, attention.blocked_attention(mod, q, k, v, None, scaling=DIM**-0.5, softcap=2.0)[0])
+
+
+def test_sliced_sdpa_in_bf16_is_no_further_from_fp32_than_sdpa_whole():
+    q, k, v = inputs(2, 700, 760, torch.float32, seed=12)
+    mask = padded_causal_mask([0, 45], 700, 760)
+    ref = sliced_and_sdpa(q, k, v, mask)[1]
+    ours, sdpa = sliced_and_sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    real = mask[:, 0].any(-1)
+    err_ours = (ours.float() - ref)[real].abs().mean()
+    err_sdpa = (sdpa.float() - ref)[real].abs().mean()
+    assert ours.dtype == torch.bfloat16 and err_ours < 1.25 * err_sdpa, (err_ours, err_sdpa)
+
+
+def test_a_model_on_the_sliced_path_gives_sdpas_logits_on_long_rows(monkeypatch):
+    ours, sdpa = tiny_llama(attention.SLICED), tiny_llama("sdpa")
+    assert ours.config._attn_implementation == attention.SLICED
+    ids = torch.randint(3, 128, (2, 2 * attention.SDPA_BLOCK + 40), generator=torch.Generator().manual_seed(13))
+    mask = torch.ones_like(ids)
+    mask[1, :70] = 0
+    with torch.inference_mode():
+        b = sdpa(input_ids=ids, attention_mask=mask).logits
+        calls = counted_sdpa(monkeypatch)
+        a = ours(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(a[real], b[real], atol=1e-4, rtol=1e-4)
+    assert len(calls) == 3 * ours.config.num_hidden_layers  # 552 queries: blocks of 256, 256 and 40
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_the_attention_a_model_loads_with(amx, monkeypatch):
+    """CPU: the sliced flash kernel in bf16 on AMX, the blocked attention otherwise (fp32, or no AMX);
+    a soft-capped model never the flash kernel (SDPA refuses a cap); fast paths off or a GPU: SDPA, or
+    eager where capped."""
+    from transformers import Gemma2Config, LlamaConfig
+
+    from kaggle_kit import hardware
+    from kaggle_kit.models import attention_implementation
+
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
+    llama, gemma2 = LlamaConfig(), Gemma2Config()
+    assert attention_implementation(llama, "cpu", True, "bfloat16") == (attention.SLICED if amx else attention.NAME)
+    assert attention_implementation(llama, "cpu", True, "float32") == attention.NAME
+    assert attention_implementation(gemma2, "cpu", True, "bfloat16") == attention.NAME
+    assert attention_implementation(llama, "cpu", False, "bfloat16") == "sdpa"
+    assert attention_implementation(gemma2, "cuda", True, "float16") == "eager"
+    assert attention_implementation(llama, "cuda", True, "float16") == "sdpa"

@@ -3,7 +3,8 @@
 - prefix.py: the tokens every row shares run once (KV cache), per task;
 - last_position.py: choice scoring runs the last layer's per-position work on the last position only;
 - label_head.py: answer-label logits in fp32 from the hidden state a half-precision model's head reads;
-- attention.py: blocked CPU attention (registered as `kit_cpu`) for prompt-length queries;
+- attention.py: blocked CPU attention (registered as `kit_cpu`) for prompt-length queries, and on AMX CPUs
+  torch's flash kernel a block of queries at a time (`kit_cpu_sliced`);
 - packed.py: bf16 linear weights packed once into oneDNN's layout (CPU);
 - heap.py: glibc keeps freed activation buffers instead of page-faulting them in again (CPU).
 
@@ -85,13 +86,13 @@ def attention_window(config) -> tuple[int | None, str | None]:
 def inspect(model, enabled: bool = True, probe: bool = True) -> FastPaths:
     """The fast paths that apply to `model`: structural checks, then (with `probe`) each path against
     the plain computation on a short probe batch."""
-    from .attention import NAME
+    from .attention import NAME, SLICED
 
     fast = FastPaths(enabled=enabled)
     if not enabled:
         fast.prefix_cache = fast.prune_last_layer = fast.label_head = False
         return fast
-    fast.cpu_attention = getattr(model.config, "_attn_implementation", None) == NAME
+    fast.cpu_attention = getattr(model.config, "_attn_implementation", None) in (NAME, SLICED)
     fast.window, why = attention_window(model.config)
     if why:
         fast.turn_off("prefix_cache", why)

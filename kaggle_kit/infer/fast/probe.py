@@ -115,14 +115,13 @@ def _check(model, fast) -> None:
 
 
 def _check_attention(model, fast, plain, blocked, dtype) -> None:
-    """The blocked CPU attention against transformers' eager attention on the same probe."""
-    from .attention import NAME
-
+    """The kit's CPU attention (blocked or sliced) against transformers' eager attention on the same probe."""
+    ours = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
         eager = _last_logprobs(model, plain)
     finally:
-        model.set_attn_implementation(NAME)
+        model.set_attn_implementation(ours)
     gap = differs(eager, blocked, dtype)
     if gap is not None:
         model.set_attn_implementation("eager" if softcapped(model.config) else "sdpa")
