@@ -214,7 +214,8 @@ def test_sliced_sdpa_leaves_short_rows_masks_it_cannot_slice_and_caps_to_others(
     assert torch.equal(*sliced_and_sdpa(q, k, v, full, causal=False))
     mod = module()
     capped = attention.sliced_sdpa(mod, q, k, v, None, scaling=DIM**-0.5, softcap=2.0)[0]
-    torch.testing.assert_close(capped, attention.blocked_attention(mod, q, k, v, None, scaling=DIM**-0.5, softcap=2.0)[0])
+    blocked = attention.blocked_attention(mod, q, k, v, None, scaling=DIM**-0.5, softcap=2.0)[0]
+    torch.testing.assert_close(capped, blocked)
 
 
 def test_sliced_sdpa_in_bf16_is_no_further_from_fp32_than_sdpa_whole():

@@ -228,3 +228,20 @@ def test_the_last_layer_stays_whole_under_checkpointing_and_for_experts():
     torch.manual_seed(0)
     experts = MixtralForCausalLM(MixtralConfig(**SIZE, num_key_value_heads=2, num_local_experts=4))
     assert not last_layer_on_labels(with_lora(experts))
+
+
+def test_a_forward_that_keeps_no_position_runs_the_last_layer_whole():
+    """A micro-batch with no labelled position (keep is empty) must not hand the layer an empty input."""
+    from kaggle_kit.infer.fast.last_position import last_layer, positions_only
+
+    model = with_lora(tiny())
+    seen = []
+    hook = last_layer(model).mlp.down_proj.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+    x = ids()
+    with torch.no_grad():
+        want = model(input_ids=x).logits
+        with positions_only(model, torch.tensor([], dtype=torch.long)):
+            got = model(input_ids=x).logits
+    hook.remove()
+    assert seen == [12, 12]
+    torch.testing.assert_close(got, want)

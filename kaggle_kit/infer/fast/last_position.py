@@ -40,10 +40,11 @@ def _last_only(forward, x, *args, **kwargs):
 
 
 def _kept_only(forward, x, *args, keep, **kwargs):
-    """forward on positions `keep` (1-D index tensor) of a (B, S, H) input; (B, S, out), zero elsewhere."""
+    """forward on positions `keep` (1-D index tensor) of a (B, S, H) input; (B, S, out), zero elsewhere.
+    No position kept (a batch without labels) or all of them: forward on them all."""
     import torch
 
-    if x.dim() != 3 or len(keep) >= x.shape[1]:
+    if x.dim() != 3 or not 0 < len(keep) < x.shape[1]:
         return forward(x, *args, **kwargs)
     y = forward(x[:, keep], *args, **kwargs)
     if not isinstance(y, torch.Tensor):
