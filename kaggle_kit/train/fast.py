@@ -15,8 +15,9 @@
   backward (infer/fast/last_position.py). 1/n_layers of the step's matmuls, less the keys and values: ~3%
   on SmolLM2's 30 layers, ~5% on Gemma-3-270M's 18, `loss: answer`; measured on a CPU, where matmuls are a
   third of a step: 1.7% of a Gemma-3 step, SmolLM2's within noise. Off where the layers are checkpointed
-  (their recomputation in backward runs outside the forward's block) and for mixture-of-experts layers
-  (the router's auxiliary loss reads every position).
+  (their recomputation in backward runs outside the forward's block), for mixture-of-experts layers (the
+  router's auxiliary loss reads every position) and while LoRA dropout is drawn (`lora_dropout` > 0 in
+  training: fewer positions would draw other masks than plain peft draws for the same seed).
 
 All three are on in `train.model.build` unless `fast_paths: false`; a layer or norm they do not fit keeps
 its own forward (tests/unit/test_train_fast.py holds them to peft's numbers).
@@ -56,10 +57,20 @@ def last_layer_on_labels(model) -> bool:
 
 def on_labels(model, keep):
     """The block a label-position forward runs in: the last layer's per-position work on positions `keep`
-    (the forward's logits_to_keep) where `last_layer_on_labels` let it, else nothing."""
-    from ..infer.fast.last_position import positions_only
+    (the forward's logits_to_keep) where `last_layer_on_labels` let it and no dropout draws masks there
+    (LoRA dropout in training: the pruned layer would draw other masks than the whole one), else nothing."""
+    from ..infer.fast.last_position import last_layer, positions_only
 
-    return positions_only(model, keep) if model in _ON_LABELS else nullcontext([])
+    if model not in _ON_LABELS or (model.training and _draws_dropout(last_layer(model))):
+        return nullcontext([])
+    return positions_only(model, keep)
+
+
+def _draws_dropout(layer) -> bool:
+    """Whether a dropout module of `layer` (peft's lora_dropout among them) has a probability above 0."""
+    import torch
+
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in layer.modules())
 
 
 def fused_lora(model) -> int:

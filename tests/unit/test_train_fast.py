@@ -245,3 +245,21 @@ def test_a_forward_that_keeps_no_position_runs_the_last_layer_whole():
     hook.remove()
     assert seen == [12, 12]
     torch.testing.assert_close(got, want)
+
+
+def test_the_last_layer_stays_whole_while_lora_dropout_draws_masks():
+    """Exact or off: in training, LoRA dropout in the last layer would draw masks for fewer positions than
+    peft draws for the same seed, so the layer runs whole; in eval mode (no masks drawn) it is pruned."""
+    from kaggle_kit.infer.fast.last_position import last_layer
+
+    model = with_lora(tiny(), dropout=0.2)
+    assert last_layer_on_labels(model)
+    seen = []
+    hook = last_layer(model).mlp.down_proj.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+    x, mask, labels = right_padded()
+    for training in (True, False):
+        model.train(training)
+        with torch.no_grad():
+            data.labelled_hidden(model, model, x, mask, labels)
+    hook.remove()
+    assert seen == [14, 6]
