@@ -7,6 +7,7 @@ layer run on the labelled positions only against the whole layer (the same loss 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -179,22 +180,32 @@ def right_padded():
     return x, mask, labels
 
 
+@contextmanager
+def last_mlp_positions(model):
+    """Within the block, the positions the last layer's MLP runs on, one entry a forward."""
+    from kaggle_kit.infer.fast.last_position import last_layer
+
+    seen = []
+    hook = last_layer(model).mlp.down_proj.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
 def label_loss_and_grads(model, pruned: bool):
     """The loop's label-position loss (chunked from hidden states) and the LoRA gradients, with the last
     layer pruned to the labelled positions or whole; also the positions its MLP ran on."""
-    from kaggle_kit.infer.fast.last_position import last_layer
     from kaggle_kit.train import fast
 
     (fast._ON_LABELS.add if pruned else fast._ON_LABELS.discard)(model)
-    seen = []
-    hook = last_layer(model).mlp.down_proj.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
     x, mask, labels = right_padded()
     n_items = int((labels[:, 1:] != data.IGNORE).sum())
     model.zero_grad(set_to_none=True)
-    loss = data.chunked_token_loss(model, *data.labelled_hidden(model, model, x, mask, labels), n_items)
-    loss.backward()
-    plain, _ = data.label_logits(model, x, mask, labels)  # the full-logits path prunes alike
-    hook.remove()
+    with last_mlp_positions(model) as seen:
+        loss = data.chunked_token_loss(model, *data.labelled_hidden(model, model, x, mask, labels), n_items)
+        loss.backward()
+        plain, _ = data.label_logits(model, x, mask, labels)  # the full-logits path prunes alike
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return (loss.item(), plain.detach(), grads), seen
 
@@ -232,17 +243,14 @@ def test_the_last_layer_stays_whole_under_checkpointing_and_for_experts():
 
 def test_a_forward_that_keeps_no_position_runs_the_last_layer_whole():
     """A micro-batch with no labelled position (keep is empty) must not hand the layer an empty input."""
-    from kaggle_kit.infer.fast.last_position import last_layer, positions_only
+    from kaggle_kit.infer.fast.last_position import positions_only
 
     model = with_lora(tiny())
-    seen = []
-    hook = last_layer(model).mlp.down_proj.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
     x = ids()
-    with torch.no_grad():
+    with torch.no_grad(), last_mlp_positions(model) as seen:
         want = model(input_ids=x).logits
         with positions_only(model, torch.tensor([], dtype=torch.long)):
             got = model(input_ids=x).logits
-    hook.remove()
     assert seen == [12, 12]
     torch.testing.assert_close(got, want)
 
@@ -250,16 +258,11 @@ def test_a_forward_that_keeps_no_position_runs_the_last_layer_whole():
 def test_the_last_layer_stays_whole_while_lora_dropout_draws_masks():
     """Exact or off: in training, LoRA dropout in the last layer would draw masks for fewer positions than
     peft draws for the same seed, so the layer runs whole; in eval mode (no masks drawn) it is pruned."""
-    from kaggle_kit.infer.fast.last_position import last_layer
-
     model = with_lora(tiny(), dropout=0.2)
     assert last_layer_on_labels(model)
-    seen = []
-    hook = last_layer(model).mlp.down_proj.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
     x, mask, labels = right_padded()
-    for training in (True, False):
-        model.train(training)
-        with torch.no_grad():
+    with torch.no_grad(), last_mlp_positions(model) as seen:
+        for training in (True, False):
+            model.train(training)
             data.labelled_hidden(model, model, x, mask, labels)
-    hook.remove()
     assert seen == [14, 6]

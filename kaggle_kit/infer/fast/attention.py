@@ -58,7 +58,7 @@ def sliced_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     if kwargs.get("softcap") is not None:
         return blocked_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     q_len, kv_len = query.shape[2], key.shape[2]
-    causal = getattr(module, "is_causal", True) if kwargs.get("is_causal") is None else kwargs["is_causal"]
+    causal = _causal(module, kwargs)
     if (
         _delegate(query, key, value, kwargs, dropout)
         or attention_mask is None  # SDPA's own causal flag skips the hidden keys already
@@ -73,6 +73,11 @@ def sliced_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         k, v, m = key[:, :, : offset + end], value[:, :, : offset + end], attention_mask[..., start:end, : offset + end]
         parts.append(sdpa_attention_forward(module, query[:, :, start:end], k, v, m, dropout, scaling, **kwargs)[0])
     return torch.cat(parts, dim=1), None
+
+
+def _causal(module, kwargs: dict) -> bool:
+    """Whether the layer's attention is causal: the call's `is_causal` where given, else the module's."""
+    return getattr(module, "is_causal", True) if kwargs.get("is_causal") is None else kwargs["is_causal"]
 
 
 def _delegate(query, key, value, kwargs: dict, dropout: float) -> bool:
@@ -104,7 +109,7 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
     hkv, kv_len = key.shape[1], key.shape[2]
     g = h // hkv
     scale = d**-0.5 if scaling is None else scaling
-    causal = getattr(module, "is_causal", True) if kwargs.get("is_causal") is None else kwargs["is_causal"]
+    causal = _causal(module, kwargs)
     if attention_mask is None and causal:  # SDPA's convention (empty StaticCache slots): the first q_len keys
         key, value, kv_len = key[:, :, :q_len], value[:, :, :q_len], q_len
     offset = kv_len - q_len  # queries are the last q_len positions
@@ -134,7 +139,7 @@ def eager_attention(module, query, key, value, attention_mask, dropout: float = 
     b, h, q_len, d = query.shape
     hkv, kv_len = key.shape[1], key.shape[2]
     scale = d**-0.5 if scaling is None else scaling
-    causal = getattr(module, "is_causal", True) if kwargs.get("is_causal") is None else kwargs["is_causal"]
+    causal = _causal(module, kwargs)
     bias = _bias(attention_mask, causal, q_len, kv_len, kv_len - q_len, query.device)
     k = key.repeat_interleave(h // hkv, dim=1)
     v = value.repeat_interleave(h // hkv, dim=1)
