@@ -185,6 +185,41 @@ def test_gemma3_270m_on_lmsys_rows_around_its_window(gemma3_pair, tmp_path):
     check_perplexity(kit, plain, tok, [prompts[0], prompts[4]], ["Model A", "It is a tie between both."], 2048)
 
 
+def test_the_amx_sliced_attention_gives_eagers_logits_on_gemma3_rows_past_its_window(gemma3_pair, monkeypatch):
+    """The attention an AMX CPU runs in bf16 (attention.SLICED: torch's flash kernel a block of queries at a
+    time), here in fp32 on the real Gemma-3-270M: two left-padded LMSYS rows of ~540 and ~690 tokens, past
+    its 512-token window, give eager fp32's logits at every real position; and the rows were sliced."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    from kaggle_kit.infer.engine import encode, left_pad
+    from kaggle_kit.infer.fast import attention
+
+    kit, plain, tok = gemma3_pair
+    prompts, _, sizes = lmsys_rows(tok, (538, 693))
+    assert min(sizes) > 512
+    ids, mask, pos = left_pad(encode(tok, prompts, 2048), tok.pad_token_id, "cpu")
+    queries, real_sdpa = [], sdpa.sdpa_attention_forward
+
+    def counted(module, query, *args, **kwargs):
+        queries.append(query.shape[2])
+        return real_sdpa(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", counted)
+    was = kit.config._attn_implementation
+    kit.set_attn_implementation(attention.register(sliced=True))
+    try:
+        with torch.inference_mode():
+            ours = kit(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    finally:
+        kit.set_attn_implementation(was)
+    with torch.inference_mode():
+        theirs = plain(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    assert attention.SDPA_BLOCK in queries and max(queries) <= attention.SDPA_BLOCK
+    real = mask.bool()
+    # fp32 rounding of two kernels: measured 1.4e-4 on logits up to 45
+    torch.testing.assert_close(ours[real], theirs[real], atol=1e-3, rtol=0)
+
+
 def test_smollm2_on_science_exam_rows(tmp_path):
     """The real SmolLM2-135M-Instruct (Llama-style, no window) with a five-option permutation view."""
     from kaggle_kit.competitions import get
