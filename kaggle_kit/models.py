@@ -116,7 +116,7 @@ def load_model(
     (adapters stay unmerged on a quantised base: merging into 4-bit weights changes the outputs).
     `chat_format` likewise: None = the adapter's (kit_config.json), else the tokenizer's own ('auto').
     `fast_paths=False` computes as plain transformers does (infer/fast/: no prefix cache, pruning,
-    fp32 label head, CPU attention, packed weights).
+    fp32 label head, CPU attention, packed weights, 4-bit weights in training's layout).
     """
     from transformers import AutoModelForCausalLM
 
@@ -159,11 +159,13 @@ def load_model(
     paths = fast.set_paths(model, fast.inspect(model, enabled=fast_paths))
     if profile.device == "cpu" and fast_paths:
         from .infer.fast.heap import keep_heap
-        from .infer.fast.packed import pack_linears
+        from .infer.fast.packed import keep_4bit_layout, pack_linears
 
         paths.heap = keep_heap()  # activation buffers reused, not page-faulted again every layer
         if not bnb:
             paths.packed = pack_linears(model)  # bf16 weights in oneDNN's layout once; a no-op in fp32
+        else:
+            paths.kept_4bit = keep_4bit_layout(model)  # 4-bit weights as training laid them out
     return model, tok
 
 

@@ -21,6 +21,7 @@ def build(cfg, profile, labels: list[str] | None = None):
     from ..hardware import guard_half
     from ..heads import add_score
     from ..infer.fast.output_layer import contiguous_head
+    from ..infer.fast.packed import keep_4bit_layout
     from ..models import attention_implementation, device_map, load_config, load_tokenizer, quiet_peft, resolve_model
     from ..templates import apply_chat_format
     from .fast import fast_paths
@@ -36,7 +37,7 @@ def build(cfg, profile, labels: list[str] | None = None):
     if cfg.quant != "none":
         bnb = profile.quantization(cfg.quant)
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, **kw)
-        keep_4bit_layout(model)
+        keep_4bit_layout(model)  # one layout in training (infer/fast/packed.py)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kw)
     for p in model.parameters():
@@ -112,22 +113,6 @@ def upcast_norms(model) -> int:
             p.data = p.data.float()
             done += 1
     return done
-
-
-def keep_4bit_layout(model) -> int:
-    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel; returns modules changed.
-
-    On a CPU with AVX512-BF16, a Linear4bit's first no-grad forward in eval mode (our evaluation) repacks
-    its weight in place for a faster inference kernel, and every later training forward computes
-    slightly different numbers from it (SmolLM2: loss 2.75676 -> 2.75696 on one row). Training would
-    then depend on whether an evaluation ran before a step, and a run resumed after a kill (no step-0
-    evaluation in that process) would drift from the uninterrupted one. Training keeps one layout."""
-    changed = 0
-    for module in model.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
-            changed += 1
-    return changed
 
 
 def optimizer(model, cfg, profile):

@@ -83,11 +83,14 @@ def test_classifier_scores_as_plain_transformers_sequence_classification(classif
 
 
 def test_classifier_trains_and_evaluates_in_bf16(tmp_path):
-    """Regression: the evaluation (no autocast) fed the bf16 hidden state into the fp32 head and failed."""
+    """Regressions: the evaluation fed the bf16 hidden state into the fp32 head and failed; then, run
+    under the steps' autocast, the metric's fast-path probe lifted the autocast on the 4-bit model and
+    its LoRA layers met bf16 inputs with fp32 weights."""
     lmsys = dict(competition="lmsys", train=str(DATA / "lmsys" / "train.csv"), valid=None)
     cfg = small(tmp_path, **lmsys, head="classifier", loss="answer", dtype="bfloat16", max_length=128)
-    res = train(replace(cfg, max_steps=1, eval_every=1))  # quant: nf4 with a bf16 compute dtype
-    assert all(np.isfinite(h["eval_loss"]) for h in res.history if "eval_loss" in h)
+    res = train(replace(cfg, max_steps=1, eval_every=1, eval_metric=True))  # quant: nf4, bf16 compute dtype
+    evals = [h for h in res.history if "eval_loss" in h]
+    assert len(evals) == 2 and all(np.isfinite(h["eval_loss"]) and np.isfinite(h["metric"]) for h in evals)
 
 
 def test_classifier_adapter_is_refused_where_it_does_not_fit(classifier_adapter):

@@ -64,6 +64,19 @@ def test_a_bf16_cpu_model_is_probed_in_fp32_and_restored_bit_for_bit():
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
 
 
+def test_the_probe_keeps_fp32_inside_a_callers_autocast():
+    """A training loop evaluates under its steps' bf16 autocast; the probe's fp32 bound must not meet bf16
+    products there (it turned the prefix cache off: 'moves log-probabilities by 0.15')."""
+    model = conftest.tiny_llama().to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        seen = []
+        with probe.in_fp32(model):
+            seen.append(torch.is_autocast_enabled("cpu"))
+        paths = fast.inspect(model)
+        assert torch.is_autocast_enabled("cpu")  # the caller's autocast is back afterwards
+    assert seen == [False] and paths.off == {}
+
+
 def test_the_switch_turns_every_path_off():
     model = conftest.tiny_llama()
     paths = fast.inspect(model, enabled=False)

@@ -31,3 +31,39 @@ def test_fp32_and_lora_matrices_are_not_packed():
         assert pack_linears(model) == 2 * 7  # the LoRA-wrapped q_proj's base layer, not lora_A / lora_B
         after = model(input_ids=x).logits
     torch.testing.assert_close(after, before)
+
+
+def test_4bit_layers_keep_the_layout_training_computes_with(tmp_path):
+    """keep_4bit_layout: an inference forward of a Linear4bit dequantises to bf16 and takes one bf16
+    product, as training's forward does, and leaves the weight as it is; bitsandbytes alone repacks it
+    in place for its CPU kernel on an AVX512-BF16 CPU (and then rounds otherwise)."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from kaggle_kit.infer.fast.packed import keep_4bit_layout
+
+    # widths that are whole 64-value blocks, as real models' are (bitsandbytes' repack assumes them)
+    tiny_llama(hidden_size=128, intermediate_size=256, num_attention_heads=4).save_pretrained(tmp_path)
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+
+    def load():
+        model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=nf4, dtype=torch.bfloat16)
+        return model.eval(), [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+    model, layers = load()
+    assert len(layers) == 2 * 7
+    flagged = sum(m.support_avx512bf16_for_cpu for m in layers)  # 14 on an AVX512-BF16 CPU, else 0
+    assert keep_4bit_layout(model) == flagged and not any(m.support_avx512bf16_for_cpu for m in layers)
+    x = torch.randn(3, 5, 128, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    layer = layers[0]  # q_proj: 128 -> 128
+    before = layer.weight.data.clone()
+    with torch.inference_mode():
+        got = layer(x)
+        w = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(torch.bfloat16)
+        assert torch.equal(got, torch.nn.functional.linear(x, w))
+    assert torch.equal(layer.weight.data, before)
+    if flagged:  # what it prevents: the first inference forward repacks the weight in place
+        _, plain = load()
+        with torch.inference_mode():
+            plain[0](x)
+        assert plain[0].weight.data.shape != before.shape or not torch.equal(plain[0].weight.data, before)

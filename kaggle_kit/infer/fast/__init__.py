@@ -5,7 +5,7 @@
 - label_head.py: answer-label logits in fp32 from the hidden state a half-precision model's head reads;
 - attention.py: blocked CPU attention (registered as `kit_cpu`) for prompt-length queries, and on AMX CPUs
   torch's flash kernel a block of queries at a time (`kit_cpu_sliced`);
-- packed.py: bf16 linear weights packed once into oneDNN's layout (CPU);
+- packed.py: bf16 linear weights packed once into oneDNN's layout, 4-bit ones kept in training's (CPU);
 - heap.py: glibc keeps freed activation buffers instead of page-faulting them in again (CPU).
 
 One switch turns them all off (`fast_paths: false`, `--fast-paths off`). Each must give the numbers of
@@ -38,6 +38,7 @@ class FastPaths:
     label_head: bool = True  # may still be found not to apply (label_head.py checks the output layer)
     cpu_attention: bool = False  # the model runs the kit's blocked attention
     packed: int = 0  # linears packed into oneDNN's layout
+    kept_4bit: int = 0  # 4-bit linears kept in the layout bitsandbytes trains in
     heap: bool = False
     off: dict = field(default_factory=dict)  # path -> why it is off for this model
 

@@ -69,8 +69,11 @@ def check_paths(model, fast) -> None:
 
 @contextmanager
 def in_fp32(model):
-    """A CPU model that is not quantised runs the block in fp32; every parameter and buffer gets its own
-    dtype back afterwards (bf16 -> fp32 -> bf16 is exact). Other models run as they are."""
+    """A CPU model that is not quantised runs the block in fp32, outside any autocast region around the
+    caller (a training loop's evaluation); every parameter and buffer gets its own dtype back afterwards
+    (bf16 -> fp32 -> bf16 is exact). Other models run as they are."""
+    import torch
+
     tensors = [*model.parameters(), *model.buffers()]
     quantised = getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None) is not None
     if quantised or any(t.device.type != "cpu" for t in tensors):
@@ -81,7 +84,8 @@ def in_fp32(model):
         if t.is_floating_point():
             t.data = t.data.float()
     try:
-        yield
+        with torch.autocast("cpu", enabled=False):
+            yield
     finally:
         for t, dt in zip(tensors, dtypes):
             t.data = t.data.to(dt)
