@@ -156,16 +156,20 @@ def load_model(
         model.set_adapter(first)
     model.eval()
     contiguous_head(model)  # not a fast path: the same numbers, without torch's slow frozen-weight product
+    kept_4bit = 0
+    if profile.device == "cpu" and fast_paths and bnb:
+        from .infer.fast.packed import keep_4bit_layout
+
+        kept_4bit = keep_4bit_layout(model)  # 4-bit weights as training laid them out, before any forward
     paths = fast.set_paths(model, fast.inspect(model, enabled=fast_paths))
+    paths.kept_4bit = kept_4bit
     if profile.device == "cpu" and fast_paths:
         from .infer.fast.heap import keep_heap
-        from .infer.fast.packed import keep_4bit_layout, pack_linears
+        from .infer.fast.packed import pack_linears
 
         paths.heap = keep_heap()  # activation buffers reused, not page-faulted again every layer
         if not bnb:
             paths.packed = pack_linears(model)  # bf16 weights in oneDNN's layout once; a no-op in fp32
-        else:
-            paths.kept_4bit = keep_4bit_layout(model)  # 4-bit weights as training laid them out
     return model, tok
 
 

@@ -233,6 +233,7 @@ def _demo(args):
             progress=not args.no_progress,
             rows=args.rows,
             recipes=not args.no_recipe,
+            max_new_tokens=args.max_new_tokens,
         )
     )
     return 0
@@ -246,4 +247,5 @@ def _add_demo(p):
     p.add_argument("--competition", action="append", help="only this one (repeatable)")
     p.add_argument("--rows", type=int, default=40, help="labelled rows per competition, half scored (default 40)")
     p.add_argument("--no-recipe", action="store_true", help="constant and zero-shot only (no training, minutes less)")
+    p.add_argument("--max-new-tokens", type=int, help="generation length (default: each competition's)")
     p.add_argument("--no-progress", action="store_true")

@@ -65,9 +65,11 @@ def run_demo(
     progress: bool = True,
     rows: int = ROWS,
     recipes: bool = True,
+    max_new_tokens: int | None = None,
 ) -> list[dict]:
     """For each competition: the constant baseline (its fallback row), the model zero-shot and (with
-    `recipes`) its notebook's recipe, on the first half of its first `rows` labelled rows (labels unused)."""
+    `recipes`) its notebook's recipe, on the first half of its first `rows` labelled rows (labels unused).
+    `max_new_tokens` cuts the generations short (None: each competition's own length)."""
     table = []
     for name in names or labelled_competitions(data_dir):
         comp = competitions.get(name)
@@ -82,6 +84,7 @@ def run_demo(
             write_csv_atomic(read_text_csv(comp.file("catalogue", Path(data_dir) / name)), comp.file("catalogue", out))
         t0 = time.perf_counter()
         base = PredictConfig(name, str(data), model=model, budget=budget, progress=progress)
+        base = replace(base, max_new_tokens=max_new_tokens)
         res = predict(replace(base, out=str(out / "submission.csv")))
         truth = comp.read(data, labelled=True)
         baseline = write_csv_atomic(comp.fallback(truth[comp.id_column].tolist(), truth), out / "constant.csv")

@@ -16,7 +16,7 @@ from ..conftest import DATA, ROOT
 def test_demo_runs_every_labelled_competition(tmp_path, capsys):
     names = labelled_competitions(DATA)
     assert {"science_exam", "lmsys", "prompt_recovery", "eedi", "llm_detect", "aimo", "alpaca"} <= set(names)
-    table = run_demo(str(DATA), str(tmp_path), rows=4, progress=False, recipes=False)
+    table = run_demo(str(DATA), str(tmp_path), rows=4, progress=False, recipes=False, max_new_tokens=24)
     assert [row["competition"] for row in table] == names
     for row in table:
         # two scored file rows each; Eedi's prepare turns a question into one row per wrong answer (3)
@@ -35,7 +35,7 @@ def test_each_recipe_fits_on_rows_it_never_scores(tmp_path, monkeypatch):
     config.write_text(text.replace("max_steps: 8", "max_steps: 1").replace("eval_every: 4", "eval_every: 1"))
     monkeypatch.setitem(demo.RECIPES, "lmsys", demo.Recipe("tiny", tta=2, train=str(config), calibrate=True))
     names = ["science_exam", "lmsys", "prompt_recovery"]
-    table = run_demo(str(DATA), str(tmp_path / "out"), names=names, rows=8, progress=False)
+    table = run_demo(str(DATA), str(tmp_path / "out"), names=names, rows=8, progress=False, max_new_tokens=24)
     for row in table:
         assert isinstance(row["recipe"], float) and row["rows"] == 4, row
         out = tmp_path / "out" / row["competition"]

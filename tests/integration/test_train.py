@@ -192,7 +192,10 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
     prompt = get("science_exam").examples(get("science_exam").read(DATA / "science_exam" / "test.csv").head(1), tok)[0]
     assert prompt.startswith("Below is an instruction") and prompt.endswith("### Response:\n")
     assert any("Linear4bit" in type(m).__name__ for m in model.modules())  # trained on NF4: loaded on NF4
-    # and scored in the layout it was trained in (bitsandbytes would repack it for its CPU kernel)
+    # and scored in the layout it was trained in, the load's probe forwards included (bitsandbytes would
+    # repack it for its CPU kernel at the first one)
+    states = [m.weight.quant_state for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert states and not any(getattr(s, "packing_format_for_cpu", False) for s in states)
     assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
     out = tmp_path / "sub.csv"
     r = subprocess.run(

@@ -66,7 +66,8 @@ def keep_4bit_layout(model) -> int:
       uninterrupted one.
     - Inference keeps it as a fast path (models.load_model): the adapter is then scored with the numbers it
       was trained against, and on an AMX CPU faster (40 Science Exam rows through a QLoRA adapter on
-      SmolLM2: 10.9 s against 27.0 repacked; 40 Prompt Recovery generations: 34.3 s against 53.2)."""
+      SmolLM2: 10.9 s against 27.0 repacked; 40 Prompt Recovery generations: 34.3 s against 53.2).
+    Called before the model's first forward: a repack is not undone (it rounds the block scales to bf16)."""
     changed = 0
     for module in model.modules():
         if getattr(module, "support_avx512bf16_for_cpu", False):
