@@ -118,7 +118,9 @@ def test_batch4_accum1_equals_batch1_accum4(tmp_path, dtype):
     recs = json.loads(ALPACA.read_text())[:4]
     four = tmp_path / "four.json"
     four.write_text(json.dumps(recs, ensure_ascii=False))
-    kw = dict(train=str(four), max_steps=1, eval_every=1, dtype=dtype)
+    valid = tmp_path / "valid.json"  # 6 rows: each run evaluates twice, run b one row at a time
+    valid.write_text(json.dumps(json.loads(VALID.read_text())[:6], ensure_ascii=False))
+    kw = dict(train=str(four), valid=str(valid), max_steps=1, eval_every=1, dtype=dtype)
     a = train(small(tmp_path, out=str(tmp_path / "a"), batch_size=4, grad_accum=1, **kw))
     b = train(small(tmp_path, out=str(tmp_path / "b"), batch_size=1, grad_accum=4, **kw))
     la = [h for h in a.history if "train_loss" in h][0]
