@@ -3,11 +3,15 @@ the kit as it is, in alternating rounds on the same rows.
 
     python bench/ablation.py [--rows 100] [--rounds 6] [--only bias,packed,...] [--competition lmsys]
         [--results bench/results]
+    python bench/ablation.py --only layout4bit   # NF4 weights: training's layout against bitsandbytes' repack
 
 Parts: `attention` (infer/fast/attention.py: the blocked attention, or on an AMX CPU in bf16 the flash
 kernel a block of queries at a time; off = SDPA), `pruning` (the last layer on the last position only,
 infer/fast/last_position.py), `packed` (oneDNN-packed bf16 weights, infer/fast/packed.py), `bias` (the
-mask turned into its fp32 bias once a forward, not once a layer: the blocked attention's). Each part's
+mask turned into its fp32 bias once a forward, not once a layer: the blocked attention's); and, asked for
+by name, `layout4bit` (infer/fast/packed.keep_4bit_layout: the demo model loaded in NF4 as a QLoRA
+adapter's base is, its 4-bit weights in the layout training computes with; off = a second NF4 copy that
+bitsandbytes repacks for its CPU kernel at its first forward; written to ..._nf4.json). Each part's
 rounds alternate which arm goes first; prints best and median seconds of both arms and whether the two
 give identical probabilities, and writes bench/results/ablation_cpu_<competition>.json. This VM's
 timings move 10-20% from minute to minute: read medians of several rounds, not one pair. Science Exam
@@ -38,7 +42,8 @@ from kaggle_kit.infer.fast import packed as packed_lib  # noqa: E402
 from kaggle_kit.models import load_model  # noqa: E402
 from kaggle_kit.progress import format_table  # noqa: E402
 
-PARTS = ("attention", "pruning", "packed", "bias")
+PARTS = ("attention", "pruning", "packed", "bias")  # the default run, on the bf16 demo model
+NF4_PARTS = ("layout4bit",)
 ROWS = {"science_exam": "train.csv", "lmsys": "train_first100.csv"}  # the file in ../shared/data/<competition>/
 
 
@@ -66,6 +71,18 @@ def without(part: str, model):
             attention._shared_bias = shared
 
 
+def repacked_copy():
+    """The demo model in NF4 as the kit loads it, but with bitsandbytes' CPU repack let happen again
+    (where the CPU has AVX512-BF16; elsewhere bitsandbytes never repacks and the arms are the same)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    model, _ = load_model("demo", detect(None, "cpu"), quant="nf4")
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = has_avx512bf16()
+    return model
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100)
@@ -75,17 +92,21 @@ def main():
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder the JSON is written to")
     args = ap.parse_args()
     parts = [p for p in args.only.split(",") if p]
-    if not set(parts) <= set(PARTS):
-        ap.error(f"--only takes parts of {PARTS}")
+    nf4 = bool(set(parts) & set(NF4_PARTS))
+    if not (set(parts) <= set(PARTS) or set(parts) <= set(NF4_PARTS)):
+        ap.error(f"--only takes parts of {PARTS}, or of {NF4_PARTS}")
     comp = competitions.get(args.competition)
     df = comp.read(rows_file(args.competition, ROWS[args.competition]), labelled=True).head(args.rows)
-    model, tok = load_model("demo", detect(None, "cpu"))
+    model, tok = load_model("demo", detect(None, "cpu"), quant="nf4" if nf4 else None)
+    repacked = repacked_copy() if nf4 else None
     prompts, labels = comp.examples(df, tok, 2048), list(comp.labels)
 
-    def score(prune: bool = True):
-        return timed_choice_run(model, tok, prompts, labels, prune_last_layer=prune)
+    def score(prune: bool = True, on=None):
+        return timed_choice_run(on or model, tok, prompts, labels, prune_last_layer=prune)
 
     score()  # warm-up
+    if repacked is not None:
+        score(on=repacked)  # its first forward repacks it
     table = []
     for part in parts:
         times, probs = {"kit": [], "off": []}, {}
@@ -93,6 +114,8 @@ def main():
             for arm in ("kit", "off") if r % 2 == 0 else ("off", "kit"):
                 if arm == "kit":
                     seconds, probs[arm] = score()
+                elif part == "layout4bit":
+                    seconds, probs[arm] = score(on=repacked)
                 else:
                     with without(part, model):
                         seconds, probs[arm] = score(prune=part != "pruning")
@@ -114,7 +137,7 @@ def main():
     tokens = float(np.mean([len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]))
     print(f"{len(prompts)} {args.competition} rows ({tokens:.0f} tokens a row), {args.rounds} alternating rounds")
     print(f"a part, profile {dtype}, the kit's attention {attn}")
-    out = Path(args.results) / f"ablation_cpu_{args.competition}.json"
+    out = Path(args.results) / f"ablation_cpu_{args.competition}{'_nf4' if nf4 else ''}.json"
     meta = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "machine": machine(), "dtype": dtype}
     meta.update(attention=attn, rows=len(prompts), mean_tokens=round(tokens, 1), rounds=args.rounds)
     out.write_text(json.dumps({**meta, "parts": table}, indent=2))

