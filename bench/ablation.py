@@ -12,10 +12,11 @@ mask turned into its fp32 bias once a forward, not once a layer: the blocked att
 by name, `layout4bit` (infer/fast/packed.keep_4bit_layout: the demo model loaded in NF4 as a QLoRA
 adapter's base is, its 4-bit weights in the layout training computes with; off = a second NF4 copy that
 bitsandbytes repacks for its CPU kernel at its first forward; written to ..._nf4.json). Each part's
-rounds alternate which arm goes first; prints best and median seconds of both arms and whether the two
-give identical probabilities, and writes bench/results/ablation_cpu_<competition>.json. This VM's
-timings move 10-20% from minute to minute: read medians of several rounds, not one pair. Science Exam
-rows are ~250 tokens; LMSYS rows 270-2,000 (mean ~830), where attention is a larger share.
+rounds alternate which arm goes first; prints best and median seconds of both arms, whether the two give
+identical probabilities, their largest difference and top-1 agreement, and writes
+bench/results/ablation_cpu_<competition>.json. This VM's timings move 10-20% from minute to minute: read
+medians of several rounds, not one pair. Science Exam rows are ~250 tokens; LMSYS rows 270-2,000 (mean
+~830), where attention is a larger share.
 """
 
 from __future__ import annotations
@@ -130,6 +131,8 @@ def main():
                 "off median s": round(float(np.median(off)), 2),
                 "median gain": f"{np.median(off) / np.median(kit) - 1:+.1%}",
                 "identical probs": bool(np.array_equal(probs["kit"], probs["off"])),
+                "max prob diff": float(np.abs(np.asarray(probs["kit"]) - np.asarray(probs["off"])).max()),
+                "top-1 agree": float(np.mean(np.argmax(probs["kit"], -1) == np.argmax(probs["off"], -1))),
             }
         )
     print(format_table(table))
