@@ -367,28 +367,39 @@ def test_distillation_with_one_hot_teacher_equals_hard_labels_and_soft_teacher_d
         train(_distil_cfg(tmp_path, "bad", soft_labels=str(tmp_path / "short.csv")))
 
 
-@pytest.mark.parametrize("name", ["demo", "demo:gemma3"])
-def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, monkeypatch, name):
+@pytest.mark.parametrize("name, length", [("demo", 96), ("demo:gemma3", 96), ("demo:gemma3", 700)])
+def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, monkeypatch, name, length):
     """The loop computes logits only where a label is, a chunk of positions at a time from the hidden
     states (data.chunked_token_loss; data.label_logits where a model's head is not its logits): the loss
     and every LoRA gradient equal those of the model's own `labels=` loss over full logits. On both real
     architectures: SmolLM2 (49k vocabulary) and Gemma-3-270M (262k, tied, sliding windows), with the
-    last layer's per-position work on the labelled positions only (train/fast.py)."""
+    last layer's per-position work on the labelled positions only (train/fast.py); Gemma-3 also on two
+    rows past its 512-token window (a long context before the instruction)."""
     from kaggle_kit.infer.fast.last_position import last_layer
     from kaggle_kit.train import data
 
-    cfg = small(tmp_path, quant="none", dtype="float32", max_length=96, model=name)
+    cfg = small(tmp_path, quant="none", dtype="float32", max_length=length, model=name)
     model, tok = model_lib.build(cfg, detect("float32"))
     vocab = model.get_output_embeddings().weight.shape[0]
-    monkeypatch.setattr(data, "LOGIT_CHUNK", 3 * vocab)  # 3 positions a chunk: completions span many chunks
+    # 8 positions a chunk, so completions span many. Not fewer: a product of 1-3 rows over Gemma-3's 262k
+    # vocabulary takes a matrix-vector kernel whose fp32 sums round ~10x more than the blocked product's
+    # (rows past the window, 3 a chunk: 3e-4 of a gradient from fp64's, against 3e-5 at 8 or 16 a chunk
+    # and for the whole product; in fp64 chunks and whole agree to 1.6e-15)
+    monkeypatch.setattr(data, "LOGIT_CHUNK", 8 * vocab)
     torch.manual_seed(0)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.02)
-    recs = json.loads(ALPACA.read_text())[:3]
+    recs = json.loads(ALPACA.read_text())
+    if length > 96:  # each row's input: other records' outputs, enough to run past the window
+        context = [" ".join(r["output"] for r in recs[10:k]) for k in (36, 33)]
+        recs = [{**r, "input": c} for r, c in zip(recs[:2], context)]
+    recs = recs[:3]
     prompts, outputs = data.alpaca_pairs(recs, tok)
-    examples, _ = data.tokenize(tok, prompts, outputs, 96)
+    examples, _ = data.tokenize(tok, prompts, outputs, length)
+    if length > 96:
+        assert sorted(len(e.input_ids) for e in examples) == [576, 663]  # padded to 663, both past 512
     ids, mask, labels = data.collate(examples, tok.pad_token_id)  # right-padded, completions of unequal length
     n_items = int((labels[:, 1:] != data.IGNORE).sum())
     grads, seen = [], []
@@ -401,7 +412,7 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
             loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items).loss
         elif way == "chunks":
             hidden, targets = data.labelled_hidden(model, model, ids, mask, labels)
-            assert hidden.shape[0] == n_items > 3
+            assert hidden.shape[0] == n_items > 8
             loss = data.chunked_token_loss(model, hidden, targets, n_items)
         else:
             logits, targets = data.label_logits(model, ids, mask, labels)
