@@ -189,12 +189,18 @@ def test_the_amx_sliced_attention_gives_eagers_logits_on_gemma3_rows_past_its_wi
     """The attention an AMX CPU runs in bf16 (attention.SLICED: torch's flash kernel a block of queries at a
     time), here in fp32 on the real Gemma-3-270M: two left-padded LMSYS rows of ~540 and ~690 tokens, past
     its 512-token window, give eager fp32's logits at every real position; and the rows were sliced."""
+    kit, plain, tok = gemma3_pair
+    check_sliced(kit, plain, tok, monkeypatch)
+
+
+def check_sliced(kit, plain, tok, monkeypatch):
+    """`kit` on the sliced attention gives `plain`'s (eager fp32) logits on two left-padded LMSYS rows of
+    ~540 and ~690 tokens, each sliced into blocks of attention.SDPA_BLOCK queries."""
     import transformers.integrations.sdpa_attention as sdpa
 
     from kaggle_kit.infer.engine import encode, left_pad
     from kaggle_kit.infer.fast import attention
 
-    kit, plain, tok = gemma3_pair
     prompts, _, sizes = lmsys_rows(tok, (538, 693))
     assert min(sizes) > 512
     ids, mask, pos = left_pad(encode(tok, prompts, 2048), tok.pad_token_id, "cpu")
@@ -216,12 +222,13 @@ def test_the_amx_sliced_attention_gives_eagers_logits_on_gemma3_rows_past_its_wi
         theirs = plain(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     assert attention.SDPA_BLOCK in queries and max(queries) <= attention.SDPA_BLOCK
     real = mask.bool()
-    # fp32 rounding of two kernels: measured 1.4e-4 on logits up to 45
+    # fp32 rounding of two kernels: measured 1.4e-4 on Gemma-3's logits up to 45, 7.6e-5 on SmolLM2's
     torch.testing.assert_close(ours[real], theirs[real], atol=1e-3, rtol=0)
 
 
-def test_smollm2_on_science_exam_rows(tmp_path):
-    """The real SmolLM2-135M-Instruct (Llama-style, no window) with a five-option permutation view."""
+def test_smollm2_on_science_exam_rows(tmp_path, monkeypatch):
+    """The real SmolLM2-135M-Instruct (Llama-style, no window) with a five-option permutation view; and the
+    AMX sliced attention on two long LMSYS rows."""
     from kaggle_kit.competitions import get
 
     kit, plain, tok = load_pair(demo_model_dir())
@@ -230,6 +237,7 @@ def test_smollm2_on_science_exam_rows(tmp_path):
     prompts = comp.examples(df, tok)
     ((view, perm),) = comp.views(df, tok, n=2)
     check_choices(kit, plain, tok, prompts, (view, perm), list(comp.labels), tmp_path, batch_tokens=700)
+    check_sliced(kit, plain, tok, monkeypatch)
 
 
 def test_an_fp16_overflow_is_an_error_and_leaves_the_fallback_submission(tiny_dir, tmp_path):
