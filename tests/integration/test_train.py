@@ -381,10 +381,8 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
     cfg = small(tmp_path, quant="none", dtype="float32", max_length=length, model=name)
     model, tok = model_lib.build(cfg, detect("float32"))
     vocab = model.get_output_embeddings().weight.shape[0]
-    # 8 positions a chunk, so completions span many. Not fewer: a product of 1-3 rows over Gemma-3's 262k
-    # vocabulary takes a matrix-vector kernel whose fp32 sums round ~10x more than the blocked product's
-    # (rows past the window, 3 a chunk: 3e-4 of a gradient from fp64's, against 3e-5 at 8 or 16 a chunk
-    # and for the whole product; in fp64 chunks and whole agree to 1.6e-15)
+    # 8 positions a chunk, so completions span many; not fewer, whose fp32 products over Gemma-3's vocabulary
+    # round ~10x more (data.chunk_rows; in fp64 chunks and whole agree to 1.6e-15)
     monkeypatch.setattr(data, "LOGIT_CHUNK", 8 * vocab)
     torch.manual_seed(0)
     with torch.no_grad():
