@@ -5,10 +5,13 @@
   gradient times the scale). One `addmm` does it instead: base + scale x (A(x) @ B^T), the scale applied
   inside the product, so backward scales the rank-r products only. The same sum, rounded once instead of
   three times.
-- `recomputed_norms`: an RMSNorm that upcasts a half-precision input keeps its fp32 copy for backward
-  (Gemma-3-270M at 4 x 512 tokens: 0.5 GB of 1.6 GB saved). It runs under non-reentrant checkpointing
-  instead: it keeps the half-precision input and runs its same ops again in backward, so its gradients are
-  bit for bit the ones it had.
+- `closed_form_norms`: autograd differentiates an RMSNorm op by op (pow, mean, add, rsqrt, two products,
+  the casts), and in half precision keeps an fp32 copy of the input for that (Gemma-3-270M at 4 x 512
+  tokens: 0.5 GB of 1.6 GB saved). The norm runs its own forward ops instead (the same output bit for bit,
+  checked on each module at patch time), keeps only its input and one fp32 scalar a position, and
+  backward is the closed form dx = r (g - xhat mean(g xhat)) in fp32 (g = dy x weight, xhat = x r): the
+  same gradient to fp32 rounding. Gemma-3's norm, 4 x 400 x 640 in bf16, forward and backward: 1.3 ms
+  against 2.9 for autograd's, and 2.8 for its ops recomputed in backward under checkpointing.
 - `last_layer_on_labels`: the label-position loss (train/data.py) reads the final hidden state at the
   labelled positions only, so in the last decoder layer only the keys and values of the others matter:
   that layer's query and output projections and its MLP run on the labelled positions alone, forward and
@@ -25,6 +28,7 @@ its own forward (tests/unit/test_train_fast.py holds them to peft's numbers).
 
 from __future__ import annotations
 
+import functools
 import types
 import weakref
 from contextlib import nullcontext
@@ -33,14 +37,14 @@ _ON_LABELS: weakref.WeakSet = weakref.WeakSet()  # peft models whose last layer 
 EXPERTS = ("num_experts", "num_local_experts", "n_routed_experts")  # config fields of mixture-of-experts
 
 
-def fast_paths(model, half: bool, layers_checkpointed: bool) -> str:
-    """The fast paths on a peft model (the norms only in half precision, where they upcast, and neither they
-    nor the last layer's pruning where layers are checkpointed whole); returns what was done, for the log."""
+def fast_paths(model, layers_checkpointed: bool) -> str:
+    """The fast paths on a peft model (not the last layer's pruning where layers are checkpointed whole);
+    returns what was done, for the log."""
     fused = fused_lora(model)
-    norms = recomputed_norms(model) if half and not layers_checkpointed else 0
+    norms = closed_form_norms(model)
     pruned = not layers_checkpointed and last_layer_on_labels(model)
     last = "the last layer on labelled positions only" if pruned else "the last layer whole"
-    return f"fast paths: {fused} LoRA layers fused, {norms} norms recomputed in backward, {last}"
+    return f"fast paths: {fused} LoRA layers fused, {norms} norms with a closed-form backward, {last}"
 
 
 def last_layer_on_labels(model) -> bool:
@@ -132,17 +136,73 @@ def _fused_forward(self, x, *args, **kwargs):
     return out.view(result.shape)
 
 
-def recomputed_norms(model) -> int:
-    """Run every RMSNorm module under non-reentrant checkpointing; returns how many. Only worth it (and
-    only called) where the model computes in half precision and the layers are not already checkpointed."""
-    return _patch(model, lambda m: type(m).__name__.endswith("RMSNorm"), _recomputed_norm)
+def closed_form_norms(model) -> int:
+    """Give every RMSNorm module whose forward `_norm_form` recognises the closed-form backward; returns how
+    many. A norm it does not recognise (another formula, no weight) keeps its own forward."""
+    done = 0
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm") and "forward" not in module.__dict__:
+            form = _norm_form(module)
+            if form is not None:
+                module._kit_norm = form
+                module.forward = types.MethodType(_closed_form_norm, module)
+                done += 1
+    return done
 
 
-def _recomputed_norm(self, x, *args, **kwargs):
+def _norm_form(module):
+    """(eps, gemma) where the closed-form norm computes `module`'s own forward bit for bit on a probe input:
+    Llama's weight x (x r) cast to the input's dtype, or Gemma's (x r) x (1 + weight) in fp32, then cast."""
     import torch
-    from torch.utils.checkpoint import checkpoint
 
-    if not (torch.is_grad_enabled() and x.requires_grad):
+    weight = getattr(module, "weight", None)
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or not isinstance(eps, float):
+        return None
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 3, weight.numel(), generator=gen) * 3).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        want = type(module).forward(module, x)
+        for gemma in (False, True):
+            got = _closed_form_class().apply(x, weight, eps, gemma)
+            if got.dtype == want.dtype and torch.equal(got, want):
+                return eps, gemma
+    return None
+
+
+def _closed_form_norm(self, x, *args, **kwargs):
+    import torch
+
+    if args or kwargs or self.weight.requires_grad or not (torch.is_grad_enabled() and x.requires_grad):
         return type(self).forward(self, x, *args, **kwargs)
-    # a norm draws no random numbers: no generator state to stash and restore per call
-    return checkpoint(type(self).forward, self, x, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+    return _closed_form_class().apply(x, self.weight, *self._kit_norm)
+
+
+@functools.cache
+def _closed_form_class():
+    """The autograd Function, built at first use (importing this module loads no torch)."""
+    import torch
+
+    class ClosedFormNorm(torch.autograd.Function):
+        """RMSNorm with a frozen weight: y = weight x (x r) (Llama) or (x r) x (1 + weight) (Gemma), r = 1 /
+        sqrt(mean(x^2) + eps); saves x and r, not autograd's fp32 intermediates."""
+
+        @staticmethod
+        def forward(ctx, x, weight, eps, gemma):
+            xf = x.float()
+            r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+            y = ((xf * r) * (1.0 + weight.float())).type_as(x) if gemma else weight * (xf * r).to(x.dtype)
+            ctx.save_for_backward(x, r, weight)
+            ctx.gemma = gemma
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, r, weight = ctx.saved_tensors
+            # dL/d(x r): Llama multiplies in the input's dtype (as autograd does there), Gemma in fp32
+            g = dy.float() * (1.0 + weight.float()) if ctx.gemma else (dy * weight).float()
+            xhat = x.float() * r
+            dx = r * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+            return dx.to(x.dtype), None, None, None
+
+    return ClosedFormNorm

@@ -59,8 +59,8 @@ def build(cfg, profile, labels: list[str] | None = None):
         model = get_peft_model(model, lora)
     contiguous_head(model)  # the frozen output layer's product on a slice (an evaluation's metric runs)
     fast = "fast paths off"
-    if cfg.fast_paths:  # one addmm per LoRA layer; half-precision norm inputs kept for backward, not fp32 copies
-        fast = fast_paths(model, half=compute != torch.float32, layers_checkpointed=checkpointing(cfg, profile))
+    if cfg.fast_paths:  # one addmm per LoRA layer; norms keep their input, not fp32 copies, for a closed-form backward
+        fast = fast_paths(model, layers_checkpointed=checkpointing(cfg, profile))
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
