@@ -432,6 +432,41 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
         assert (by_chunk[n] - g).abs().max() <= 1e-4 * g.abs().max(), n
 
 
+@pytest.mark.parametrize("name", ["demo", "demo:gemma3"])
+def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name):
+    """The training fast paths on the real models, fp32: with them (the fused LoRA forward, the norms'
+    closed-form backward; Gemma-3's q/k norms among them) the model's own `labels=` loss and every LoRA
+    gradient are those of peft's forward and autograd's norms (fast_paths: false)."""
+    from kaggle_kit.train import data
+
+    runs = []
+    for fast in (True, False):
+        cfg = small(tmp_path, quant="none", dtype="float32", max_length=96, model=name, fast_paths=fast)
+        torch.manual_seed(0)  # the same LoRA A draws in both builds
+        model, tok = model_lib.build(cfg, detect("float32"))
+        patched = sum("forward" in m.__dict__ for m in model.modules())
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)  # B=0 at init would give A no gradient
+        prompts, outputs = data.alpaca_pairs(json.loads(ALPACA.read_text())[:3], tok)
+        ids, mask, labels = data.collate(data.tokenize(tok, prompts, outputs, 96)[0], tok.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        runs.append((patched, float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+        del model
+    (patched, loss, grads), (none, plain_loss, plain_grads) = runs
+    layers = 30 if name == "demo" else 18
+    assert none == 0 and patched == layers * 7 + (layers * (2 if name == "demo" else 6) + 1)
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    assert grads.keys() == plain_grads.keys()
+    for n, g in plain_grads.items():
+        # measured up to 9.5e-6 (SmolLM2) and 2.9e-6 (Gemma-3) of a tensor's largest, all of it the norms'
+        # (the fused LoRA alone: 0); fp32 itself is 1.9e-5 and 2.8e-5 from fp64 here, with either norm
+        assert (grads[n] - g).abs().max() <= 5e-5 * g.abs().max(), n
+
+
 def test_an_evaluation_does_not_change_the_training_numbers(tmp_path):
     """Regression: on an AVX512-BF16 CPU bitsandbytes repacked 4-bit weights at the first no-grad eval
     forward, so the training loss after an evaluation differed, and a resumed run (no step-0 eval in
