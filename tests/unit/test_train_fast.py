@@ -143,6 +143,11 @@ def as_built(model):
     return model
 
 
+def grad_error(run, ref) -> float:
+    """The largest gradient difference from `ref`'s, relative to the tensor's largest, over its tensors."""
+    return max(float((run[1][n] - g).abs().max() / g.abs().max()) for n, g in ref[1].items())
+
+
 NORMS = {"llama": 2 * 2 + 1, "gemma3": 2 * 6 + 1}  # 2 layers of 2 norms (Gemma-3: 4, and q/k norms), final
 
 
@@ -173,12 +178,27 @@ def test_closed_form_norms_in_bf16_are_no_further_from_fp32_and_keep_no_fp32_cop
         want, got = loss_and_grads(plain, x), loss_and_grads(closed, x)
         kept_plain, kept = fp32_saved_bytes(plain, x), fp32_saved_bytes(closed, x)
     assert torch.equal(got[0], want[0])
-
-    def error(grads):
-        return max(float((grads[n] - g).abs().max() / g.abs().max()) for n, g in ref[1].items())
-
-    assert 0 < error(got[1]) <= 1.25 * error(want[1]), (error(got[1]), error(want[1]))
+    assert 0 < grad_error(got, ref) <= 1.25 * grad_error(want, ref), (grad_error(got, ref), grad_error(want, ref))
     assert kept < kept_plain / 3, (kept, kept_plain)
+
+
+def test_closed_form_norms_with_fp32_weights_over_an_fp16_model():
+    """A T4's recipe (train.model.upcast_norms): an fp16 base whose norm weights are fp32, so Llama's norm
+    returns fp32 (fp32 weight x fp16 xhat). The closed form is recognised on it and gives the same forward
+    bit for bit, and gradients no further from the fp32 model's than autograd's."""
+    from kaggle_kit.train.model import upcast_norms
+
+    exact = with_lora(tiny()).train()
+    plain = as_built(copy.deepcopy(exact).to(torch.float16))
+    assert upcast_norms(plain) == NORMS["llama"]
+    closed = copy.deepcopy(plain)
+    assert closed_form_norms(closed) == NORMS["llama"]
+    x = ids()
+    ref = loss_and_grads(exact, x)
+    with torch.autocast("cpu", dtype=torch.float16):
+        want, got = loss_and_grads(plain, x), loss_and_grads(closed, x)
+    assert torch.equal(got[0], want[0])
+    assert 0 < grad_error(got, ref) <= 1.25 * grad_error(want, ref), (grad_error(got, ref), grad_error(want, ref))
 
 
 def test_a_norm_of_another_form_keeps_its_own_forward():
