@@ -16,6 +16,7 @@ ALIASES = {
     "learning_rate": "lr",
     "per_device_train_batch_size": "batch_size",
     "micro_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
     "gradient_accumulation_steps": "grad_accum",
     "num_train_epochs": "epochs",
     "num_epochs": "epochs",

@@ -58,6 +58,7 @@ class TrainConfig:
     max_length: int = 1024  # tokens per example; long prompts lose their start (the end holds the question)
     batch_size: int = 2  # rows per micro-batch; 2 x 1024 tokens fits a 9B 4-bit model on a T4
     grad_accum: int = 8  # micro-batches per optimizer step (effective batch 16, as the NTU ADL homework)
+    eval_batch_size: int | None = None  # rows per eval-loss batch (no activations kept); None = batch_size
     lr: float = 2e-4
     scheduler: str = "cosine"  # constant / linear / cosine (after warmup)
     warmup_ratio: float = 0.03  # the NTU ADL homework
@@ -85,6 +86,7 @@ class TrainConfig:
             "lora_alpha",
             "max_length",
             "batch_size",
+            "eval_batch_size",
             "grad_accum",
             "lr",
             "epochs",

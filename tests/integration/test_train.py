@@ -267,6 +267,7 @@ def test_shipped_configs_are_valid():
         ("distill_weight=2", "distill_weight"),
         ("quant=fp4", "quant"),
         ("report_to=slack", "report_to"),
+        ("per_device_eval_batch_size=0", "eval_batch_size"),
     ],
 )
 def test_bad_config_names_the_field(override, field):
@@ -465,6 +466,31 @@ def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name)
         # measured up to 9.5e-6 (SmolLM2) and 2.9e-6 (Gemma-3) of a tensor's largest, all of it the norms'
         # (the fused LoRA alone: 0); fp32 itself is 1.9e-5 and 2.8e-5 from fp64 here, with either norm
         assert (grads[n] - g).abs().max() <= 5e-5 * g.abs().max(), n
+
+
+def test_the_eval_loss_is_the_same_at_any_eval_batch_size(tmp_path):
+    """`eval_batch_size` (Trainer's `per_device_eval_batch_size`; None: batch_size) sets the eval-loss
+    batches: 5 validation rows run one at a time, in 2 + 2 + 1, or all at once, and in fp32 the eval loss
+    is the same."""
+    from kaggle_kit.train import data, loop
+
+    demo = str(ROOT / "configs" / "science_exam_demo.yaml")
+    assert load_yaml_config(TrainConfig, demo).eval_batch_size is None
+    assert load_yaml_config(TrainConfig, demo, ["per_device_eval_batch_size=2"]).eval_batch_size == 2
+    cfg = small(tmp_path, quant="none", dtype="float32")
+    model, tok = model_lib.build(cfg, detect("float32"))
+    prompts, outputs = data.alpaca_pairs(json.loads(ALPACA.read_text())[:5], tok)
+    split = loop.Split(train=[], valid=data.tokenize(tok, prompts, outputs, 160)[0])
+    loop.evaluate(model, tok, split, cfg)  # its first batch also checks the head once (data.head_is_exact)
+    rows = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    losses = {}
+    for size in (1, 2, 5):
+        rows.clear()
+        losses[size] = loop.evaluate(model, tok, split, replace(cfg, eval_batch_size=size))["eval_loss"]
+        assert rows == {1: [1] * 5, 2: [2, 2, 1], 5: [5]}[size]
+    hook.remove()
+    assert losses[2] == pytest.approx(losses[1], rel=1e-6) and losses[5] == pytest.approx(losses[1], rel=1e-6)
 
 
 def test_an_evaluation_does_not_change_the_training_numbers(tmp_path):
