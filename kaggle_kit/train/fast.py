@@ -139,15 +139,11 @@ def _fused_forward(self, x, *args, **kwargs):
 def closed_form_norms(model) -> int:
     """Give every RMSNorm module whose forward `_norm_form` recognises the closed-form backward; returns how
     many. A norm it does not recognise (another formula, no weight) keeps its own forward."""
-    done = 0
+    forms = {}
     for module in model.modules():
-        if type(module).__name__.endswith("RMSNorm") and "forward" not in module.__dict__:
-            form = _norm_form(module)
-            if form is not None:
-                module._kit_norm = form
-                module.forward = types.MethodType(_closed_form_norm, module)
-                done += 1
-    return done
+        if type(module).__name__.endswith("RMSNorm") and (form := _norm_form(module)) is not None:
+            module._kit_norm = forms[module] = form
+    return _patch(model, forms.__contains__, _closed_form_norm)
 
 
 def _norm_form(module):

@@ -383,9 +383,10 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
     torch.manual_seed(0)  # LoRA A's draws: the same numbers whichever tests ran before in this process
     model, tok = model_lib.build(cfg, detect("float32"))
     vocab = model.get_output_embeddings().weight.shape[0]
-    # 16 positions a chunk, so completions span several; not 8 or fewer, whose fp32 products over Gemma-3's
-    # vocabulary round ~10x more (58 positions in chunks of 7-8: 2.4e-4 of a tensor's largest from fp64,
-    # against 2.3e-5 in chunks of 14-15 and whole; data.chunk_rows; in fp64 chunks and whole agree to 1.6e-15)
+    # 17 positions a chunk at most, so completions span several (112: 7 chunks of 16, 58: 4 of 14-15, 34: 2 of
+    # 17); not fewer, whose fp32 products over Gemma-3's vocabulary round ~10x more (58 positions in chunks
+    # of 7-8: 2.4e-4 of a tensor's largest from fp64, against 2.3e-5 in chunks of 14-15 and whole; 34 in
+    # chunks of 11-12: 1.2e-4 from the whole product; data.chunk_rows; in fp64 chunks and whole agree to 1.6e-15)
     monkeypatch.setattr(data, "LOGIT_CHUNK", 17 * vocab)
     torch.manual_seed(0)
     with torch.no_grad():
