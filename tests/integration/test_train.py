@@ -368,6 +368,23 @@ def test_distillation_with_one_hot_teacher_equals_hard_labels_and_soft_teacher_d
         train(_distil_cfg(tmp_path, "bad", soft_labels=str(tmp_path / "short.csv")))
 
 
+def alpaca_batch(tok, length: int):
+    """(ids, mask, labels) of alpaca rows, right-padded, completions of unequal length: 3 rows at 96 tokens,
+    or at 700 two rows whose inputs are other records' outputs: 576 and 663 of Gemma-3's tokens, past its
+    512-token window."""
+    from kaggle_kit.train import data
+
+    recs = json.loads(ALPACA.read_text())
+    if length > 96:  # each row's input: other records' outputs, enough to run past the window
+        context = [" ".join(r["output"] for r in recs[10:k]) for k in (36, 33)]
+        recs = [{**r, "input": c} for r, c in zip(recs[:2], context)]
+    prompts, outputs = data.alpaca_pairs(recs[:3], tok)
+    examples, _ = data.tokenize(tok, prompts, outputs, length)
+    if length > 96:
+        assert sorted(len(e.input_ids) for e in examples) == [576, 663]  # padded to 663, both past 512
+    return data.collate(examples, tok.pad_token_id)
+
+
 @pytest.mark.parametrize("name, length", [("demo", 96), ("demo:gemma3", 96), ("demo:gemma3", 700)])
 def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, monkeypatch, name, length):
     """The loop computes logits only where a label is, a chunk of positions at a time from the hidden
@@ -393,16 +410,7 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.02)
-    recs = json.loads(ALPACA.read_text())
-    if length > 96:  # each row's input: other records' outputs, enough to run past the window
-        context = [" ".join(r["output"] for r in recs[10:k]) for k in (36, 33)]
-        recs = [{**r, "input": c} for r, c in zip(recs[:2], context)]
-    recs = recs[:3]
-    prompts, outputs = data.alpaca_pairs(recs, tok)
-    examples, _ = data.tokenize(tok, prompts, outputs, length)
-    if length > 96:
-        assert sorted(len(e.input_ids) for e in examples) == [576, 663]  # padded to 663, both past 512
-    ids, mask, labels = data.collate(examples, tok.pad_token_id)  # right-padded, completions of unequal length
+    ids, mask, labels = alpaca_batch(tok, length)
     n_items = int((labels[:, 1:] != data.IGNORE).sum())
     grads, seen = [], []
     assert data.head_is_exact(model, ids)
@@ -436,16 +444,15 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
         assert (by_chunk[n] - g).abs().max() <= 2e-5 * g.abs().max(), n
 
 
-@pytest.mark.parametrize("name", ["demo", "demo:gemma3"])
-def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name):
+@pytest.mark.parametrize("name, length", [("demo", 96), ("demo:gemma3", 96), ("demo:gemma3", 700)])
+def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name, length):
     """The training fast paths on the real models, fp32: with them (the fused LoRA forward, the norms'
     closed-form backward; Gemma-3's q/k norms among them) the model's own `labels=` loss and every LoRA
-    gradient are those of peft's forward and autograd's norms (fast_paths: false)."""
-    from kaggle_kit.train import data
-
+    gradient are those of peft's forward and autograd's norms (fast_paths: false); Gemma-3 also on two rows
+    past its 512-token window."""
     runs = []
     for fast in (True, False):
-        cfg = small(tmp_path, quant="none", dtype="float32", max_length=96, model=name, fast_paths=fast)
+        cfg = small(tmp_path, quant="none", dtype="float32", max_length=length, model=name, fast_paths=fast)
         torch.manual_seed(0)  # the same LoRA A draws in both builds
         model, tok = model_lib.build(cfg, detect("float32"))
         patched = sum("forward" in m.__dict__ for m in model.modules())
@@ -454,8 +461,7 @@ def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name)
             for n, p in model.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 0.02)  # B=0 at init would give A no gradient
-        prompts, outputs = data.alpaca_pairs(json.loads(ALPACA.read_text())[:3], tok)
-        ids, mask, labels = data.collate(data.tokenize(tok, prompts, outputs, 96)[0], tok.pad_token_id)
+        ids, mask, labels = alpaca_batch(tok, length)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         runs.append((patched, float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
@@ -466,8 +472,9 @@ def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name)
     assert loss == pytest.approx(plain_loss, rel=1e-6)
     assert grads.keys() == plain_grads.keys()
     for n, g in plain_grads.items():
-        # measured up to 9.5e-6 (SmolLM2) and 2.9e-6 (Gemma-3) of a tensor's largest, all of it the norms'
-        # (the fused LoRA alone: 0); fp32 itself is 1.9e-5 and 2.8e-5 from fp64 here, with either norm
+        # measured up to 9.5e-6 (SmolLM2), 2.9e-6 (Gemma-3) and 3.5e-6 (Gemma-3 past its window) of a tensor's
+        # largest, all of it the norms' (the fused LoRA alone: 0); fp32 itself is 1.9e-5 and 2.8e-5 from fp64
+        # at 96 tokens, with either norm
         assert (grads[n] - g).abs().max() <= 5e-5 * g.abs().max(), n
 
 
