@@ -306,12 +306,18 @@ def distill_loss(logits, targets, soft, label_ids: list[int], weight: float, n_i
     return (weight * kl + (1.0 - weight) * hard).sum() / n_items
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Length-grouped batches (sorted, chunked) whose order is shuffled with a seed per epoch."""
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, lead: int = 1) -> list[list[int]]:
+    """Length-grouped batches (sorted, chunked) whose order is shuffled with a seed per epoch, the `lead`
+    largest (rows x longest row, the padded batch) first: a batch that does not fit fails at the first step,
+    not hours in, and the allocator (CUDA's cache, glibc's heap) grows to the epoch's peak once instead of
+    step by step (transformers' length-grouped sampler puts its longest row first for the same reason).
+    `lead` is the number of processes, so each one's first batch is one of the largest."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     random.Random(seed * 1_000_003 + epoch).shuffle(batches)
-    return batches
+    size = [len(b) * max(lengths[i] for i in b) for b in batches]
+    largest = set(sorted(range(len(batches)), key=lambda k: -size[k])[:lead])
+    return [batches[k] for k in sorted(largest)] + [b for k, b in enumerate(batches) if k not in largest]
 
 
 def collate(examples: list[Example], pad_id: int):

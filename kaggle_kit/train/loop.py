@@ -211,7 +211,7 @@ def fit(
     pbar = bar(total, "train", unit="step", disable=not cfg.progress)
     pbar.update(state["step"])
     while state["step"] < total:
-        batches = data.epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"])
+        batches = data.epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"], lead=world)
         # every process takes the same number of micro-batches, or DDP's all-reduce would wait forever
         batches = batches[: len(batches) // world * world][rank::world]
         micro = batches[state["pos"] : state["pos"] + cfg.grad_accum]

@@ -58,3 +58,24 @@ def test_chunks_are_as_equal_as_they_go():
     """No remainder chunk of a row or two (their products round ~10x more in fp32 over a large vocabulary)."""
     assert [data.chunk_rows(n, 64) for n in (1, 4, 64, 65, 128, 129, 200)] == [1, 4, 64, 33, 64, 43, 50]
     assert data.chunk_rows(0, 64) == 1
+
+
+@pytest.mark.parametrize("lead", [1, 2])
+def test_each_epoch_starts_with_its_largest_batches(lead):
+    """The `lead` largest padded batches (rows x longest row) come first in every epoch, so a batch that
+    does not fit fails at step 1; every row is still in exactly one batch, and the rest keep the seed's
+    shuffled order."""
+    lengths = [30, 7, 90, 12, 55, 8, 91, 40, 33, 5, 60, 61, 2]  # 13 rows in batches of 3: the last is [91]
+
+    def size(b):
+        return len(b) * max(lengths[i] for i in b)
+
+    for epoch in range(4):
+        batches = data.epoch_batches(lengths, 3, seed=1, epoch=epoch, lead=lead)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert sorted(map(size, batches[:lead])) == sorted(map(size, batches))[-lead:]
+        plain = data.epoch_batches(lengths, 3, seed=1, epoch=epoch, lead=0)  # the seed's order alone
+        assert batches[lead:] == [b for b in plain if b not in batches[:lead]]
+    # padded size, not the longest row, leads: 60, 61 and 90 (270 tokens padded) before 91 alone
+    assert [lengths[i] for i in data.epoch_batches(lengths, 3, seed=1, epoch=0)[0]] == [60, 61, 90]
+    assert len({str(data.epoch_batches(lengths, 3, seed=s, epoch=0)[1:]) for s in range(4)}) > 1
