@@ -34,10 +34,11 @@ def is_packed(forward) -> bool:
 def pack_linears(model, skip: tuple[str, ...] = ("lm_head",)) -> int:
     """Give every plain bf16 nn.Linear of a CPU model a packed-weight forward; returns how many. The
     output layer and LoRA matrices are left alone (the fp32 label head reads the output layer's weight;
-    peft drives its adapters). Nothing is packed where torch has no oneDNN."""
+    peft drives its adapters). Nothing is packed where oneDNN has no bf16 kernels (an AVX2-only CPU, whose
+    profile is fp32 anyway: the op refuses a bf16 weight there)."""
     import torch
 
-    if not torch.backends.mkldnn.is_available():
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return 0
     done = 0
     for name, mod in model.named_modules():
