@@ -15,7 +15,7 @@ from kaggle_kit.infer.primitives import choice_task
 from kaggle_kit.jobs.ensemble import combine, fit, fit_weights, least_confident, load_spec
 from kaggle_kit.metrics import fit_temperature
 
-from ..conftest import DATA
+from ..conftest import DATA, native_bf16
 
 COLS = ["winner_model_a", "winner_model_b", "winner_tie"]
 
@@ -108,6 +108,7 @@ def test_cascade_to_a_second_architecture_re_answers_only_its_rows(tmp_path, dem
     assert (got[rest] == firsts[rest]).all()
 
 
+@native_bf16
 def test_dtype_cascade_re_checks_the_least_confident_rows_in_float32(tmp_path):
     """--cascade-dtype float32 alone: the same model re-answers the least confident bf16 rows in fp32
     (what brings bf16 top-1 agreement with fp32 from ~95% to ~99.5%, bench/infer_bench.py)."""

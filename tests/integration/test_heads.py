@@ -22,7 +22,7 @@ from kaggle_kit.infer.primitives import choice_task, generation_task
 from kaggle_kit.jobs import train
 from kaggle_kit.models import demo_model_dir, load_model
 
-from ..conftest import DATA
+from ..conftest import DATA, native_bf16
 from .test_train import small
 
 MAX_LENGTH = 256
@@ -82,6 +82,7 @@ def test_classifier_scores_as_plain_transformers_sequence_classification(classif
     assert np.abs(got - 1 / 3).max() > 1e-3  # not uniform: the head says something
 
 
+@native_bf16
 def test_classifier_trains_and_evaluates_in_bf16(tmp_path):
     """Regressions: the evaluation fed the bf16 hidden state into the fp32 head and failed; then, run
     under the steps' autocast, the metric's fast-path probe lifted the autocast on the 4-bit model and

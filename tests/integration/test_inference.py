@@ -6,6 +6,8 @@ import torch
 from kaggle_kit.infer import generate, label_token_ids, perplexity, score_choices
 from kaggle_kit.templates import render
 
+from ..conftest import native_bf16
+
 QUESTIONS = [
     "Which planet is known as the Red Planet? A) Venus B) Mars C) Jupiter D) Saturn E) Mercury",
     "What is 2 + 2? A) 3 B) 5 C) 4 D) 22 E) 0",
@@ -98,6 +100,7 @@ def test_stop_strings_end_generation_early_with_the_same_text(demo_model_fp32):
     assert full == raw
 
 
+@native_bf16
 def test_bf16_label_probabilities_come_closer_to_fp32_with_the_fp32_label_head(demo_model_fp32):
     """A bf16 model rounds its logits to steps of 1/16 near 16: each letter's probability moved by ~0.01
     and near-tied answers flipped (85% top-1 agreement with fp32 on 200 Science Exam rows). The label
