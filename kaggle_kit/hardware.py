@@ -115,8 +115,14 @@ def cpu_bf16_is_fast() -> bool:
             native = cpu_has_native_bf16(fh.read())
     except OSError:
         native = False
-    if not native:
-        return False
+    return native and onednn_has_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_has_bf16() -> bool:
+    """True when torch's oneDNN has bf16 kernels on this CPU (AVX512BW/VL/DQ or AVX-NE-CONVERT; on an
+    AVX2-only CPU it refuses bf16 ops such as packing a bf16 weight). Not the same as native bf16:
+    AVX512 without AVX512-BF16 has the kernels but computes bf16 slowly."""
     import torch
 
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kaggle_kit.hardware import cpu_bf16_is_fast
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -21,17 +23,11 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
 
 
-def _cpu_computes_bf16() -> bool:
-    from kaggle_kit.hardware import cpu_bf16_is_fast
-
-    return cpu_bf16_is_fast()
-
-
 # A real model run in bf16 on purpose: on a CPU without native bf16 (AVX2 only) torch emulates it ~100x
 # slower than fp32 (0.7 against 68 GFLOP/s on a 2-core AVX2 EPYC) and the kit's profile there is fp32, so
 # these tests (364 s and 211 s for the two largest on that VM, where the suite took 93 min) run only where
 # bf16 is the profile.
-native_bf16 = pytest.mark.skipif(not _cpu_computes_bf16(), reason="this CPU emulates bf16 (its profile is fp32)")
+native_bf16 = pytest.mark.skipif(not cpu_bf16_is_fast(), reason="this CPU emulates bf16 (its profile is fp32)")
 
 
 def write_subset(comp_name: str, tmp_path: Path, n: int, labelled: bool = False, split: str = "train") -> Path:

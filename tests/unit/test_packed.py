@@ -2,12 +2,13 @@
 
 import torch
 
+from kaggle_kit.hardware import onednn_has_bf16
 from kaggle_kit.infer.fast.packed import pack_linears
 
 from ..conftest import tiny_llama
 
 # oneDNN's bf16 kernels need AVX512 (or AVX-NE-CONVERT); on an AVX2-only CPU nothing is packed
-LAYERS = 2 * 7 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 0
+LAYERS = 2 * 7 if onednn_has_bf16() else 0
 
 
 def test_packed_bf16_linears_give_the_same_logits():

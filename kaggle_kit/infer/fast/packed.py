@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from functools import partial
 
+from ...hardware import onednn_has_bf16
+
 log = logging.getLogger("kaggle_kit")
 
 ROWS_HINT = 2048  # tokens a CPU batch carries (primitives.default_batch_tokens): oneDNN picks its layout for it
@@ -38,7 +40,7 @@ def pack_linears(model, skip: tuple[str, ...] = ("lm_head",)) -> int:
     profile is fp32 anyway: the op refuses a bf16 weight there)."""
     import torch
 
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if not onednn_has_bf16():
         return 0
     done = 0
     for name, mod in model.named_modules():
