@@ -15,7 +15,7 @@ from kaggle_kit.hardware import detect
 from kaggle_kit.jobs import train
 from kaggle_kit.train import model as model_lib
 
-from ..conftest import DATA, ROOT
+from ..conftest import DATA, ROOT, write_subset
 
 ALPACA = DATA / "alpaca" / "train.json"
 VALID = DATA / "alpaca" / "public_test.json"
@@ -135,6 +135,8 @@ def test_batch4_accum1_equals_batch1_accum4(tmp_path, dtype):
 def test_torchrun_two_cpu_processes_train_to_completion(tmp_path):
     """accelerate MULTI_CPU (gloo) under torchrun: both processes finish, rank 0 writes the checkpoints."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    valid = tmp_path / "valid.json"  # 4 rows, 2 per process: the evaluation still runs on both
+    valid.write_text(json.dumps(json.loads(VALID.read_text())[:4]))
     args = [
         "--config",
         str(ROOT / "configs" / "alpaca_demo.yaml"),
@@ -143,7 +145,11 @@ def test_torchrun_two_cpu_processes_train_to_completion(tmp_path):
         "--set",
         f"train={ALPACA}",
         "--set",
-        f"valid={VALID}",
+        f"valid={valid}",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "grad_accum=1",
         "--set",
         "max_steps=2",
         "--set",
@@ -179,7 +185,7 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
         competition="science_exam",
         train=str(DATA / "science_exam" / "train.csv"),
         valid=None,
-        valid_fraction=0.2,
+        valid_fraction=0.1,  # 4 rows: NF4 on a CPU is slow
         loss="answer",
         max_length=400,
         max_steps=1,
@@ -200,6 +206,7 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
     assert states and not any(getattr(s, "packing_format_for_cpu", False) for s in states)
     assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
     out = tmp_path / "sub.csv"
+    rows = write_subset("science_exam", tmp_path, 4)  # a few rows show it loads and runs
     r = subprocess.run(
         [
             sys.executable,
@@ -208,7 +215,7 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
             "predict",
             "science_exam",
             "--data",
-            str(DATA / "science_exam" / "test.csv"),
+            str(rows),
             "--adapter",
             str(res.best),
             "--out",
@@ -221,7 +228,7 @@ def test_trained_adapter_predicts_with_nothing_else(tmp_path):
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    assert "40 predicted" in r.stdout
+    assert "4 predicted" in r.stdout
 
     # several adapters side by side, switched by name; and merging into an unquantised copy
     from kaggle_kit.models import merge_adapter
