@@ -50,6 +50,20 @@ def write_subset(comp_name: str, tmp_path: Path, n: int, labelled: bool = False,
     return path
 
 
+def shortest_lmsys_rows(df):
+    """LMSYS rows, shortest first (prompt + both responses, in characters; ties in file order): a test that
+    checks which rows are predicted, not what, reads a fraction of the first rows' tokens."""
+    chars = df[["prompt", "response_a", "response_b"]].sum(axis=1).str.len()
+    return df.loc[chars.sort_values(kind="stable").index]
+
+
+def alpaca_valid(tmp_path: Path, n: int) -> Path:
+    """The first n records of data/alpaca/public_test.json, as a new JSON file (a short evaluation)."""
+    path = tmp_path / f"valid_{n}.json"
+    path.write_text(json.dumps(json.loads((DATA / "alpaca" / "public_test.json").read_text())[:n], ensure_ascii=False))
+    return path
+
+
 def tiny_llama(**config):
     """A randomly initialised Llama of a few layers with grouped-query attention (no files, no download),
     eval mode; `config` overrides LlamaConfig fields (attn_implementation, num_hidden_layers, ...)."""

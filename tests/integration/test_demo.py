@@ -12,7 +12,7 @@ import pandas as pd
 from kaggle_kit.jobs import demo
 from kaggle_kit.jobs.demo import labelled_competitions, print_demo, run_demo
 
-from ..conftest import DATA, ROOT
+from ..conftest import DATA, ROOT, shortest_lmsys_rows
 
 
 def test_demo_runs_every_labelled_competition(tmp_path, capsys):
@@ -42,8 +42,7 @@ def test_each_recipe_fits_on_rows_it_never_scores(tmp_path, monkeypatch):
     for name in names:
         shutil.copytree(DATA / name, data / name)
     lmsys = pd.read_csv(DATA / "lmsys" / "train.csv", dtype=str, keep_default_na=False)
-    chars = lmsys[["prompt", "response_a", "response_b"]].sum(axis=1).str.len()
-    lmsys.loc[chars.sort_values(kind="stable").index].to_csv(data / "lmsys" / "train.csv", index=False)
+    shortest_lmsys_rows(lmsys).to_csv(data / "lmsys" / "train.csv", index=False)
     table = run_demo(str(data), str(tmp_path / "out"), names=names, rows=8, progress=False, max_new_tokens=24)
     for row in table:
         assert isinstance(row["recipe"], float) and row["rows"] == 4, row

@@ -10,7 +10,7 @@ from kaggle_kit import competitions
 from kaggle_kit.config import ValidateConfig
 from kaggle_kit.jobs import validate
 
-from ..conftest import DATA, ROOT
+from ..conftest import DATA, ROOT, shortest_lmsys_rows
 
 NOTEBOOKS = ROOT / "notebooks"
 
@@ -84,8 +84,7 @@ def test_lmsys_notebook_on_kaggle_commit_run_and_scored_rerun(tmp_path, rerun):
     (inputs / comp.slug).mkdir(parents=True)
     working.mkdir()
     # the 7 shortest rows (a tenth of the first 7's tokens): what is checked is which rows are predicted
-    rows = pd.read_csv(DATA / "lmsys" / "train.csv", dtype=str, keep_default_na=False)
-    rows = rows.loc[rows[["prompt", "response_a", "response_b"]].sum(axis=1).str.len().nsmallest(7).index]
+    rows = shortest_lmsys_rows(pd.read_csv(DATA / "lmsys" / "train.csv", dtype=str, keep_default_na=False)).head(7)
     rows.drop(columns=["model_a", "model_b", "winner_model_a", "winner_model_b", "winner_tie"]).to_csv(
         inputs / comp.slug / "test.csv", index=False
     )

@@ -15,7 +15,7 @@ from kaggle_kit.hardware import detect
 from kaggle_kit.jobs import train
 from kaggle_kit.train import model as model_lib
 
-from ..conftest import DATA, ROOT, write_subset
+from ..conftest import DATA, ROOT, alpaca_valid, write_subset
 
 ALPACA = DATA / "alpaca" / "train.json"
 VALID = DATA / "alpaca" / "public_test.json"
@@ -118,8 +118,7 @@ def test_batch4_accum1_equals_batch1_accum4(tmp_path, dtype):
     recs = json.loads(ALPACA.read_text())[:4]
     four = tmp_path / "four.json"
     four.write_text(json.dumps(recs, ensure_ascii=False))
-    valid = tmp_path / "valid.json"  # 6 rows: each run evaluates twice, run b one row at a time
-    valid.write_text(json.dumps(json.loads(VALID.read_text())[:6], ensure_ascii=False))
+    valid = alpaca_valid(tmp_path, 6)  # each run evaluates twice, run b one row at a time
     kw = dict(train=str(four), valid=str(valid), max_steps=1, eval_every=1, dtype=dtype)
     a = train(small(tmp_path, out=str(tmp_path / "a"), batch_size=4, grad_accum=1, **kw))
     b = train(small(tmp_path, out=str(tmp_path / "b"), batch_size=1, grad_accum=4, **kw))
@@ -135,8 +134,7 @@ def test_batch4_accum1_equals_batch1_accum4(tmp_path, dtype):
 def test_torchrun_two_cpu_processes_train_to_completion(tmp_path):
     """accelerate MULTI_CPU (gloo) under torchrun: both processes finish, rank 0 writes the checkpoints."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    valid = tmp_path / "valid.json"  # 4 rows, 2 per process: the evaluation still runs on both
-    valid.write_text(json.dumps(json.loads(VALID.read_text())[:4]))
+    valid = alpaca_valid(tmp_path, 4)  # 2 rows per process: the evaluation still runs on both
     args = [
         "--config",
         str(ROOT / "configs" / "alpaca_demo.yaml"),

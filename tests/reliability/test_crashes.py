@@ -21,7 +21,7 @@ import torch
 from kaggle_kit import jobs
 from kaggle_kit.config import ValidateConfig
 
-from ..conftest import DATA, write_subset
+from ..conftest import DATA, alpaca_valid, write_subset
 
 PREDICT_SEEDS = [11, 12]  # each kills at two random points; more seeds cost ~30 s each
 TRAIN_SEEDS = [21]  # ~60 s each on a 2-core CPU in fp32
@@ -86,8 +86,7 @@ def test_predict_killed_twice_at_random_then_finished_is_identical(tmp_path, pre
 def train_cmd(tmp_path_factory):
     """TRAIN with a valid file of 4 rows: three evaluations (steps 0, 2, 4) of the 20 would be most of
     the run, and what is checked is the resume, not the evaluation."""
-    valid = tmp_path_factory.mktemp("train_valid") / "valid.json"
-    valid.write_text(json.dumps(json.loads((DATA / "alpaca" / "public_test.json").read_text())[:4]))
+    valid = alpaca_valid(tmp_path_factory.mktemp("train_valid"), 4)
     return [sys.executable, "-m", "kaggle_kit", *TRAIN, "--set", f"valid={valid}"]
 
 
