@@ -19,7 +19,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError
 from ..train import checkpoint, data
 from ..train import model as model_lib
-from ..train.loop import Split, TrainResult, fit
+from ..train.loop import LabelScoring, Split, TrainResult, fit
 
 log = logging.getLogger("kaggle_kit")
 RESUME_IGNORES = ("budget", "progress", "patience", "report_to")  # may change between a run and its resumption
@@ -50,7 +50,40 @@ def prepare_data(cfg: TrainConfig, tok) -> Split:
         return comp.evaluate(model, tokenizer, valid_df, run, progress=False)
 
     label_ids = [tok(x, add_special_tokens=False)["input_ids"][0] for x in comp.labels] if comp.labels else None
-    return Split(train_ex, valid_ex, metric, comp.higher_is_better, label_ids, dropped=d1 + d2)
+    scoring = _label_scoring(cfg, comp, tok, valid_df, v_prompts, v_completions, valid_ex, run) if not d2 else None
+    return Split(train_ex, valid_ex, metric, comp.higher_is_better, label_ids, dropped=d1 + d2, scoring=scoring)
+
+
+def _label_scoring(cfg: TrainConfig, comp, tok, valid_df, prompts, completions, examples, run) -> LabelScoring | None:
+    """The metric from the eval-loss forward, where it reads what the engine would: label probabilities
+    (multiple_choice, label_probabilities) of single-token labels, with `loss: answer` labelling the label
+    token right after the prompt. A row whose prompt the training cut otherwise than the engine (longer
+    than max_length - 1 tokens) is scored through the engine; a label written as another token than the
+    engine reads leaves the whole metric to the engine."""
+    from ..infer import run_task
+    from ..infer.engine import encode
+    from ..infer.primitives import label_token_ids
+
+    if cfg.loss != "answer" or cfg.head == "classifier" or comp.kind not in RANKED or not cfg.eval_metric:
+        return None
+    labels = list(comp.labels)
+    try:
+        tokens = label_token_ids(tok, labels)
+    except ConfigError:
+        return None
+    if any(c not in labels or e.input_ids[-1] != tokens[labels.index(c)] for e, c in zip(examples, completions)):
+        return None
+    exact = [e.input_ids[:-1] == ids for e, ids in zip(examples, encode(tok, prompts, cfg.max_length), strict=True)]
+
+    def engine(model, tokenizer, rows: list):
+        df = valid_df.iloc[rows].reset_index(drop=True)
+        return comp.assemble(df, run_task(comp.work(model, tokenizer, df, run), model, progress=False)[0])
+
+    def metric(probs) -> float:
+        return comp.score(comp.to_submission(valid_df, probs), valid_df)
+
+    masks = comp.masks(valid_df) if hasattr(comp, "masks") else None
+    return LabelScoring(tokens, masks, metric, exact, engine) if any(exact) else None
 
 
 def _soft_labels(cfg, comp, train_df, perms) -> list:

@@ -35,6 +35,21 @@ class TrainResult:
 
 
 @dataclass
+class LabelScoring:
+    """A metric the eval-loss forward can feed: each valid row's one labelled position (loss: answer) is
+    where the inference engine reads the label tokens' probabilities, from the same prompt tokens. The
+    evaluation then takes them there, as the engine's label head does, instead of running the valid rows
+    a second time through the engine; only rows whose prompt the training cut otherwise (longer than
+    max_length) run there."""
+
+    token_ids: list  # each label's token, as the engine scores it
+    masks: object  # (rows, labels) booleans: the labels a row offers (None: every label)
+    metric: object  # (rows, labels) probabilities of the valid rows, in their order -> the metric
+    exact: list  # per valid row: its eval-loss forward reads the engine's tokens (False: a prompt cut otherwise)
+    engine: object  # (model, tokenizer, row indices) -> their probabilities through the engine
+
+
+@dataclass
 class Split:
     """Tokenised train/valid examples, and the metric of a model on the valid rows (None: no metric)."""
 
@@ -44,33 +59,84 @@ class Split:
     higher_is_better: bool = True  # the metric's direction
     label_ids: list | None = None  # the first token of each label (distillation, classification head)
     dropped: int = 0
+    scoring: LabelScoring | None = None  # the metric from the eval-loss forward (None: through `metric`)
 
 
 def evaluate(model, tok, split: Split, cfg: TrainConfig, precision=contextlib.nullcontext) -> dict:
     """Eval loss and token perplexity on the valid split, in batches of cfg.eval_batch_size rows, plus
     split.metric (the competition's, through the inference engine) when cfg.eval_metric. Under
     `precision()`, the training steps' autocast, as Trainer evaluates (12 Science Exam rows on SmolLM2,
-    bf16 CPU: 6.4 s against 13.0 without it)."""
+    bf16 CPU: 6.4 s against 13.0 without it). With split.scoring the metric comes from the eval-loss
+    forward itself (one pass over the valid rows instead of two)."""
     import torch
 
     model.eval()
     nll, n = 0.0, 0
+    want_metric = cfg.eval_metric and split.metric is not None
+    scoring = split.scoring if want_metric else None
+    probs = None if scoring is None else np.full((len(split.valid), len(scoring.token_ids)), np.nan)
+    # batches of rows of like length (the loss is a sum, so the order is free): less padding to run
+    order = sorted(range(len(split.valid)), key=lambda i: len(split.valid[i].input_ids))
+    size = cfg.eval_batch_size or cfg.batch_size
     with torch.inference_mode(), precision():
-        # batches of rows of like length (the loss is a sum, so the order is free): less padding to run
-        rows = sorted(split.valid, key=lambda e: len(e.input_ids))
-        size = cfg.eval_batch_size or cfg.batch_size
-        for k in range(0, len(rows), size):
-            ids, mask, labels = data.collate(rows[k : k + size], tok.pad_token_id)
+        head = None
+        for k in range(0, len(order), size):
+            rows = order[k : k + size]
             dev = model.device
+            ids, mask, labels = (t.to(dev) for t in data.collate([split.valid[i] for i in rows], tok.pad_token_id))
             n_items = int((labels[:, 1:] != data.IGNORE).sum())
-            nll += float(_loss(model, model, cfg, split, ids.to(dev), mask.to(dev), labels.to(dev), n_items)) * n_items
+            if probs is not None and head is None:
+                head = _label_head(model, ids, scoring)
+                probs = None if head is None else probs
+            if probs is not None:
+                batch_nll, probs[rows] = _answer_and_label_probs(model, head, scoring, rows, ids, mask, labels)
+                nll += batch_nll
+            else:
+                nll += float(_loss(model, model, cfg, split, ids, mask, labels, n_items)) * n_items
             n += n_items
     result = {"eval_loss": nll / max(n, 1), "perplexity": math.exp(min(nll / max(n, 1), 50))}
-    if cfg.eval_metric and split.metric is not None:
+    if want_metric and probs is not None:
+        cut = [i for i, ok in enumerate(scoring.exact) if not ok]  # rows the engine reads otherwise
+        if cut:
+            with precision():
+                probs[cut] = scoring.engine(model, tok, cut)
+        result["metric"] = scoring.metric(probs)
+    elif want_metric:
         with precision():
             result["metric"] = split.metric(model, tok)
     model.train()
     return result
+
+
+def _label_head(model, ids, scoring: LabelScoring):
+    """The engine's label head of `model` (infer/fast/label_head.py: fp32 label rows where they reproduce
+    the model), or None where the output layer alone does not give the model's logits (data.head_is_exact):
+    the metric then runs through the engine."""
+    from ..infer import fast
+    from ..infer.fast.label_head import LabelHead
+
+    if not data.head_is_exact(model, ids):
+        return None
+    return LabelHead(model, scoring.token_ids, enabled=fast.paths(model).label_head)
+
+
+def _answer_and_label_probs(model, head, scoring: LabelScoring, rows: list, ids, mask, labels):
+    """(NLL sum, (rows, labels) probabilities) of a batch with one labelled position a row: the position's
+    full logits give the eval loss (as data.chunked_token_loss, one chunk), its label logits the metric's
+    probabilities (as the engine's choice task: the label head, labels a row lacks at 0, temperature 1)."""
+    import torch
+    import torch.nn.functional as F
+
+    hidden, targets = data.labelled_hidden(model, model, ids, mask, labels)
+    if len(targets) != len(rows):
+        raise RuntimeError(f"{len(targets)} labelled positions in a batch of {len(rows)} rows; loss: answer has one")
+    logits = data.head_logits(model, hidden)
+    nll = float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+    chosen = head.of_hidden(hidden, logits)
+    if scoring.masks is not None:
+        allowed = torch.as_tensor(np.asarray(scoring.masks)[rows], device=chosen.device)
+        chosen = chosen.masked_fill(~allowed, float("-inf"))
+    return nll, torch.softmax(chosen, dim=-1).cpu().numpy()
 
 
 def _loss(model, core, cfg, split: Split, ids, mask, labels, n_items: int, soft=None):

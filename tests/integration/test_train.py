@@ -522,3 +522,101 @@ def test_an_evaluation_does_not_change_the_training_numbers(tmp_path):
         model(input_ids=x)
     model.train()
     assert model(input_ids=x, labels=x).loss.item() == before
+
+
+def _labelled_rows(tmp_path, comp_name: str, n: int, blank_e: bool = False):
+    """n labelled rows of data/<comp>/train.csv (LMSYS: its shortest) as a new CSV; `blank_e` empties
+    option E of the first row whose answer is not E (a row with four options)."""
+    import pandas as pd
+
+    from ..conftest import shortest_lmsys_rows
+
+    df = pd.read_csv(DATA / comp_name / "train.csv", dtype=str, keep_default_na=False)
+    df = (shortest_lmsys_rows(df) if comp_name == "lmsys" else df).head(n).copy()
+    if blank_e:
+        df.loc[df.index[df["answer"] != "E"][0], "E"] = ""
+    path = tmp_path / f"{comp_name}_valid.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("comp_name", ["science_exam", "lmsys"])
+def test_the_metric_from_the_eval_loss_forward_equals_the_engines(tmp_path, comp_name):
+    """With `loss: answer` on a label-probability task, an evaluation takes the metric's label
+    probabilities from its eval-loss forward (train/loop.py LabelScoring) instead of running the valid
+    rows again through the engine. In fp32, with a LoRA adapter that changes the logits, the per-row
+    probabilities equal the engine's (a Science Exam row with 4 options included: its E gets 0), and so
+    do the metric and the eval loss. The engine runs only the row whose prompt training cuts otherwise
+    (Science Exam's longest, at a max_length of its prompt's length). `loss: completion` leaves the
+    metric to the engine."""
+    import numpy as np
+
+    from kaggle_kit import competitions
+    from kaggle_kit.competitions.tasks.common import Run
+    from kaggle_kit.infer import run_task
+    from kaggle_kit.jobs.training import prepare_data
+    from kaggle_kit.train import loop
+
+    valid = _labelled_rows(tmp_path, comp_name, 5, blank_e=comp_name == "science_exam")
+    cfg = small(tmp_path, competition=comp_name, train=str(valid), valid=str(valid), loss="answer", quant="none",
+                dtype="float32", max_length=1024, eval_metric=True)  # fmt: skip
+    model, tok = model_lib.build(cfg, detect("float32"))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.02)  # a trained adapter's logits, not the base model's
+    prompts = [len(e.input_ids) - 1 for e in prepare_data(cfg, tok).valid]  # each row's prompt tokens, whole
+    if comp_name == "science_exam":  # the longest prompt is cut to max_length - 1 tokens, the engine's is not
+        cfg = replace(cfg, max_length=max(prompts))
+    split = prepare_data(cfg, tok)
+    assert split.scoring is not None
+    assert split.scoring.exact == [p < cfg.max_length for p in prompts]
+    assert split.scoring.exact.count(False) == (1 if comp_name == "science_exam" else 0)
+    comp = competitions.get(comp_name)
+    df = comp.read(valid, labelled=True)
+    model.eval()
+    engine = comp.assemble(df, run_task(comp.work(model, tok, df, Run(max_length=cfg.max_length)), model)[0])
+    seen, engine_rows = [], []
+    scored, rerun = split.scoring.metric, split.scoring.engine
+    fused = replace(
+        split,
+        scoring=replace(
+            split.scoring,
+            metric=lambda p: seen.append(p) or scored(p),
+            engine=lambda m, t, rows: engine_rows.append(rows) or rerun(m, t, rows),
+        ),
+    )
+    calls = []
+    through_engine = replace(split, metric=lambda m, t: calls.append(1) or split.metric(m, t), scoring=None)
+    got, want = loop.evaluate(model, tok, fused, cfg), loop.evaluate(model, tok, through_engine, cfg)
+    assert len(calls) == 1 and len(seen) == 1
+    assert engine_rows == ([[split.scoring.exact.index(False)]] if comp_name == "science_exam" else [])
+    probs = seen[0]
+    assert probs.shape == engine.shape == (5, len(comp.labels))
+    # measured: 6e-8 (Science Exam), 3e-8 (LMSYS)
+    assert np.abs(probs - engine).max() < 1e-5
+    if comp_name == "science_exam":
+        four = comp.masks(df).sum(axis=1) == 4
+        assert four.sum() == 1 and probs[four, 4] == 0
+    assert got["metric"] == pytest.approx(want["metric"], rel=1e-5)  # LMSYS log loss: 6e-7
+    assert got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-6)
+    assert prepare_data(replace(cfg, loss="completion"), tok).scoring is None
+
+
+def test_a_bf16_model_still_trains_after_its_fast_paths_are_probed_in_inference_mode(tmp_path):
+    """Regression: the probe of a model's inference fast paths runs it in fp32 and back (infer/fast/probe.py
+    in_fp32). Called inside an evaluation's inference mode (the label head of LabelScoring), it remade
+    every bf16 weight as an inference tensor, and README's `train ... --set quant=none` failed at its
+    first step after the step-0 evaluation ("Inference tensors cannot be saved for backward")."""
+    from kaggle_kit.infer import fast
+
+    cfg = small(tmp_path, quant="none", dtype="bfloat16")
+    model, tok = model_lib.build(cfg, detect("bfloat16"))
+    assert next(model.get_base_model().parameters()).dtype == torch.bfloat16
+    model.eval()
+    with torch.inference_mode():
+        fast.paths(model)
+    assert not [n for n, t in model.named_parameters() if t.is_inference()]
+    model.train()
+    x = tok(["The capital of France is Paris."], return_tensors="pt")["input_ids"]
+    model(input_ids=x, labels=x).loss.backward()

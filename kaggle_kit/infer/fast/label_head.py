@@ -64,6 +64,14 @@ class LabelHead:
         hidden, self._hidden = self._hidden, None
         return _fp32_product(hidden, self._w, self._b)
 
+    def of_hidden(self, hidden, model_logits):
+        """(N, K) fp32 label logits of N final hidden states (N, H) whose logits (N, V) the caller already
+        has: as `logits` gives them at a forward's last position (training's evaluation reads its answer
+        positions this way)."""
+        if not self.active:
+            return model_logits.float()[:, self._ids.to(model_logits.device)]
+        return _fp32_product(hidden, self._w, self._b)
+
 
 def _fp32_rows(layer, ids):
     """The output layer's weight rows (and bias entries) of token `ids`, in fp32."""

@@ -71,7 +71,8 @@ def check_paths(model, fast) -> None:
 def in_fp32(model):
     """A CPU model that is not quantised runs the block in fp32, outside any autocast region around the
     caller (a training loop's evaluation); every parameter and buffer gets its own dtype back afterwards
-    (bf16 -> fp32 -> bf16 is exact). Other models run as they are."""
+    (bf16 -> fp32 -> bf16 is exact). Other models run as they are. The copies are made outside any
+    inference mode around the caller: a training model's weights made there could never train again."""
     import torch
 
     tensors = [*model.parameters(), *model.buffers()]
@@ -80,15 +81,17 @@ def in_fp32(model):
         yield
         return
     dtypes = [t.dtype for t in tensors]
-    for t in tensors:
-        if t.is_floating_point():
-            t.data = t.data.float()
+    with torch.inference_mode(False):
+        for t in tensors:
+            if t.is_floating_point():
+                t.data = t.data.float()
     try:
         with torch.autocast("cpu", enabled=False):
             yield
     finally:
-        for t, dt in zip(tensors, dtypes):
-            t.data = t.data.to(dt)
+        with torch.inference_mode(False):
+            for t, dt in zip(tensors, dtypes):
+                t.data = t.data.to(dt)
 
 
 def _check(model, fast) -> None:
