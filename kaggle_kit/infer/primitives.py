@@ -15,7 +15,7 @@ from ..heads import head_weight, refuse_classifier
 from . import fast
 from .checkpoint import Checkpoint, fingerprint
 from .engine import RunStats, encode, left_pad, run_batches
-from .fast.label_head import LabelHead
+from .fast.label_head import LabelHead, label_probs
 from .fast.last_position import last_position_only
 from .fast.prefix import SharedPrefix
 from .fast.views import ViewPrefix, mapped_back
@@ -233,10 +233,7 @@ def _label_scorer(model, head, allowed, temperature: float, pruned):
     def run(batch, inputs):
         with head.capture(), pruned():
             logits = model(**inputs, logits_to_keep=1, use_cache=False).logits
-        chosen = head.logits(logits) / temperature
-        if allowed is not None and not allowed[batch].all():
-            chosen = chosen.masked_fill(~allowed[batch].to(chosen.device), float("-inf"))
-        return torch.softmax(chosen, dim=-1).cpu().numpy()
+        return label_probs(head.logits(logits), None if allowed is None else allowed[batch], temperature)
 
     return run
 

@@ -127,16 +127,15 @@ def _answer_and_label_probs(model, head, scoring: LabelScoring, rows: list, ids,
     import torch
     import torch.nn.functional as F
 
+    from ..infer.fast.label_head import label_probs
+
     hidden, targets = data.labelled_hidden(model, model, ids, mask, labels)
     if len(targets) != len(rows):
         raise RuntimeError(f"{len(targets)} labelled positions in a batch of {len(rows)} rows; loss: answer has one")
     logits = data.head_logits(model, hidden)
     nll = float(F.cross_entropy(logits.float(), targets, reduction="sum"))
-    chosen = head.of_hidden(hidden, logits)
-    if scoring.masks is not None:
-        allowed = torch.as_tensor(np.asarray(scoring.masks)[rows], device=chosen.device)
-        chosen = chosen.masked_fill(~allowed, float("-inf"))
-    return nll, torch.softmax(chosen, dim=-1).cpu().numpy()
+    allowed = None if scoring.masks is None else torch.as_tensor(np.asarray(scoring.masks)[rows])
+    return nll, label_probs(head.of_hidden(hidden, logits), allowed)
 
 
 def _loss(model, core, cfg, split: Split, ids, mask, labels, n_items: int, soft=None):

@@ -73,6 +73,17 @@ class LabelHead:
         return _fp32_product(hidden, self._w, self._b)
 
 
+def label_probs(logits, allowed=None, temperature: float = 1.0):
+    """(B, K) probabilities of (B, K) label logits / temperature; a label whose `allowed` ((B, K) booleans)
+    is False gets 0 (the choice task's, and training's evaluation from its eval-loss forward)."""
+    import torch
+
+    chosen = logits / temperature
+    if allowed is not None and not allowed.all():
+        chosen = chosen.masked_fill(~allowed.to(chosen.device), float("-inf"))
+    return torch.softmax(chosen, dim=-1).cpu().numpy()
+
+
 def _fp32_rows(layer, ids):
     """The output layer's weight rows (and bias entries) of token `ids`, in fp32."""
     ids = ids.to(layer.weight.device)
