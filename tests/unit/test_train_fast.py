@@ -2,7 +2,8 @@
 models: the fused LoRA forward against peft's own (fp32: the same loss and gradients to fp32 rounding; a
 4-bit base; dropout; the cases it leaves to peft), and the closed-form norms against the norms' plain
 autograd (the same forward bit for bit, the gradients to rounding, fewer fp32 bytes kept), and the last
-layer run on the labelled positions only against the whole layer (the same loss and gradients)."""
+layer run on the labelled positions only against the whole layer (the same loss and gradients), and the
+gated MLPs that recompute their activation against the MLP's own forward (bit for bit, fewer bytes kept)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,24 @@ import pytest
 import torch
 
 from kaggle_kit.train import data
-from kaggle_kit.train.fast import closed_form_norms, fast_paths, fused_lora, last_layer_on_labels
+from kaggle_kit.train.fast import closed_form_norms, fast_paths, fused_lora, gated_mlps, last_layer_on_labels
 
 SIZE = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 
 
 def tiny(family: str = "llama", dtype=torch.float32):
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
+    )
 
     torch.manual_seed(0)
+    if family == "phi3":
+        return Phi3ForCausalLM(Phi3Config(**SIZE, num_key_value_heads=2, pad_token_id=0)).to(dtype)
     if family == "gemma3":
         cfg = Gemma3TextConfig(**SIZE, num_key_value_heads=2, head_dim=16, sliding_window=8)
         return Gemma3ForCausalLM(cfg).to(dtype)
@@ -229,7 +239,8 @@ def test_build_leaves_peft_and_the_norms_alone_with_fast_paths_off(tmp_path):
         return sum("forward" in m.__dict__ for m in model.modules())
 
     assert patched(False) == 0
-    assert patched(True) == 30 * 7 + 30 * 2 + 1  # SmolLM2: 30 layers of 7 LoRA layers and 2 norms, final norm
+    assert patched(True) == 30 * 7 + 30 * 2 + 1 + 30  # SmolLM2: 30 layers of 7 LoRA layers and 2 norms, final
+    # norm, 30 MLPs
     # (the last layer's pruning patches only inside a label-position forward)
 
 
@@ -332,3 +343,80 @@ def test_the_last_layer_stays_whole_while_lora_dropout_draws_masks():
             model.train(training)
             data.labelled_hidden(model, model, x, mask, labels)
     assert seen == [14, 6]
+
+
+def saved_bytes(model, x, width: int) -> int:
+    """Bytes of the distinct (.., width)-wide tensors a training forward keeps for backward."""
+    seen = {}
+
+    def pack(t):
+        if t.dim() and t.shape[-1] == width and t.grad_fn is not None:  # activations, not weights
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=x, labels=x).loss.backward()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("family, dropout", [("llama", 0.0), ("gemma3", 0.0), ("llama", 0.2)])
+def test_gated_mlps_give_the_mlps_loss_and_gradients_bit_for_bit(family, dropout):
+    """fp32 with LoRA on every MLP projection (dropout drawn in the MLP's own order where it is on): the
+    same logits and every gradient equal, with act(gate) no longer kept (one of the 4 intermediate-wide
+    tensors an MLP keeps)."""
+    plain = with_lora(tiny(family), dropout=dropout).train()
+    recomputed = copy.deepcopy(plain)
+    assert gated_mlps(recomputed) == SIZE["num_hidden_layers"]
+    x = ids()
+    want, got = loss_and_grads(plain, x), loss_and_grads(recomputed, x)
+    assert torch.equal(got[0], want[0])
+    assert got[1].keys() == want[1].keys()
+    assert all(torch.equal(got[1][n], want[1][n]) for n in want[1]), family
+    wide = SIZE["intermediate_size"]
+    one_a_layer = SIZE["num_hidden_layers"] * x.numel() * wide * 4  # act(gate), fp32
+    assert saved_bytes(plain, x, wide) - saved_bytes(recomputed, x, wide) == one_a_layer
+
+
+def test_gated_mlps_under_bf16_autocast_with_every_fast_path_are_bit_for_bit():
+    """The training recipe on a CPU: a bf16 base, fp32 LoRA weights, autocast, the fused LoRA and the
+    closed-form norms on both sides: the MLP's recomputed activation changes no bit."""
+    base = with_lora(tiny("gemma3")).train()
+    fused_lora(base), closed_form_norms(base)
+    plain = as_built(base.to(torch.bfloat16))
+    recomputed = copy.deepcopy(plain)
+    assert gated_mlps(recomputed) == SIZE["num_hidden_layers"]
+    x = ids()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = loss_and_grads(plain, x), loss_and_grads(recomputed, x)
+    assert torch.equal(got[0], want[0])
+    assert all(torch.equal(got[1][n], want[1][n]) for n in want[1])
+
+
+def test_an_mlp_of_another_form_keeps_its_own_forward():
+    """Phi-3's MLP (one fused gate_up_proj) is not patched; neither is a gated MLP whose forward computes
+    another formula (here: the product scaled)."""
+    phi3 = with_lora(tiny("phi3"))
+    assert gated_mlps(phi3) == 0
+
+    llama = with_lora(tiny("llama"))
+    mlp = llama.get_base_model().model.layers[0].mlp
+    mlp.forward = lambda x: type(mlp).forward(mlp, x) * 0.5  # the instance's own forward: left alone
+    other = type("ScaledMLP", (type(mlp),), {"forward": lambda self, x: type(mlp).forward(self, x) * 0.5})
+    llama.get_base_model().model.layers[1].mlp.__class__ = other
+    assert gated_mlps(llama) == 0
+
+
+def test_gated_mlps_under_gradient_checkpointing_are_bit_for_bit():
+    """A T4's recipe checkpoints every layer (non-reentrant, train.model.build): the layer's forward runs
+    again in backward, the recomputed activation inside it; the same loss and gradients bit for bit."""
+    plain = tiny("llama")
+    plain.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    plain.enable_input_require_grads()
+    plain = with_lora(plain).train()
+    recomputed = copy.deepcopy(plain)
+    assert gated_mlps(recomputed) == SIZE["num_hidden_layers"]
+    assert recomputed.get_base_model().model.gradient_checkpointing
+    x = ids()
+    want, got = loss_and_grads(plain, x), loss_and_grads(recomputed, x)
+    assert torch.equal(got[0], want[0])
+    assert all(torch.equal(got[1][n], want[1][n]) for n in want[1])
