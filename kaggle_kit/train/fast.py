@@ -21,10 +21,13 @@
   (their recomputation in backward runs outside the forward's block), for mixture-of-experts layers (the
   router's auxiliary loss reads every position) and while LoRA dropout is drawn (`lora_dropout` > 0 in
   training: fewer positions would draw other masks than plain peft draws for the same seed).
-- `gated_mlps`: down_proj(act(gate) x up) keeps gate, act(gate), up and the product for backward. One
-  autograd Function keeps gate and up and recomputes act(gate) in backward, then runs autograd's own
-  backward of act and of the product: the same gradients bit for bit, a quarter of the MLP's keeps fewer.
-  An MLP whose forward is not that formula (checked at patch time; Phi-3's gate_up_proj) keeps its own.
+- `gated_mlps`: a gated MLP's down_proj(act(gate) x up) keeps four (tokens x intermediate) tensors for
+  backward: gate (for act's backward), act(gate) and up (for the product's), and the product (for
+  down_proj's LoRA A). act(gate) x up runs as one autograd Function that keeps gate and up and recomputes
+  act(gate) in backward (an elementwise op), with autograd's own backward of act and of the product: the
+  same output and gradients bit for bit, one intermediate-wide tensor a layer fewer (a quarter of the
+  MLP's, 13% of all SmolLM2 keeps at 4 x 512 tokens). Where the MLP's forward is not that formula
+  (checked on each module at patch time: Phi-3's fused gate_up_proj among them) it keeps its own.
 - `recomputed_outputs`: the norms' outputs (kept by the q/k/v and gate/up LoRA A products) and the MLP's
   product (kept by down_proj's) are cheap elementwise functions of tensors autograd keeps anyway (the
   norm's input, gate and up). Each decoder layer's forward runs under saved-tensor hooks that keep, in
@@ -326,7 +329,7 @@ def _offer(tensor, recompute) -> None:
     instead of `tensor` wherever an op saves it for backward; nothing outside such a layer."""
     whole = tensor.is_contiguous() and tensor.storage_offset() == 0
     if _OFFERS and whole and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
-        _OFFERS[-1][_storage(tensor)] = _Recipe(tensor, recompute)
+        _OFFERS[-1][_storage(tensor)] = (weakref.ref(tensor), recompute, _autocast_state(tensor.device.type))
 
 
 def _storage(t) -> tuple:
@@ -343,14 +346,13 @@ def _recomputing_layer_forward(self, *args, **kwargs):
     def pack(t):
         # t is the offered tensor or a view of it (a linear layer saves its input as 2-D); the offered one
         # still alive, so its storage is not another tensor's that took the same address
-        recipe = offers.get(_storage(t))
-        if recipe is None or recipe.offered() is None:
+        hit = offers.get(_storage(t))
+        if hit is None or hit[0]() is None:
             return t
-        recipe.readers += 1
-        return recipe, (tuple(t.shape), tuple(t.stride()), t.storage_offset())
+        return _Recipe(*hit[1:], (tuple(t.shape), tuple(t.stride()), t.storage_offset()))
 
     def unpack(saved):
-        return saved[0].read(saved[1]) if isinstance(saved, tuple) else saved
+        return saved.run() if isinstance(saved, _Recipe) else saved
 
     _OFFERS.append(offers)
     try:
@@ -361,26 +363,18 @@ def _recomputing_layer_forward(self, *args, **kwargs):
 
 
 class _Recipe:
-    """An offered tensor's recomputation, run when backward first reads it: the forward's ops on the same
-    inputs under the forward's autocast state, so the same bits. The result is held until its last reader
-    (the q, k and v products all keep a norm's output) has read it, so it runs once a backward."""
+    """A saved tensor's recomputation, run when backward reads it: the forward's ops on the same inputs
+    under the forward's autocast state, so the same bits, viewed as the saved tensor viewed them."""
 
-    def __init__(self, tensor, recompute):
-        self.offered, self.recompute = weakref.ref(tensor), recompute
-        self.autocast = _autocast_state(tensor.device.type)
-        self.readers, self.value = 0, None
+    def __init__(self, recompute, autocast, view):
+        self.recompute, self.autocast, self.view = recompute, autocast, view
 
-    def read(self, view):
+    def run(self):
         import torch
 
-        if self.value is None:
-            with torch.no_grad(), _autocast_as(self.autocast):
-                self.value = self.recompute()  # contiguous, as the offered tensor was
-        value = self.value
-        self.readers -= 1
-        if self.readers <= 0:
-            self.value = None
-        return value.as_strided(*view)
+        with torch.no_grad(), _autocast_as(self.autocast):
+            whole = self.recompute()  # contiguous, as the offered tensor was
+        return whole.as_strided(*self.view)
 
 
 def _autocast_state(device: str) -> tuple:

@@ -507,21 +507,3 @@ def test_checkpointed_layers_keep_no_recipes():
     model = with_lora(tiny())
     assert "0 layers keeping recipes" in fast_paths(model, layers_checkpointed=True)
     assert "forward" not in model.get_base_model().model.layers[0].__dict__
-
-
-def test_a_recipe_runs_once_a_backward_for_all_its_readers(monkeypatch):
-    """A norm's output is kept by the q, k and v products (and gate and up): backward recomputes it once,
-    when the first of them reads it, and drops it after the last."""
-    from kaggle_kit.train import fast
-
-    model = fast_model("llama", bf16=False)
-    recomputed_outputs(model)
-    calls = []
-    rms_norm = fast._rms_norm
-    monkeypatch.setattr(fast, "_rms_norm", lambda *a: calls.append(1) or rms_norm(*a))
-    x = ids()
-    loss = model(input_ids=x, labels=x).loss
-    calls.clear()
-    loss.backward()
-    # 2 layers of 2 closed-form norms, less the first layer's input norm (frozen embeddings: its own forward)
-    assert len(calls) == 2 * 2 - 1
