@@ -28,15 +28,8 @@
   same output and gradients bit for bit, one intermediate-wide tensor a layer fewer (a quarter of the
   MLP's, 13% of all SmolLM2 keeps at 4 x 512 tokens). Where the MLP's forward is not that formula
   (checked on each module at patch time: Phi-3's fused gate_up_proj among them) it keeps its own.
-- `recomputed_outputs`: the norms' outputs (kept by the q/k/v and gate/up LoRA A products) and the MLP's
-  product (kept by down_proj's) are cheap elementwise functions of tensors autograd keeps anyway (the
-  norm's input, gate and up). Each decoder layer's forward runs under saved-tensor hooks that keep, in
-  their place, a recipe: the same ops on the same inputs under the forward's autocast state, run when
-  backward reads them, so the same bits. Two hidden-wide and one intermediate-wide tensor a layer fewer;
-  with `gated_mlps`, what SmolLM2's first forward at 4 x 512 keeps goes from 1,312 to 834 MB. Off where
-  layers are checkpointed (they keep only their inputs already, and the hooks would nest).
 
-All five are on in `train.model.build` unless `fast_paths: false`; a layer, norm or MLP they do not fit keeps
+All four are on in `train.model.build` unless `fast_paths: false`; a layer, norm or MLP they do not fit keeps
 its own forward (tests/unit/test_train_fast.py holds them to peft's numbers).
 """
 
@@ -57,12 +50,11 @@ def fast_paths(model, layers_checkpointed: bool) -> str:
     fused = fused_lora(model)
     norms = closed_form_norms(model)
     mlps = gated_mlps(model)
-    recipes = 0 if layers_checkpointed else recomputed_outputs(model)
     pruned = not layers_checkpointed and last_layer_on_labels(model)
     last = "the last layer on labelled positions only" if pruned else "the last layer whole"
     return (
         f"fast paths: {fused} LoRA layers fused, {norms} norms with a closed-form backward, "
-        f"{mlps} MLPs recomputing their activation, {recipes} layers keeping recipes for norm and MLP outputs, {last}"
+        f"{mlps} MLPs recomputing their activation, {last}"
     )
 
 
@@ -189,23 +181,8 @@ def _closed_form_norm(self, x, *args, **kwargs):
     import torch
 
     if args or kwargs or self.weight.requires_grad or not (torch.is_grad_enabled() and x.requires_grad):
-        y = type(self).forward(self, x, *args, **kwargs)
-        if torch.is_grad_enabled() and not (args or kwargs):  # e.g. the first layer's, on frozen embeddings
-            _offer(y, lambda: type(self).forward(self, x))
-        return y
-    y = _closed_form_class().apply(x, self.weight, *self._kit_norm)
-    _offer(y, lambda: _rms_norm(x, self.weight, *self._kit_norm)[0])
-    return y
-
-
-def _rms_norm(x, weight, eps: float, gemma: bool):
-    """(y, r): the norm's output and r = 1 / sqrt(mean(x^2) + eps), in the ops of Llama's or Gemma's forward."""
-    import torch
-
-    xf = x.float()
-    r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    y = ((xf * r) * (1.0 + weight.float())).type_as(x) if gemma else weight * (xf * r).to(x.dtype)
-    return y, r
+        return type(self).forward(self, x, *args, **kwargs)
+    return _closed_form_class().apply(x, self.weight, *self._kit_norm)
 
 
 @functools.cache
@@ -219,7 +196,9 @@ def _closed_form_class():
 
         @staticmethod
         def forward(ctx, x, weight, eps, gemma):
-            y, r = _rms_norm(x, weight, eps, gemma)
+            xf = x.float()
+            r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+            y = ((xf * r) * (1.0 + weight.float())).type_as(x) if gemma else weight * (xf * r).to(x.dtype)
             ctx.save_for_backward(x, r, weight)
             ctx.gemma = gemma
             return y
@@ -275,9 +254,7 @@ def _gated_mlp_forward(self, x, *args, **kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     gate = self.gate_proj(x)  # before up_proj, as the MLP's own forward: dropout draws in the same order
     up = self.up_proj(x)
-    product = _gated_product_class().apply(gate, up, self.act_fn)
-    _offer(product, lambda: self.act_fn(gate) * up)
-    return self.down_proj(product)
+    return self.down_proj(_gated_product_class().apply(gate, up, self.act_fn))
 
 
 @functools.cache
@@ -286,19 +263,18 @@ def _gated_product_class():
 
     class GatedProduct(torch.autograd.Function):
         """act(gate) x up, keeping gate and up; backward recomputes act(gate) and runs autograd's backward
-        of act and of the product (grad x other, as autograd's), so the gradients are autograd's bit for bit;
-        act runs again under the forward's autocast state (an activation autocast would run in fp32)."""
+        of act and of the product (grad x other, as autograd's), so the gradients are autograd's bit for bit."""
 
         @staticmethod
         def forward(ctx, gate, up, act):
             ctx.save_for_backward(gate, up)
-            ctx.act, ctx.autocast = act, _autocast_state(gate.device.type)
+            ctx.act = act
             return act(gate) * up
 
         @staticmethod
         def backward(ctx, dy):
             gate, up = ctx.saved_tensors
-            with torch.enable_grad(), _autocast_as(ctx.autocast):
+            with torch.enable_grad():
                 g = gate.detach().requires_grad_()
                 s = ctx.act(g)
             d_up = dy * s.detach() if ctx.needs_input_grad[1] else None
@@ -308,83 +284,3 @@ def _gated_product_class():
             return d_gate, d_up, None
 
     return GatedProduct
-
-
-def recomputed_outputs(model) -> int:
-    """Give every decoder layer of `model` the forward that keeps, for backward, a recipe instead of the
-    outputs its closed-form norms and gated products offer; returns how many layers. Not for checkpointed
-    layers (their recomputation already keeps none of it, and the hooks would nest)."""
-    from ..infer.fast.last_position import last_layer
-
-    layer = last_layer(model)
-    kind = type(layer) if layer is not None else None
-    return _patch(model, lambda m: kind is not None and type(m) is kind, _recomputing_layer_forward)
-
-
-_OFFERS: list = []  # the offers of each decoder-layer forward in progress (innermost last)
-
-
-def _offer(tensor, recompute) -> None:
-    """Let the decoder layer in progress keep `recompute` (the same ops on tensors autograd keeps anyway)
-    instead of `tensor` wherever an op saves it for backward; nothing outside such a layer."""
-    whole = tensor.is_contiguous() and tensor.storage_offset() == 0
-    if _OFFERS and whole and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
-        _OFFERS[-1][_storage(tensor)] = (weakref.ref(tensor), recompute, _autocast_state(tensor.device.type))
-
-
-def _storage(t) -> tuple:
-    return t.untyped_storage().data_ptr(), t.untyped_storage().nbytes(), t.dtype
-
-
-def _recomputing_layer_forward(self, *args, **kwargs):
-    import torch
-
-    if not torch.is_grad_enabled():
-        return type(self).forward(self, *args, **kwargs)
-    offers: dict = {}
-
-    def pack(t):
-        # t is the offered tensor or a view of it (a linear layer saves its input as 2-D); the offered one
-        # still alive, so its storage is not another tensor's that took the same address
-        hit = offers.get(_storage(t))
-        if hit is None or hit[0]() is None:
-            return t
-        return _Recipe(*hit[1:], (tuple(t.shape), tuple(t.stride()), t.storage_offset()))
-
-    def unpack(saved):
-        return saved.run() if isinstance(saved, _Recipe) else saved
-
-    _OFFERS.append(offers)
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            return type(self).forward(self, *args, **kwargs)
-    finally:
-        _OFFERS.pop()
-
-
-class _Recipe:
-    """A saved tensor's recomputation, run when backward reads it: the forward's ops on the same inputs
-    under the forward's autocast state, so the same bits, viewed as the saved tensor viewed them."""
-
-    def __init__(self, recompute, autocast, view):
-        self.recompute, self.autocast, self.view = recompute, autocast, view
-
-    def run(self):
-        import torch
-
-        with torch.no_grad(), _autocast_as(self.autocast):
-            whole = self.recompute()  # contiguous, as the offered tensor was
-        return whole.as_strided(*self.view)
-
-
-def _autocast_state(device: str) -> tuple:
-    import torch
-
-    return device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-
-
-def _autocast_as(state):
-    import torch
-
-    device, enabled, dtype = state
-    return torch.autocast(device, dtype=dtype, enabled=enabled)

@@ -3,8 +3,7 @@ models: the fused LoRA forward against peft's own (fp32: the same loss and gradi
 4-bit base; dropout; the cases it leaves to peft), and the closed-form norms against the norms' plain
 autograd (the same forward bit for bit, the gradients to rounding, fewer fp32 bytes kept), and the last
 layer run on the labelled positions only against the whole layer (the same loss and gradients), and the
-gated MLPs that recompute their activation against the MLP's own forward (bit for bit, fewer bytes kept), and
-the layers that keep recipes for their norms' and MLPs' outputs against the layers that keep the outputs."""
+gated MLPs that recompute their activation against the MLP's own forward (bit for bit, fewer bytes kept)."""
 
 from __future__ import annotations
 
@@ -15,14 +14,7 @@ import pytest
 import torch
 
 from kaggle_kit.train import data
-from kaggle_kit.train.fast import (
-    closed_form_norms,
-    fast_paths,
-    fused_lora,
-    gated_mlps,
-    last_layer_on_labels,
-    recomputed_outputs,
-)
+from kaggle_kit.train.fast import closed_form_norms, fast_paths, fused_lora, gated_mlps, last_layer_on_labels
 
 SIZE = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 
@@ -247,8 +239,8 @@ def test_build_leaves_peft_and_the_norms_alone_with_fast_paths_off(tmp_path):
         return sum("forward" in m.__dict__ for m in model.modules())
 
     assert patched(False) == 0
-    assert patched(True) == 30 * 7 + 30 * 2 + 1 + 30 + 30  # SmolLM2: 30 layers of 7 LoRA layers and 2 norms,
-    # the final norm, 30 MLPs, 30 layers keeping recipes
+    assert patched(True) == 30 * 7 + 30 * 2 + 1 + 30  # SmolLM2: 30 layers of 7 LoRA layers and 2 norms, final
+    # norm, 30 MLPs
     # (the last layer's pruning patches only inside a label-position forward)
 
 
@@ -428,82 +420,3 @@ def test_gated_mlps_under_gradient_checkpointing_are_bit_for_bit():
     want, got = loss_and_grads(plain, x), loss_and_grads(recomputed, x)
     assert torch.equal(got[0], want[0])
     assert all(torch.equal(got[1][n], want[1][n]) for n in want[1])
-
-
-@contextmanager
-def outputs_alive(model):
-    """Within the block: weak references to the norms' outputs and to the MLPs' products (down_proj's inputs)
-    of each forward, so a test can see whether anything still keeps them after it."""
-    import weakref
-
-    refs, hooks = [], []
-    for name, m in model.named_modules():
-        if name.endswith("layernorm") and "layers" in name:
-            hooks.append(m.register_forward_hook(lambda m, a, out: refs.append(weakref.ref(out))))
-        elif name.endswith("mlp.down_proj"):
-            hooks.append(m.register_forward_pre_hook(lambda m, a: refs.append(weakref.ref(a[0]))))
-    try:
-        yield lambda: sum(r() is not None for r in refs)
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def fast_model(family: str, bf16: bool, dropout: float = 0.0):
-    model = with_lora(tiny(family), dropout=dropout).train()
-    fused_lora(model), closed_form_norms(model), gated_mlps(model)
-    return as_built(model.to(torch.bfloat16)) if bf16 else model
-
-
-@pytest.mark.parametrize("family, bf16", [("llama", False), ("gemma3", False), ("llama", True), ("gemma3", True)])
-def test_layers_keep_recipes_not_norm_and_mlp_outputs_bit_for_bit(family, bf16):
-    """With every other fast path on (bf16: the CPU recipe, autocast), layers that keep recipes give the same
-    logits and every gradient bit for bit, and after the forward nothing keeps a norm's output or an MLP's
-    product alive: backward recomputes them (the layers that keep them: all alive)."""
-    kept = fast_model(family, bf16)
-    recipes = copy.deepcopy(kept)
-    assert recomputed_outputs(recipes) == SIZE["num_hidden_layers"]
-    x = ids()
-    outputs = {"llama": 2 + 1, "gemma3": 4 + 1}[family] * SIZE["num_hidden_layers"]  # norms + product a layer
-    alive = {}
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for name, model in (("kept", kept), ("recipes", recipes)):
-            with outputs_alive(model) as count:
-                loss = model(input_ids=x, labels=x).loss
-                alive[name] = count()
-                loss.backward()
-        want, got = loss_and_grads(kept, x), loss_and_grads(recipes, x)
-    assert torch.equal(got[0], want[0])
-    assert got[1].keys() == want[1].keys()
-    assert all(torch.equal(got[1][n], want[1][n]) for n in want[1])
-    # Gemma's norm after attention and after the MLP feed a sum (nothing keeps them): 2 a layer either way
-    freed = {"llama": 0, "gemma3": 2 * SIZE["num_hidden_layers"]}[family]
-    assert alive == {"kept": outputs - freed, "recipes": 0}, alive
-
-
-def test_recipes_under_dropout_and_on_the_last_layers_labelled_positions():
-    """LoRA dropout draws the same masks (the recipes recompute outputs, not dropout), and the last layer
-    pruned to the labelled positions runs inside the layer's hooks: the same loss and gradients bit for bit."""
-    kept = fast_model("gemma3", bf16=False, dropout=0.2)
-    recipes = copy.deepcopy(kept)
-    recomputed_outputs(recipes)
-    x = ids()
-    want, got = loss_and_grads(kept, x), loss_and_grads(recipes, x)
-    assert torch.equal(got[0], want[0])
-    assert all(torch.equal(got[1][n], want[1][n]) for n in want[1])
-
-    kept = fast_model("llama", bf16=False)
-    recipes = copy.deepcopy(kept)
-    recomputed_outputs(recipes)
-    assert last_layer_on_labels(kept) and last_layer_on_labels(recipes)
-    (loss, logits, grads), seen = label_loss_and_grads(recipes, pruned=True)
-    (want_loss, want_logits, want_grads), _ = label_loss_and_grads(kept, pruned=True)
-    assert seen == [6, 6] and loss == want_loss and torch.equal(logits, want_logits)
-    assert all(torch.equal(grads[n], want_grads[n]) for n in want_grads)
-
-
-def test_checkpointed_layers_keep_no_recipes():
-    """Checkpointed layers keep only their inputs already (and the hooks would nest): no recipes there."""
-    model = with_lora(tiny())
-    assert "0 layers keeping recipes" in fast_paths(model, layers_checkpointed=True)
-    assert "forward" not in model.get_base_model().model.layers[0].__dict__
