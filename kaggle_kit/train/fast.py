@@ -268,13 +268,15 @@ def _gated_product_class():
         @staticmethod
         def forward(ctx, gate, up, act):
             ctx.save_for_backward(gate, up)
-            ctx.act = act
+            device = gate.device.type  # act runs again under the forward's autocast (its pow would run in fp32)
+            ctx.act, ctx.autocast = act, (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
             return act(gate) * up
 
         @staticmethod
         def backward(ctx, dy):
             gate, up = ctx.saved_tensors
-            with torch.enable_grad():
+            device, enabled, dtype = ctx.autocast
+            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
                 g = gate.detach().requires_grad_()
                 s = ctx.act(g)
             d_up = dy * s.detach() if ctx.needs_input_grad[1] else None

@@ -420,3 +420,36 @@ def test_gated_mlps_under_gradient_checkpointing_are_bit_for_bit():
     want, got = loss_and_grads(plain, x), loss_and_grads(recomputed, x)
     assert torch.equal(got[0], want[0])
     assert all(torch.equal(got[1][n], want[1][n]) for n in want[1])
+
+
+def test_an_activation_autocast_would_upcast_runs_again_under_the_forwards_autocast():
+    """GPT-2's tanh GELU written out (x ** 3: a pow, which CUDA's autocast runs in fp32; here a CPU autocast
+    op list is not assumed, so the activation upcasts itself only under autocast): backward recomputes it
+    under the forward's autocast state, though backward runs outside it, so its gradient is autograd's bit for
+    bit."""
+    import math
+
+    class NewGELU(torch.nn.Module):
+        def forward(self, x):
+            if torch.is_autocast_enabled("cpu"):
+                x = x.float()
+            return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+    model = with_lora(tiny("llama")).train()
+    for layer in model.get_base_model().model.layers:
+        layer.mlp.act_fn = NewGELU()
+    plain = as_built(model.to(torch.bfloat16))
+    recomputed = copy.deepcopy(plain)
+    assert gated_mlps(recomputed) == SIZE["num_hidden_layers"]
+    x = ids()
+
+    def forward_in_autocast(model):  # backward outside it, as autograd's CUDA threads run it
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(input_ids=x, labels=x)
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    want, got = forward_in_autocast(plain), forward_in_autocast(recomputed)
+    assert torch.equal(got[0], want[0])
+    assert all(torch.equal(got[1][n], want[1][n]) for n in want[1])
