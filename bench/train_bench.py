@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -276,6 +277,9 @@ def main():
     meta = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "model": args.model}
     meta["repeats"] = args.repeats
     meta["machine"] = machine()
+    # the rows: the shared file beside the project, or the small sample in data/ where there is none (a
+    # worktree outside the project's parent folder): not comparable, so the JSON says which
+    meta["data"] = os.path.relpath(rows_file(), ROOT)
     out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
