@@ -219,8 +219,7 @@ def gated_mlps(model) -> int:
     """Give every MLP whose forward is down_proj(act_fn(gate_proj(x)) * up_proj(x)) (Llama, Mistral, Qwen,
     Gemma: checked bit for bit on a probe input) the forward that keeps gate and up, not act(gate), for
     backward; returns how many."""
-    found = {id(m) for m in model.modules() if _is_gated_mlp(m)}
-    return _patch(model, lambda m: id(m) in found, _gated_mlp_forward)
+    return _patch(model, _is_gated_mlp, _gated_mlp_forward)
 
 
 def _is_gated_mlp(module) -> bool:

@@ -132,17 +132,22 @@ def test_fused_lora_leaves_other_cases_to_peft():
         assert torch.equal(fused(input_ids=x).logits, plain(input_ids=x).logits)
 
 
-def fp32_saved_bytes(model, x) -> int:
+def saved_bytes(model, x, which) -> int:
+    """Bytes of the distinct storages of the tensors `which` picks that a training forward keeps for backward."""
     seen = {}
 
     def pack(t):
-        if t.dtype == torch.float32:
+        if which(t):
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(input_ids=x, labels=x).loss.backward()
     return sum(seen.values())
+
+
+def fp32_saved_bytes(model, x) -> int:
+    return saved_bytes(model, x, lambda t: t.dtype == torch.float32)
 
 
 def as_built(model):
@@ -345,18 +350,9 @@ def test_the_last_layer_stays_whole_while_lora_dropout_draws_masks():
     assert seen == [14, 6]
 
 
-def saved_bytes(model, x, width: int) -> int:
-    """Bytes of the distinct (.., width)-wide tensors a training forward keeps for backward."""
-    seen = {}
-
-    def pack(t):
-        if t.dim() and t.shape[-1] == width and t.grad_fn is not None:  # activations, not weights
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=x, labels=x).loss.backward()
-    return sum(seen.values())
+def wide_saved_bytes(model, x, width: int) -> int:
+    """Bytes of the distinct (.., width)-wide activations (not weights) a training forward keeps."""
+    return saved_bytes(model, x, lambda t: t.dim() and t.shape[-1] == width and t.grad_fn is not None)
 
 
 @pytest.mark.parametrize("family, dropout", [("llama", 0.0), ("gemma3", 0.0), ("llama", 0.2)])
@@ -369,12 +365,10 @@ def test_gated_mlps_give_the_mlps_loss_and_gradients_bit_for_bit(family, dropout
     assert gated_mlps(recomputed) == SIZE["num_hidden_layers"]
     x = ids()
     want, got = loss_and_grads(plain, x), loss_and_grads(recomputed, x)
-    assert torch.equal(got[0], want[0])
-    assert got[1].keys() == want[1].keys()
-    assert all(torch.equal(got[1][n], want[1][n]) for n in want[1]), family
+    assert_same(got, want, rtol=0, atol=0)  # bit for bit
     wide = SIZE["intermediate_size"]
     one_a_layer = SIZE["num_hidden_layers"] * x.numel() * wide * 4  # act(gate), fp32
-    assert saved_bytes(plain, x, wide) - saved_bytes(recomputed, x, wide) == one_a_layer
+    assert wide_saved_bytes(plain, x, wide) - wide_saved_bytes(recomputed, x, wide) == one_a_layer
 
 
 def test_gated_mlps_under_bf16_autocast_with_every_fast_path_are_bit_for_bit():
@@ -388,8 +382,7 @@ def test_gated_mlps_under_bf16_autocast_with_every_fast_path_are_bit_for_bit():
     x = ids()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want, got = loss_and_grads(plain, x), loss_and_grads(recomputed, x)
-    assert torch.equal(got[0], want[0])
-    assert all(torch.equal(got[1][n], want[1][n]) for n in want[1])
+    assert_same(got, want, rtol=0, atol=0)  # bit for bit
 
 
 def test_an_mlp_of_another_form_keeps_its_own_forward():
@@ -418,8 +411,7 @@ def test_gated_mlps_under_gradient_checkpointing_are_bit_for_bit():
     assert recomputed.get_base_model().model.gradient_checkpointing
     x = ids()
     want, got = loss_and_grads(plain, x), loss_and_grads(recomputed, x)
-    assert torch.equal(got[0], want[0])
-    assert all(torch.equal(got[1][n], want[1][n]) for n in want[1])
+    assert_same(got, want, rtol=0, atol=0)  # bit for bit
 
 
 def test_an_activation_autocast_would_upcast_runs_again_under_the_forwards_autocast():
@@ -451,5 +443,4 @@ def test_an_activation_autocast_would_upcast_runs_again_under_the_forwards_autoc
         return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     want, got = forward_in_autocast(plain), forward_in_autocast(recomputed)
-    assert torch.equal(got[0], want[0])
-    assert all(torch.equal(got[1][n], want[1][n]) for n in want[1])
+    assert_same(got, want, rtol=0, atol=0)  # bit for bit
