@@ -151,12 +151,13 @@ def label_logits(model, ids, mask, labels, core=None):
     `labels=` loss, so the same loss and gradients. `model` runs the forward (DDP-wrapped or not), `core`
     is the (peft) model inside it (default: `model`).
     """
-    from .fast import on_labels
+    from .fast import on_labels, padding_mask
 
+    core = model if core is None else core
     targets = labels[:, 1:]
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
-    with on_labels(model if core is None else core, keep):
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    with on_labels(core, keep):
+        logits = model(input_ids=ids, attention_mask=padding_mask(core, mask), logits_to_keep=keep).logits
     return logits, targets[:, keep]
 
 
@@ -170,12 +171,12 @@ def labelled_hidden(model, core, ids, mask, labels):
     the positions (infer/fast/output_layer.py), so no (batch, length, vocabulary) logits exist.
     `model` runs the forward (DDP-wrapped or not), `core` is the (peft) model inside it."""
     from ..infer.fast.output_layer import skipped
-    from .fast import on_labels
+    from .fast import on_labels, padding_mask
 
     targets = labels[:, 1:]
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
     with skipped(core.get_output_embeddings()) as caught, on_labels(core, keep):
-        model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
+        model(input_ids=ids, attention_mask=padding_mask(core, mask), logits_to_keep=keep)
     kept = targets[:, keep]
     rows, cols = (kept != IGNORE).nonzero(as_tuple=True)
     return caught["h"][rows, cols], kept[rows, cols]

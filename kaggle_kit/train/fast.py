@@ -28,8 +28,17 @@
   same output and gradients bit for bit, one intermediate-wide tensor a layer fewer (a quarter of the
   MLP's, 13% of all SmolLM2 keeps at 4 x 512 tokens). Where the MLP's forward is not that formula
   (checked on each module at patch time: Phi-3's fused gate_up_proj among them) it keeps its own.
+- `unmasked_padding`: training's rows are right-padded, so in a causal model no real position sees any
+  padding (it comes after every real token) and the padding mask changes only what the padding positions
+  compute, which no loss reads: a real position's output, and so the loss and every gradient, is the
+  same with no mask. Without one transformers makes no (batch, 1, length, length) mask and hands SDPA its
+  causal flag: the flash kernels skip the keys above the diagonal (CPU: whole blocks of 512 only), do not
+  convert the mask in every layer, and take grouped-query keys and values as they are instead of repeated
+  per query head (SmolLM2: 2 x 384 of the 576 values a token keeps per layer for attention). A left-padded
+  batch, a model with a layer that is not causal, and mixtures of experts (the router's auxiliary loss
+  skips the padding through the mask) keep the mask.
 
-All four are on in `train.model.build` unless `fast_paths: false`; a layer, norm or MLP they do not fit keeps
+All five are on in `train.model.build` unless `fast_paths: false`; a layer, norm or MLP they do not fit keeps
 its own forward (tests/unit/test_train_fast.py holds them to peft's numbers).
 """
 
@@ -41,6 +50,7 @@ import weakref
 from contextlib import nullcontext
 
 _ON_LABELS: weakref.WeakSet = weakref.WeakSet()  # peft models whose last layer runs on labelled positions
+_UNMASKED: weakref.WeakSet = weakref.WeakSet()  # peft models whose right-padded batches run without a mask
 EXPERTS = ("num_experts", "num_local_experts", "n_routed_experts")  # config fields of mixture-of-experts
 
 
@@ -52,10 +62,30 @@ def fast_paths(model, layers_checkpointed: bool) -> str:
     mlps = gated_mlps(model)
     pruned = not layers_checkpointed and last_layer_on_labels(model)
     last = "the last layer on labelled positions only" if pruned else "the last layer whole"
+    mask = "no padding mask" if unmasked_padding(model) else "the padding mask"
     return (
         f"fast paths: {fused} LoRA layers fused, {norms} norms with a closed-form backward, "
-        f"{mlps} MLPs recomputing their activation, {last}"
+        f"{mlps} MLPs recomputing their activation, {last}, {mask} on right-padded rows"
     )
+
+
+def unmasked_padding(model) -> bool:
+    """Let `padding_mask` drop the mask of right-padded batches of `model`; False (and not let) where a layer
+    of it is not causal (an `is_causal` attribute set false) or its layers are mixtures of experts."""
+    text = model.config.get_text_config(decoder=True)
+    causal = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    if not causal or not all(causal) or any(getattr(text, k, None) for k in EXPERTS):
+        return False
+    _UNMASKED.add(model)
+    return True
+
+
+def padding_mask(model, mask):
+    """The attention mask a training forward of `model` passes: None for a right-padded batch (each row's
+    tokens, then its padding) where `unmasked_padding` let it, else `mask` itself."""
+    if model not in _UNMASKED or mask is None or mask.dim() != 2 or not bool(mask[:, 0].all()):
+        return mask
+    return None if bool((mask[:, 1:] <= mask[:, :-1]).all()) else mask
 
 
 def last_layer_on_labels(model) -> bool:

@@ -374,16 +374,16 @@ def test_distillation_with_one_hot_teacher_equals_hard_labels_and_soft_teacher_d
 
 
 def alpaca_batch(tok, length: int):
-    """(ids, mask, labels) of alpaca rows, right-padded, completions of unequal length: 3 rows at 96 tokens,
-    or at 700 two rows whose inputs are other records' outputs: 576 and 663 of Gemma-3's tokens, past its
-    512-token window."""
+    """(ids, mask, labels) of alpaca rows, right-padded, completions of unequal length: 3 rows at 96 tokens
+    (SmolLM2: 96, 96 and 88; Gemma-3: 66, 38 and 32), or at 700 two rows whose inputs are other records'
+    outputs: 576 and 663 of Gemma-3's tokens, past its 512-token window."""
     from kaggle_kit.train import data
 
     recs = json.loads(ALPACA.read_text())
     if length > 96:  # each row's input: other records' outputs, enough to run past the window
         context = [" ".join(r["output"] for r in recs[10:k]) for k in (36, 33)]
         recs = [{**r, "input": c} for r, c in zip(recs[:2], context)]
-    prompts, outputs = data.alpaca_pairs(recs[:3], tok)
+    prompts, outputs = data.alpaca_pairs(recs[:2] + recs[5:6], tok)
     examples, _ = data.tokenize(tok, prompts, outputs, length)
     if length > 96:
         assert sorted(len(e.input_ids) for e in examples) == [576, 663]  # padded to 663, both past 512
@@ -396,10 +396,10 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
     states (data.chunked_token_loss; data.label_logits where a model's head is not its logits): the loss
     and every LoRA gradient equal those of the model's own `labels=` loss over full logits. On both real
     architectures: SmolLM2 (49k vocabulary) and Gemma-3-270M (262k, tied, sliding windows), with the
-    last layer's per-position work on the labelled positions only (train/fast.py); Gemma-3 also on two
-    rows past its 512-token window (a long context before the instruction)."""
+    last layer's per-position work on the labelled positions only and no padding mask (train/fast.py);
+    Gemma-3 also on two rows past its 512-token window (a long context before the instruction)."""
     from kaggle_kit.infer.fast.last_position import last_layer
-    from kaggle_kit.train import data
+    from kaggle_kit.train import data, fast
 
     cfg = small(tmp_path, quant="none", dtype="float32", max_length=length, model=name)
     torch.manual_seed(0)  # LoRA A's draws: the same numbers whichever tests ran before in this process
@@ -419,6 +419,7 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
     n_items = int((labels[:, 1:] != data.IGNORE).sum())
     grads, seen = [], []
     assert data.head_is_exact(model, ids)
+    assert fast.padding_mask(model, mask) is None and not mask.all()  # right-padded rows run without a mask
     last_mlp = last_layer(model).mlp.down_proj  # the last layer runs on the labelled positions only
     hook = last_mlp.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
     for way in ("full", "label positions", "chunks"):
@@ -442,10 +443,11 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
     assert loss == pytest.approx(grads[0][0], rel=1e-6) and chunked == pytest.approx(grads[0][0], rel=1e-6)
     for n, g in grads[0][1].items():
         # the last layer's products over the labelled positions only: sums of fewer terms, blocked otherwise,
-        # fp32 rounding carried back through every layer; measured up to 5.7e-6 of a tensor's largest
+        # and attention without the padding mask (SDPA's causal kernel): fp32 rounding carried back through
+        # every layer; measured up to 6.9e-6 of a tensor's largest
         assert (grad[n] - g).abs().max() <= 2e-5 * g.abs().max(), n
         # chunks: the head's product and its backward (a sum over the vocabulary) blocked otherwise too;
-        # measured up to 5.7e-6 of a tensor's largest as well
+        # measured up to 6.9e-6 of a tensor's largest as well
         assert (by_chunk[n] - g).abs().max() <= 2e-5 * g.abs().max(), n
 
 

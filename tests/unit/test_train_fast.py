@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from kaggle_kit.train import data
-from kaggle_kit.train.fast import closed_form_norms, fast_paths, fused_lora, gated_mlps, last_layer_on_labels
+from kaggle_kit.train.fast import (
+    closed_form_norms,
+    fast_paths,
+    fused_lora,
+    gated_mlps,
+    last_layer_on_labels,
+    unmasked_padding,
+)
 
 SIZE = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 
@@ -444,3 +451,63 @@ def test_an_activation_autocast_would_upcast_runs_again_under_the_forwards_autoc
 
     want, got = forward_in_autocast(plain), forward_in_autocast(recomputed)
     assert_same(got, want, rtol=0, atol=0)  # bit for bit
+
+
+def unmasked_loss_and_grads(model, unmasked: bool):
+    """The loop's label-position loss and LoRA gradients on right_padded() rows, the padding mask dropped
+    (unmasked) or passed; also the attention masks the decoder got, one a forward."""
+    from kaggle_kit.train import fast
+
+    (fast._UNMASKED.add if unmasked else fast._UNMASKED.discard)(model)
+    x, mask, labels = right_padded()
+    n_items = int((labels[:, 1:] != data.IGNORE).sum())
+    seen = []
+    decoder = model.get_base_model().get_decoder()
+    hook = decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("attention_mask")), with_kwargs=True)
+    model.zero_grad(set_to_none=True)
+    try:
+        loss = data.chunked_token_loss(model, *data.labelled_hidden(model, model, x, mask, labels), n_items)
+        loss.backward()
+        logits, targets = data.label_logits(model, x, mask, labels)
+    finally:
+        hook.remove()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return (loss.item(), logits[targets != data.IGNORE].detach(), grads), seen  # a padding position's differ
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_right_padded_rows_without_a_mask_give_the_masked_loss_and_gradients(family):
+    """Gemma-3's sliding windows (8 positions here) are shorter than the rows (9-14 tokens), as Gemma-3-270M's
+    512 are shorter than a long row: transformers still builds the window's mask, the padding's goes."""
+    model = with_lora(tiny(family))
+    assert unmasked_padding(model)
+    (loss, logits, grads), seen = unmasked_loss_and_grads(model, unmasked=True)
+    (want_loss, want_logits, want_grads), masks = unmasked_loss_and_grads(model, unmasked=False)
+    assert seen == [None, None] and all(m is not None for m in masks)
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == want_grads.keys() and grads
+    for name, g in want_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_a_left_padded_batch_a_bidirectional_model_and_experts_keep_the_mask():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, MixtralConfig, MixtralForCausalLM
+
+    from kaggle_kit.train.fast import padding_mask
+
+    model = with_lora(tiny())
+    assert unmasked_padding(model)
+    _, mask, _ = right_padded()
+    assert padding_mask(model, mask) is None
+    left = mask.flip(1)
+    assert padding_mask(model, left) is left
+    gaps = mask.clone()
+    gaps[0, 5] = 0  # a hole inside a row: not right padding
+    assert padding_mask(model, gaps) is gaps
+    assert padding_mask(with_lora(tiny()), mask) is mask  # not let: fast paths off
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(**SIZE, num_key_value_heads=2, head_dim=16, use_bidirectional_attention=True)
+    assert not unmasked_padding(with_lora(Gemma3ForCausalLM(cfg)))
+    experts = MixtralForCausalLM(MixtralConfig(**SIZE, num_key_value_heads=2, num_local_experts=4))
+    assert not unmasked_padding(with_lora(experts))
