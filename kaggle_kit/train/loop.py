@@ -19,6 +19,7 @@ from ..progress import bar, loss_curve
 from . import checkpoint, data
 
 log = logging.getLogger("kaggle_kit")
+HEAP_RELEASE_EVERY = 20  # steps between handing the heap's free pages back on a CPU (docs/training.md)
 
 
 @dataclass
@@ -209,6 +210,8 @@ def fit(
     """The loop: budget check, micro-batches with accumulation, clip, step, schedule, log, eval, save."""
     import torch
 
+    from ..infer.fast import heap
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
@@ -225,6 +228,7 @@ def fit(
     core = accelerator.unwrap_model(model)
     precision = _precision(cfg, accelerator, core)
     distill = bool(cfg.soft_labels)  # a teacher's probabilities on each label's first token
+    cpu = accelerator.device.type == "cpu"
 
     def record(entry: dict):
         history.append(entry)
@@ -305,6 +309,8 @@ def fit(
             sched.step()
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
+        if cpu and state["step"] % HEAP_RELEASE_EVERY == 0:
+            heap.release_heap()  # RSS would creep ~2 MB a step with glibc's free gaps (infer/fast/heap.py)
         state["pos"] += len(micro)
         window.append(loss_sum / max(n_items, 1))
         step_seconds = deadline.clock() - t0

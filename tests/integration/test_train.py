@@ -45,12 +45,19 @@ def small(tmp_path, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def test_qlora_steps_change_every_lora_param_and_no_base_weight(tmp_path):
+def test_qlora_steps_change_every_lora_param_and_no_base_weight(tmp_path, monkeypatch):
+    from kaggle_kit.infer.fast import heap
+    from kaggle_kit.train import loop
+
+    released, release = [], heap.release_heap
+    monkeypatch.setattr(loop, "HEAP_RELEASE_EVERY", 2)
+    monkeypatch.setattr(heap, "release_heap", lambda: released.append(1) or release())
     cfg = small(tmp_path)
     model, _ = model_lib.build(cfg, detect())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     res = train(cfg)
     assert res.steps == 3
+    assert released == [1]  # a CPU run hands the heap's free pages back every HEAP_RELEASE_EVERY steps
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in res.history if "train_loss" in h)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig

@@ -1,5 +1,5 @@
-"""keep_heap (infer/fast/heap.py): freed buffers are reused, not page-faulted again; each case in a fresh process
-(mallopt cannot be undone in this one)."""
+"""keep_heap (infer/fast/heap.py): freed buffers are reused, not page-faulted again; release_heap hands free gaps
+back; each case in a fresh process (mallopt cannot be undone in this one)."""
 
 import os
 import subprocess
@@ -80,3 +80,34 @@ def test_a_glibc_refusing_any_mmap_threshold_keeps_the_trim_threshold_and_says_n
     libc = Glibc(cap=0)
     assert not heap.set_thresholds(libc)
     assert libc.set == {heap.M_TRIM_THRESHOLD: heap.TRIM}
+
+
+GAPS = """
+import ctypes, sys
+from kaggle_kit.infer.fast.heap import release_heap
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 >> 20
+blocks = []
+for _ in range(2000):  # 100 KB blocks: below glibc's 128 KB mmap threshold, so in the heap
+    blocks.append(libc.malloc(100 << 10))
+    ctypes.memset(blocks[-1], 1, 100 << 10)
+for b in blocks[::2]:  # every other one: 100 MB of gaps between blocks in use, none at the heap's top
+    libc.free(b)
+held = rss()
+ran = release_heap() if sys.argv[1] == "release" else False
+print(ran, held, rss())
+"""
+
+
+@pytest.mark.parametrize("mode", ["release", "plain"])
+def test_release_heap_hands_the_free_gaps_of_the_heap_back_to_the_kernel(mode):
+    out = subprocess.run([sys.executable, "-c", GAPS, mode], capture_output=True, text=True, check=True)
+    ran, held, after = out.stdout.split()
+    assert ran == str(mode == "release")
+    if mode == "release":
+        assert int(held) - int(after) > 80  # of the 100 MB freed
+    else:
+        assert int(held) - int(after) < 10  # glibc alone keeps the gaps resident
