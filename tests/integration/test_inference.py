@@ -1,6 +1,7 @@
 """Inference primitives on the real SmolLM2: batching and padding do not change the answers."""
 
 import numpy as np
+import pytest
 import torch
 
 from kaggle_kit.infer import generate, label_token_ids, perplexity, score_choices
@@ -14,6 +15,24 @@ QUESTIONS = [
     "Water boils at what temperature at sea level, in Celsius? A) 50 B) 90 C) 100 D) 120 E) 0. "
     "Answer with the letter only, please, and think about standard atmospheric pressure first.",
 ]
+
+
+@pytest.mark.parametrize(
+    "name,chat_format",
+    [("demo", "auto"), ("demo", "plain"), ("demo", "alpaca"), ("demo:gemma3", "auto"), ("demo:gemma3", "alpaca")],
+)
+def test_each_format_ends_where_a_label_is_the_tokenizers_own_next_token(name, chat_format):
+    """A label scored after the prompt is the token the tokenizer makes of prompt + label: Gemma-3 (no chat
+    template: 'auto' is plain) put 0.0000 of its mass on the letters after a prompt ending 'Answer: '."""
+    from kaggle_kit.models import load_tokenizer, resolve_model
+
+    tok = load_tokenizer(resolve_model(name))
+    labels = ["A", "B", "C", "D", "E"]
+    ids = label_token_ids(tok, labels)
+    prompt = render(tok, QUESTIONS[0], "Answer with one letter.", chat_format)
+    head = tok.encode(prompt, add_special_tokens=False)
+    for label, i in zip(labels, ids):
+        assert tok.encode(prompt + label, add_special_tokens=False) == [*head, i], (label, prompt[-20:])
 
 
 def test_score_choices_matches_unbatched_full_softmax(demo_model_fp32):
