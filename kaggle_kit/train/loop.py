@@ -309,10 +309,10 @@ def fit(
             sched.step()
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
-        if cpu and state["step"] % HEAP_RELEASE_EVERY == 0:
-            heap.release_heap()  # RSS would creep ~2 MB a step with glibc's free gaps (infer/fast/heap.py)
         state["pos"] += len(micro)
         window.append(loss_sum / max(n_items, 1))
+        if cpu and state["step"] % HEAP_RELEASE_EVERY == 0:
+            heap.release_heap()  # RSS would creep ~2 MB a step with glibc's free gaps (infer/fast/heap.py)
         step_seconds = deadline.clock() - t0
         pbar.update(1)
         if state["step"] % cfg.log_every == 0 or state["step"] == total:
