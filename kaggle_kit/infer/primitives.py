@@ -19,6 +19,7 @@ from .fast.label_head import LabelHead, label_probs
 from .fast.last_position import last_position_only
 from .fast.prefix import SharedPrefix
 from .fast.views import ViewPrefix, mapped_back
+from .labels import label_token_ids
 
 MAX_LENGTH = 2048
 
@@ -103,20 +104,6 @@ def run_task(
     return task.finish(results), stats
 
 
-def label_token_ids(tokenizer, labels: list[str]) -> list[int]:
-    """The single token id of each label as the model would write it first (e.g. 'A' after 'assistant\\n')."""
-    ids = []
-    for label in labels:
-        toks = tokenizer.encode(label, add_special_tokens=False)
-        if len(toks) != 1:
-            name = getattr(tokenizer, "name_or_path", "this tokenizer")
-            raise ConfigError("labels", f"label {label!r} is {len(toks)} tokens for {name}; each label must be one")
-        ids.append(toks[0])
-    if len(set(ids)) != len(ids):
-        raise ConfigError("labels", f"labels {labels} share a token id")
-    return ids
-
-
 def probs_from_results(results: list, n_labels: int) -> np.ndarray:
     """(N, K) probabilities; NaN rows where a result is missing."""
     probs = np.full((len(results), n_labels), np.nan)
@@ -156,7 +143,7 @@ def choice_task(
     if temperature <= 0:
         raise ConfigError("temperature", f"must be > 0, got {temperature}")
     paths = fast.paths(model)
-    head = _label_head(model, tokenizer, labels, fp32_head and paths.label_head)
+    head = _label_head(model, tokenizer, labels, fp32_head and paths.label_head, prompts, views)
     ids = encode(tokenizer, prompts, max_length)
     extra = [(encode(tokenizer, p, max_length), list(perm)) for p, perm in views or []]
     allowed = None if masks is None else torch.as_tensor(np.asarray(masks, dtype=bool))
@@ -212,12 +199,15 @@ def _choice_settings(labels, temperature, head, perms, view_heads: bool, prefix:
     return settings
 
 
-def _label_head(model, tokenizer, labels: list[str], fp32: bool) -> LabelHead:
+def _label_head(model, tokenizer, labels: list[str], fp32: bool, prompts: list[str], views) -> LabelHead:
     """The labels' logits: the model's classification head where its adapter has one (heads.py), else
-    the label tokens' rows of the output layer (in fp32 where `fp32` and that reproduces the model)."""
+    the label tokens' rows of the output layer (in fp32 where `fp32` and that reproduces the model), after
+    checking that the prompts (and `views`' prompts) end where a label's token can follow (labels.py)."""
     classifier = head_weight(model)
     if classifier is None:
-        return LabelHead(model, label_token_ids(tokenizer, labels), enabled=fp32)
+        return LabelHead(
+            model, label_token_ids(tokenizer, labels, prompts + [p for v, _ in views or [] for p in v]), enabled=fp32
+        )
     if classifier.shape[0] != len(labels):
         name = getattr(model, "name_or_path", "the model")
         raise ConfigError("adapter", f"{name}: its classification head has {classifier.shape[0]} classes, not {labels}")

@@ -139,7 +139,7 @@ def choice_task(
     `masks` get 0), views averaged (one perm for all rows, or one per row, None: the row sits it out)."""
     from vllm import SamplingParams
 
-    label_ids = label_token_ids(tokenizer, labels)
+    label_ids = label_token_ids(tokenizer, labels, prompts + [p for v, _ in views or [] for p in v])
     params = SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=label_ids, logprobs=len(label_ids))
     ids = encode(tokenizer, prompts, max_length)
     extra = [(encode(tokenizer, p, max_length), list(perm)) for p, perm in views or []]

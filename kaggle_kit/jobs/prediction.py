@@ -100,7 +100,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     if cfg.shard is None:
         write_csv_atomic(_finish(comp, cfg, comp.fallback(df[comp.id_column].tolist(), df)), cfg.out)
         log.info("%s: %d rows read; fallback submission written to %s", comp.name, len(df), cfg.out)
-    _check_labels(comp, cfg)  # with the tokenizer alone, before the model loads
+    _check_labels(comp, cfg, df)  # with the tokenizer alone, before the model loads
     rows_df = limited(df, cfg)
     outputs, stats, rows_done, max_length, planned, leftovers = _predict_rows(cfg, comp, rows_df, deadline)
     outputs = padded(outputs, len(df))

@@ -40,6 +40,10 @@ def prepare_data(cfg: TrainConfig, tok) -> Split:
         train_df, valid_df = df.iloc[tr].reset_index(drop=True), df.iloc[va].reset_index(drop=True)
     where = str(Path(cfg.train).parent)
     prompts, completions, perms = comp.train_pairs(train_df, tok, cfg.max_length, cfg.views, where)
+    if comp.labels and cfg.head != "classifier":  # a label after a merged ending: infer/labels.py
+        from ..infer.labels import check_endings
+
+        check_endings(tok, prompts, list(comp.labels))
     softs = _soft_labels(cfg, comp, train_df, perms) if cfg.soft_labels else None
     train_ex, d1 = data.tokenize(tok, prompts, completions, cfg.max_length, cfg.loss, softs)
     v_prompts, v_completions, _ = comp.train_pairs(valid_df, tok, cfg.max_length, 1, where)

@@ -36,16 +36,23 @@ def _check_context(comp, cfg) -> None:
     read_passages(cfg.context, cfg.context_column)
 
 
-def _check_labels(comp, cfg) -> None:
-    """A label that is not a single token for the model's tokenizer stops the run before the model
-    loads (the tokenizer alone is read), naming the label."""
+def _check_labels(comp, cfg, df) -> None:
+    """A label that is not a single token for the model's tokenizer, or a prompt ending that the
+    tokenizer merges with a label (infer/labels.py), stops the run before the model loads (the tokenizer
+    alone is read), naming the label or the ending. The first row's prompt stands for the template's end
+    where the rows' prompts are the ones scored; other task types are checked as their work starts."""
     if not comp.labels or cfg.ensemble:
         return
     from ..infer import label_token_ids
     from ..models import adapter_defaults, load_tokenizer, resolve_model
 
     name, _, _ = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, None, None)
-    label_token_ids(load_tokenizer(resolve_model(name)), list(comp.labels))
+    tok = load_tokenizer(resolve_model(name))
+    prompts = []
+    if comp.kind in ("multiple_choice", "label_probabilities"):  # whose rows' prompts are the ones scored
+        context = {"context": [""]} if getattr(cfg, "context", None) else {}
+        prompts = comp.examples(df.iloc[:1].reset_index(drop=True), tok, cfg.max_length, **context)
+    label_token_ids(tok, list(comp.labels), prompts)
 
 
 def check_tta(comp, tta: int) -> None:

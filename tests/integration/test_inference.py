@@ -33,6 +33,29 @@ def test_each_format_ends_where_a_label_is_the_tokenizers_own_next_token(name, c
     head = tok.encode(prompt, add_special_tokens=False)
     for label, i in zip(labels, ids):
         assert tok.encode(prompt + label, add_special_tokens=False) == [*head, i], (label, prompt[-20:])
+    assert label_token_ids(tok, labels, [prompt]) == ids  # and the kit's own check agrees
+
+
+@pytest.mark.parametrize("name", ["demo", "demo:gemma3"])
+def test_a_prompt_ending_in_a_space_is_refused_naming_its_end(name):
+    """The bug d9709e3 fixed in the kit's plain format, for any prompt: after 'Answer: ' both real
+    tokenizers write ' A' as one token, so the letter's own token after the lone space is no text's split
+    (Gemma-3 put 0.0000 of its mass on the letters there)."""
+    from kaggle_kit.errors import ConfigError
+    from kaggle_kit.models import load_tokenizer, resolve_model
+
+    tok = load_tokenizer(resolve_model(name))
+    with pytest.raises(ConfigError) as err:
+        label_token_ids(tok, ["A", "B", "C"], [QUESTIONS[1] + "\nAnswer:\n", QUESTIONS[0] + "\nAnswer: "])
+    assert err.value.field == "template" and "Mercury\\nAnswer: '" in str(err.value)
+
+
+def test_score_choices_refuses_a_prompt_ending_in_a_space(demo_model):
+    from kaggle_kit.errors import ConfigError
+
+    model, tok = demo_model
+    with pytest.raises(ConfigError, match="trailing whitespace"):
+        score_choices(model, tok, [QUESTIONS[0] + "\nAnswer: "], ["A", "B", "C"], progress=False)
 
 
 def test_score_choices_matches_unbatched_full_softmax(demo_model_fp32):

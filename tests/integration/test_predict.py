@@ -79,3 +79,25 @@ def test_cli_predict_reports_fallback_count(tmp_path):
     n_fallback = int(line.split(" resumed), ")[1].split(" fallback")[0])
     assert n_fallback > 0
     assert validate(ValidateConfig("prompt_recovery", str(out), str(data))) == []
+
+
+def test_a_chat_template_ending_in_a_space_stops_the_run_before_the_model_loads(tmp_path):
+    """A model whose own chat template ends 'Answer: ' would have every letter scored after a lone space
+    token (infer/labels.py): predict names the template before it loads the model (the folder here has
+    no weights, so loading them would fail otherwise), and the fallback submission keeps every id."""
+    import shutil
+
+    from kaggle_kit.errors import ConfigError
+    from kaggle_kit.models import load_tokenizer, resolve_model
+
+    src = resolve_model("demo")
+    tok = load_tokenizer(src)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}Answer: "
+    folder = tmp_path / "spaced"
+    tok.save_pretrained(folder)
+    shutil.copy(src / "config.json", folder / "config.json")
+    data, out = write_subset("science_exam", tmp_path, 4), tmp_path / "submission.csv"
+    with pytest.raises(ConfigError, match="Answer: ") as err:
+        predict(PredictConfig("science_exam", str(data), model=str(folder), out=str(out), progress=False))
+    assert err.value.field == "template"
+    assert len(pd.read_csv(out)) == 4

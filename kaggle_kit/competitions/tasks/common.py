@@ -40,14 +40,6 @@ def need_columns(spec, block: str, names: dict, labelled: bool = False) -> None:
             raise SpecError(spec.path, f"{block}.{key}", f"{col!r} is not a column{suggest(col, cols)}")
 
 
-def single_tokens(tokenizer, labels, what: str = "labels") -> list[int]:
-    """The single token id of each label (the model writes it first); a ConfigError names a label that
-    is several tokens for this tokenizer or two labels that share one."""
-    from ...infer import label_token_ids
-
-    return label_token_ids(tokenizer, list(labels))
-
-
 def check_template(spec, text: str, where: str) -> None:
     """A template in a task block parses and reads only columns (unless a prepare/fields function adds more)."""
     from ..template import undeclared
