@@ -629,3 +629,20 @@ def test_a_bf16_model_still_trains_after_its_fast_paths_are_probed_in_inference_
     model.train()
     x = tok(["The capital of France is Paris."], return_tensors="pt")["input_ids"]
     model(input_ids=x, labels=x).loss.backward()
+
+
+def test_training_refuses_a_prompt_ending_merged_with_its_labels(tmp_path):
+    """A chat template ending 'Answer: ' would teach every letter after a lone space token, a split no text
+    has (infer/labels.py): training refuses it as it builds its rows, naming the ending; the kit's own
+    ending passes."""
+    from kaggle_kit.jobs.training import prepare_data
+    from kaggle_kit.models import load_tokenizer, resolve_model
+
+    rows = _labelled_rows(tmp_path, "science_exam", 4)
+    cfg = small(tmp_path, competition="science_exam", train=str(rows), valid=str(rows), loss="answer")
+    tok = load_tokenizer(resolve_model("demo"))
+    assert len(prepare_data(cfg, tok).train) == 4
+    tok.chat_template = "{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}Answer: "
+    with pytest.raises(ConfigError, match="Answer: ") as err:
+        prepare_data(cfg, tok)
+    assert err.value.field == "template"
