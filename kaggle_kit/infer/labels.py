@@ -48,18 +48,22 @@ def check_endings(tokenizer, prompts: list[str], labels: list[str]) -> list[tupl
     """A ConfigError names a prompt ending whose last token the tokenizer merges with a label (the label's
     tokens after it would be a split no text has); returns (ending, label, its tokens there, its own
     tokens) for each distinct ending after which a label is other tokens than its own, without a merge."""
+    tails = list(dict.fromkeys(p[-TAIL:] for p in prompts))
+    if not tails:
+        return []
+    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731 (batched: fast)
+    heads, alone = encode(tails), encode(list(labels))
+    boths = encode([t + label for t in tails for label in labels])
     others = []
-    for tail in dict.fromkeys(p[-TAIL:] for p in prompts):
-        head = tokenizer.encode(tail, add_special_tokens=False)
-        for label in labels:
-            alone = tokenizer.encode(label, add_special_tokens=False)
-            both = tokenizer.encode(tail + label, add_special_tokens=False)
-            if both == [*head, *alone]:
+    for j, (tail, head) in enumerate(zip(tails, heads)):
+        for i, label in enumerate(labels):
+            both = boths[j * len(labels) + i]
+            if both == [*head, *alone[i]]:
                 continue
             if both[: len(head)] != head:
                 raise ConfigError("template", _merged(tokenizer, tail, label, head, both))
             pieces = tokenizer.convert_ids_to_tokens
-            others.append((tail, label, pieces(both[len(head) :]), pieces(alone)))
+            others.append((tail, label, pieces(both[len(head) :]), pieces(alone[i])))
     return others
 
 
