@@ -1,0 +1,127 @@
+"""How often fit() hands glibc's free heap pages back on a CPU: RSS over a run and the time a step takes.
+
+Training on a CPU frees and allocates activations of a new size every step; glibc keeps the gaps, so
+without `release_heap` (malloc_trim) RSS creeps up while live memory stays flat. `train/loop.py` trims
+every `HEAP_RELEASE_EVERY` steps. This runs the kit's fit() (Science Exam, SmolLM2 by default, nf4, the
+profile's dtype, `loss: answer`) once per interval, each in its own process with RSS sampled every
+0.5 s, and reports seconds a step (steps 2..N), peak RSS and RSS at four points of the run.
+
+    python bench/heap_bench.py                      # intervals never, 20 (the default), 1
+    python bench/heap_bench.py --every 20 --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+NEVER = 10**9  # an interval no run reaches
+
+
+def rss_mb() -> float:
+    """This process's resident set, from /proc/self/statm."""
+    import os
+
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_one(args) -> dict:
+    """fit() with the heap trimmed every `args.only` steps; the figures as a dict."""
+    import train_bench
+
+    from kaggle_kit.train import loop
+
+    loop.HEAP_RELEASE_EVERY = args.only
+    samples, done = [], threading.Event()
+
+    def sample():
+        while not done.wait(0.5):
+            samples.append((time.monotonic(), rss_mb()))
+
+    kit = argparse.Namespace(
+        model=args.model, quant="nf4", device="cpu", dtype=None, loss="answer", batch=args.batch,
+        steps=args.steps, fast_paths="on", gradient_checkpointing=False,
+    )  # fmt: skip
+    import kaggle_kit.jobs.training as training
+
+    seen, fit = {}, training.fit
+
+    def timed_fit(*a, **k):  # where the steps start: after the model loads
+        seen["start"] = time.monotonic()
+        return fit(*a, **k)
+
+    training.fit = timed_fit
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train_bench.run_kit(kit, Path(tmp))
+    done.set()
+    thread.join()
+    return {
+        "seconds_a_step": res["seconds"] / (args.steps - 1),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mb_at": _rss_at(samples, seen["start"]),
+        "tokens": res["tokens"],
+    }
+
+
+def _rss_at(samples: list, start: float) -> dict:
+    """RSS a quarter, half, three quarters and all of the way from fit()'s start (its step-0 evaluation
+    included) to the last sample: the sample nearest each point in time."""
+    if not samples:
+        return {}
+    end = samples[-1][0]
+    out = {}
+    for share in (0.25, 0.5, 0.75, 1.0):
+        t = start + share * (end - start)
+        out[f"{share:.0%} of the run"] = round(min(samples, key=lambda s: abs(s[0] - t))[1])
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--every", type=int, nargs="*", default=None, help="intervals (default: never, 20, 1)")
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--only", type=int, help=argparse.SUPPRESS)  # one run, in a child process
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    if args.only is not None:
+        print(json.dumps(run_one(args)))
+        return
+    rows = []
+    for every in args.every or [NEVER, 20, 1]:
+        cmd = [sys.executable, __file__, "--only", str(every), "--steps", str(args.steps)]
+        cmd += ["--batch", str(args.batch), "--model", args.model]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        res = json.loads(out)
+        rows.append({"release every": "never" if every == NEVER else f"{every} steps", **res})
+        print(rows[-1], flush=True)
+    from meta import commit, machine, model_suffix
+
+    from kaggle_kit.progress import format_table
+
+    print(format_table([{k: v for k, v in r.items() if k != "rss_mb_at"} for r in rows]))
+    out = Path(args.results) / f"heap_cpu{model_suffix(args.model)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "machine": machine()}
+    meta["shape"] = f"{args.steps} steps x batch {args.batch}, 512-token cap, nf4, loss answer, Science Exam"
+    out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
