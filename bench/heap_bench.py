@@ -1,13 +1,14 @@
-"""How often fit() hands glibc's free heap pages back on a CPU: RSS over a run and the time a step takes.
+"""When fit() hands glibc's free heap pages back on a CPU: RSS over a run and the time a step takes.
 
 Training on a CPU frees and allocates activations of a new size every step; glibc keeps the gaps, so
-without `release_heap` (malloc_trim) RSS creeps up while live memory stays flat. `train/loop.py` trims
-every `HEAP_RELEASE_EVERY` steps. This runs the kit's fit() (Science Exam, SmolLM2 by default, nf4, the
-profile's dtype, `loss: answer`) once per interval, each in its own process with RSS sampled every
-0.5 s, and reports seconds a step (steps 2..N), peak RSS and RSS at four points of the run.
+without `release_heap` (malloc_trim) RSS creeps up while live memory stays flat. `train/loop.py` hands
+the heap back when RSS at a step's end has grown `HEAP_MARGIN_MB` past its first two steps'
+(`infer/fast/heap.py` HeapWatch). This runs the kit's fit() (Science Exam, SmolLM2 by default, nf4, the
+profile's dtype, `loss: answer`) once per policy, each in its own process with RSS sampled every 0.5 s,
+and reports seconds a step (steps 2..N), peak RSS, RSS at four points of the run and the trims.
 
-    python bench/heap_bench.py                      # intervals never, 20 (the default), 1
-    python bench/heap_bench.py --every 20 --steps 40
+    python bench/heap_bench.py                          # never, the default margin (256 MB), every step
+    python bench/heap_bench.py --policy 256 --steps 40  # one policy: a margin in MB
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-NEVER = 10**9  # an interval no run reaches
+NEVER, EVERY = 1e9, -1e9  # margins no run reaches, and any step past the settling ones passes
 
 
 def rss_mb() -> float:
@@ -38,12 +39,15 @@ def rss_mb() -> float:
 
 
 def run_one(args) -> dict:
-    """fit() with the heap trimmed every `args.only` steps; the figures as a dict."""
+    """fit() with the heap handed back past a margin of `args.only` MB; the figures as a dict."""
     import train_bench
 
+    from kaggle_kit.infer.fast import heap
     from kaggle_kit.train import loop
 
-    loop.HEAP_RELEASE_EVERY = args.only
+    loop.HEAP_MARGIN_MB = args.only
+    trims, release = [], heap.release_heap
+    heap.release_heap = lambda: trims.append(1) or release()
     samples, done = [], threading.Event()
 
     def sample():
@@ -73,6 +77,7 @@ def run_one(args) -> dict:
         "seconds_a_step": res["seconds"] / (args.steps - 1),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_mb_at": _rss_at(samples, seen["start"]),
+        "trims": len(trims),
         "tokens": res["tokens"],
     }
 
@@ -92,23 +97,24 @@ def _rss_at(samples: list, start: float) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--every", type=int, nargs="*", default=None, help="intervals (default: never, 20, 1)")
+    ap.add_argument("--policy", type=float, nargs="*", default=None, help="margins in MB (default: never, 256, every)")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--model", default="demo")
-    ap.add_argument("--only", type=int, help=argparse.SUPPRESS)  # one run, in a child process
+    ap.add_argument("--only", type=float, help=argparse.SUPPRESS)  # one run, in a child process
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     if args.only is not None:
         print(json.dumps(run_one(args)))
         return
     rows = []
-    for every in args.every or [NEVER, 20, 1]:
-        cmd = [sys.executable, __file__, "--only", str(every), "--steps", str(args.steps)]
+    names = {NEVER: "never", EVERY: "every step"}
+    for margin in args.policy or [NEVER, 256, EVERY]:
+        cmd = [sys.executable, __file__, "--only", str(margin), "--steps", str(args.steps)]
         cmd += ["--batch", str(args.batch), "--model", args.model]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         res = json.loads(out)
-        rows.append({"release every": "never" if every == NEVER else f"{every} steps", **res})
+        rows.append({"hand the heap back": names.get(margin, f"past +{margin:g} MB"), **res})
         print(rows[-1], flush=True)
     from meta import commit, machine, model_suffix
 

@@ -19,7 +19,7 @@ from ..progress import bar, loss_curve
 from . import checkpoint, data
 
 log = logging.getLogger("kaggle_kit")
-HEAP_RELEASE_EVERY = 20  # steps between handing the heap's free pages back on a CPU (docs/training.md)
+HEAP_MARGIN_MB = 256  # RSS growth past the first steps' that hands a CPU run's heap back (infer/fast/heap.py)
 
 
 @dataclass
@@ -228,7 +228,7 @@ def fit(
     core = accelerator.unwrap_model(model)
     precision = _precision(cfg, accelerator, core)
     distill = bool(cfg.soft_labels)  # a teacher's probabilities on each label's first token
-    cpu = accelerator.device.type == "cpu"
+    watch = heap.HeapWatch(HEAP_MARGIN_MB) if accelerator.device.type == "cpu" else None
 
     def record(entry: dict):
         history.append(entry)
@@ -311,8 +311,8 @@ def fit(
         state["step"] += 1
         state["pos"] += len(micro)
         window.append(loss_sum / max(n_items, 1))
-        if cpu and state["step"] % HEAP_RELEASE_EVERY == 0:
-            heap.release_heap()  # RSS would creep ~2 MB a step with glibc's free gaps (infer/fast/heap.py)
+        if watch is not None:
+            watch.step_end()  # glibc's free gaps would grow RSS by ~0.8 GB in 120 steps (infer/fast/heap.py)
         step_seconds = deadline.clock() - t0
         pbar.update(1)
         if state["step"] % cfg.log_every == 0 or state["step"] == total:

@@ -111,3 +111,22 @@ def test_release_heap_hands_the_free_gaps_of_the_heap_back_to_the_kernel(mode):
         assert int(held) - int(after) > 80  # of the 100 MB freed
     else:
         assert int(held) - int(after) < 10  # glibc alone keeps the gaps resident
+
+
+def test_heap_watch_hands_back_only_past_the_margin_over_its_settling_steps(monkeypatch):
+    """The first steps set the working set (their largest RSS); a later step end past it + margin is the
+    free gaps grown, and only then is the heap handed back."""
+    from kaggle_kit.infer.fast import heap
+
+    readings, released = iter([900.0, 1200.0, 1300.0, 1456.0, 1457.0, 1100.0]), []
+    monkeypatch.setattr(heap, "rss_mb", lambda: next(readings))
+    monkeypatch.setattr(heap, "release_heap", lambda: released.append(1) or True)
+    watch = heap.HeapWatch(margin_mb=256, settle=2)
+    assert [watch.step_end() for _ in range(6)] == [False, False, False, False, True, False]
+    assert watch.mark == 1200.0 and watch.released == 1 == len(released)
+
+
+def test_rss_mb_reads_this_process():
+    from kaggle_kit.infer.fast.heap import rss_mb
+
+    assert 10 < rss_mb() < 100_000
