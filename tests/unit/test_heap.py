@@ -113,17 +113,20 @@ def test_release_heap_hands_the_free_gaps_of_the_heap_back_to_the_kernel(mode):
         assert int(held) - int(after) < 10  # glibc alone keeps the gaps resident
 
 
-def test_heap_watch_hands_back_only_past_the_margin_over_its_settling_steps(monkeypatch):
-    """The first steps set the working set (their largest RSS); a later step end past it + margin is the
-    free gaps grown, and only then is the heap handed back."""
+def test_heap_watch_hands_back_only_past_the_margin_over_its_working_set(monkeypatch):
+    """The first steps set the working set (their largest RSS), and after a trim the next step does; a
+    step end past it + margin is the free gaps grown, and only then is the heap handed back."""
     from kaggle_kit.infer.fast import heap
 
-    readings, released = iter([900.0, 1200.0, 1300.0, 1456.0, 1457.0, 1100.0]), []
+    readings = iter([900.0, 1200.0, 1300.0, 1456.0, 1457.0, 1500.0, 1700.0, 1757.0, 1800.0])
+    released = []
     monkeypatch.setattr(heap, "rss_mb", lambda: next(readings))
     monkeypatch.setattr(heap, "release_heap", lambda: released.append(1) or True)
     watch = heap.HeapWatch(margin_mb=256, settle=2)
-    assert [watch.step_end() for _ in range(6)] == [False, False, False, False, True, False]
-    assert watch.mark == 1200.0 and watch.released == 1 == len(released)
+    got = [watch.step_end() for _ in range(9)]
+    # settle, settle, within, within, past 1,456: trim; the next step's 1,500 is the mark; within; past 1,756
+    assert got == [False, False, False, False, True, False, False, True, False]
+    assert watch.released == 2 == len(released) and watch.mark == 1800.0
 
 
 def test_rss_mb_reads_this_process():

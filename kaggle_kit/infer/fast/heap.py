@@ -63,7 +63,7 @@ def keep_heap() -> bool:
 def release_heap() -> bool:
     """Hand the heap's free pages back to the kernel (glibc's malloc_trim): a long CPU training run frees
     and reallocates its activations every step, and the free gaps glibc keeps grow with the run (RSS
-    +2 MB a step on SmolLM2 while live memory stays flat). True when it ran."""
+    +0.8 GB in 120 steps on SmolLM2 while live memory stays flat: HeapWatch). True when it ran."""
     libc = _glibc()
     if libc is None or not hasattr(libc, "malloc_trim"):
         return False
@@ -92,23 +92,26 @@ def rss_mb() -> float:
 
 class HeapWatch:
     """Hands the heap's free pages back when a CPU training run's resident memory at a step's end has
-    grown `margin_mb` past what its first `settle` steps held. Those steps set the working set (an epoch
-    starts with its largest batch); what comes later is glibc's free gaps (SmolLM2, 2 x 512 tokens: RSS
-    3,072 MB after 120 steps while live memory stayed at 1.0-1.2 GB, bench/heap_bench.py). Trimming every
-    step held it to 2,243-2,265 MB at 0-5% more time a step; this trims only when the gaps have grown."""
+    grown `margin_mb` past its working set: the largest of its first `settle` steps' (an epoch starts
+    with its largest batch), and again of the step after each trim (the pages a step touches once the
+    gaps are gone). What grows past it is glibc's free gaps (SmolLM2, 2 x 512 tokens: RSS 3,108 MB after
+    120 steps with live memory at 1.0-1.2 GB; bench/heap_bench.py)."""
 
     def __init__(self, margin_mb: float = 256.0, settle: int = 2):
         self.margin_mb, self.settle = margin_mb, settle
         self.steps, self.mark, self.released = 0, 0.0, 0
+        self._measure = settle  # step ends still setting the mark
 
     def step_end(self) -> bool:
         """Call after each optimizer step; True when it handed the heap back."""
         self.steps += 1
         rss = rss_mb()
-        if self.steps <= self.settle:
+        if self._measure:
+            self._measure -= 1
             self.mark = max(self.mark, rss)
             return False
         if rss <= self.mark + self.margin_mb or not release_heap():
             return False
         self.released += 1
+        self.mark, self._measure = 0.0, 1
         return True
