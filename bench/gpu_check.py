@@ -167,7 +167,7 @@ def fp16_overflow(ctx):
 
     model, tok = load_model(str(folder), detect("float16", ctx["device"]))
     try:
-        run_task(choice_task(model, tok, ["Pick A or B? " * 8] * 3, ["A", "B"]), model, progress=False)
+        run_task(choice_task(model, tok, ["Pick A or B? " * 8 + "Answer:\n"] * 3, ["A", "B"]), model, progress=False)
         raised = "no error"
     except NonFiniteOutput as exc:
         raised = f"NonFiniteOutput ({len(exc.rows)} rows)"
