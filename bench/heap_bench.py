@@ -30,14 +30,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 NEVER, EVERY = 1e9, -1e9  # margins no run reaches, and any step past the settling ones passes
 
 
-def rss_mb() -> float:
-    """This process's resident set, from /proc/self/statm."""
-    import os
-
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def run_one(args) -> dict:
     """fit() with the heap handed back past a margin of `args.only` MB; the figures as a dict."""
     import train_bench
@@ -52,7 +44,7 @@ def run_one(args) -> dict:
 
     def sample():
         while not done.wait(0.5):
-            samples.append((time.monotonic(), rss_mb()))
+            samples.append((time.monotonic(), heap.rss_mb()))
 
     kit = argparse.Namespace(
         model=args.model, quant="nf4", device="cpu", dtype=None, loss="answer", batch=args.batch,
