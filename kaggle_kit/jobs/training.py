@@ -53,7 +53,11 @@ def prepare_data(cfg: TrainConfig, tok) -> Split:
     def metric(model, tokenizer) -> float:
         return comp.evaluate(model, tokenizer, valid_df, run, progress=False)
 
-    label_ids = [tok(x, add_special_tokens=False)["input_ids"][0] for x in comp.labels] if comp.labels else None
+    label_ids = None
+    if comp.labels and (cfg.head == "classifier" or cfg.soft_labels):  # a row's answer token names its class
+        from ..infer.primitives import label_token_ids
+
+        label_ids = label_token_ids(tok, list(comp.labels))  # one distinct token each, or a ConfigError
     scoring = _label_scoring(cfg, comp, tok, valid_df, v_prompts, v_completions, valid_ex, run) if not d2 else None
     return Split(train_ex, valid_ex, metric, comp.higher_is_better, label_ids, dropped=d1 + d2, scoring=scoring)
 
@@ -138,10 +142,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         accelerator.num_processes,
         accelerator.mixed_precision,
     )
-    model, tok = model_lib.build(cfg, profile, comp.labels)
-    split = prepare_data(cfg, tok)
+    tok = model_lib.tokenizer(cfg)
+    split = prepare_data(cfg, tok)  # a bad file or template fails here, before the model loads
     if not split.train or not split.valid:
         raise ConfigError("train", f"no rows left to train ({len(split.train)}) or validate ({len(split.valid)})")
+    model, _ = model_lib.build(cfg, profile, split.label_ids, tok)
     per_epoch = math.ceil(len(split.train) / cfg.batch_size / accelerator.num_processes / cfg.grad_accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
     opt = model_lib.optimizer(model, cfg, profile)

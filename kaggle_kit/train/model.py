@@ -7,9 +7,19 @@ import logging
 log = logging.getLogger("kaggle_kit")
 
 
-def build(cfg, profile, labels: list[str] | None = None):
-    """(peft model, tokenizer) for a TrainConfig; trainable (LoRA) parameters are fp32, the base frozen.
-    With cfg.head 'classifier' the model also carries a trainable head over `labels` (heads.py).
+def tokenizer(cfg):
+    """The tokenizer a TrainConfig trains with (its chat format applied): loaded alone, so the data is
+    built and checked before the model loads."""
+    from ..models import load_tokenizer, resolve_model
+    from ..templates import apply_chat_format
+
+    return apply_chat_format(load_tokenizer(resolve_model(cfg.model)), cfg.chat_format)
+
+
+def build(cfg, profile, label_ids: list[int] | None = None, tok=None):
+    """(peft model, tokenizer) for a TrainConfig (`tok`: tokenizer(cfg) when not given); trainable (LoRA)
+    parameters are fp32, the base frozen. With cfg.head 'classifier' the model also carries a trainable
+    head over the label tokens `label_ids` (heads.py).
 
     fp32 trainable parameters are what lets fp16 training on a T4 unscale its gradients (Kaggle's
     "Attempting to unscale FP16 gradients" error comes from fp16 trainable parameters).
@@ -22,14 +32,13 @@ def build(cfg, profile, labels: list[str] | None = None):
     from ..heads import add_score
     from ..infer.fast.output_layer import contiguous_head
     from ..infer.fast.packed import keep_4bit_layout
-    from ..models import attention_implementation, device_map, load_config, load_tokenizer, quiet_peft, resolve_model
-    from ..templates import apply_chat_format
+    from ..models import attention_implementation, device_map, load_config, quiet_peft, resolve_model
     from .fast import fast_paths
 
     path = resolve_model(cfg.model)
     config = load_config(path)
     profile = guard_half(profile, config.model_type)
-    tok = apply_chat_format(load_tokenizer(path), cfg.chat_format)
+    tok = tok or tokenizer(cfg)
     compute = getattr(torch, profile.compute_dtype)
     # training runs transformers' own attention: SDPA, or eager where scores are soft-capped (Gemma 2)
     attn = attention_implementation(config, profile.device, fast_paths=False)
@@ -53,7 +62,7 @@ def build(cfg, profile, labels: list[str] | None = None):
         model.enable_input_require_grads()
     model.config.use_cache = False
     if cfg.head == "classifier":
-        add_score(model, [tok(x, add_special_tokens=False)["input_ids"][0] for x in labels])
+        add_score(model, label_ids)
     lora = _lora_config(cfg)
     with quiet_peft():
         model = get_peft_model(model, lora)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 
@@ -631,18 +632,56 @@ def test_a_bf16_model_still_trains_after_its_fast_paths_are_probed_in_inference_
     model(input_ids=x, labels=x).loss.backward()
 
 
-def test_training_refuses_a_prompt_ending_merged_with_its_labels(tmp_path):
-    """A chat template ending 'Answer: ' would teach every letter after a lone space token, a split no text
-    has (infer/labels.py): training refuses it as it builds its rows, naming the ending; the kit's own
-    ending passes."""
-    from kaggle_kit.jobs.training import prepare_data
+def _weightless(tmp_path, template: str | None = None):
+    """The demo model's tokenizer (its chat template replaced by `template`) and config, without weights:
+    a run that loads the model from this folder fails, so an error it raises came before the load."""
+    import shutil
+
     from kaggle_kit.models import load_tokenizer, resolve_model
+
+    src = resolve_model("demo")
+    tok = load_tokenizer(src)
+    tok.chat_template = template or tok.chat_template
+    folder = tmp_path / "weightless"
+    tok.save_pretrained(folder)
+    shutil.copy(src / "config.json", folder / "config.json")
+    return folder
+
+
+def test_training_refuses_a_prompt_ending_merged_with_its_labels_before_the_model_loads(tmp_path):
+    """A chat template ending 'Answer: ' would teach every letter after a lone space token, a split no text
+    has (infer/labels.py): training refuses it as it builds its rows, naming the ending, and before the
+    model loads (the folder has no weights); the kit's own ending passes."""
+    from kaggle_kit.jobs.training import prepare_data
 
     rows = _labelled_rows(tmp_path, "science_exam", 4)
     cfg = small(tmp_path, competition="science_exam", train=str(rows), valid=str(rows), loss="answer")
-    tok = load_tokenizer(resolve_model("demo"))
-    assert len(prepare_data(cfg, tok).train) == 4
-    tok.chat_template = "{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}Answer: "
+    assert len(prepare_data(cfg, model_lib.tokenizer(cfg)).train) == 4
+    spaced = "{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}Answer: "
     with pytest.raises(ConfigError, match="Answer: ") as err:
-        prepare_data(cfg, tok)
+        train(replace(cfg, model=str(_weightless(tmp_path, spaced))))
     assert err.value.field == "template"
+    with pytest.raises(OSError, match="model.safetensors"):  # the same run with a good template loads
+        train(replace(cfg, model=str(_weightless(tmp_path / "plain"))))
+
+
+def test_a_classifier_head_refuses_labels_that_are_not_one_distinct_token_each(tmp_path):
+    """A classifier head (and distillation) reads a row's class from its answer token: a label of two
+    tokens would share its first with another ('No' and 'No way'), and rows of both would train as one
+    class. Refused naming the label, before the model loads."""
+    from .test_task_types import PREPARE, SPEC
+
+    folder = tmp_path / "comp"
+    folder.mkdir()
+    spec = folder / "competition.yaml"
+    spec.write_text(SPEC.replace('{label: "Yes", name: machine}', '{label: "No way", name: machine}'))
+    (folder / "prepare.py").write_text(PREPARE)
+    essays = pd.read_csv(DATA / "llm_detect" / "train_essays.csv", dtype=str, keep_default_na=False).head(6)
+    labelled = pd.DataFrame({"essay_id": [f"e{i}" for i in range(6)], "essay": essays["text"],
+                             "label": ["human", "machine"] * 3})  # fmt: skip
+    labelled.to_csv(folder / "labelled.csv", index=False)
+    cfg = small(tmp_path, competition=str(spec), train=str(folder / "labelled.csv"), valid=None, loss="answer",
+                head="classifier", valid_fraction=0.5, model=str(_weightless(tmp_path)))  # fmt: skip
+    with pytest.raises(ConfigError, match="'No way' is 2 tokens") as err:
+        train(cfg)
+    assert err.value.field == "labels"
