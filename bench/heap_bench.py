@@ -9,6 +9,7 @@ and reports seconds a step (steps 2..N), peak RSS, RSS at four points of the run
 
     python bench/heap_bench.py                          # never, the default margin (256 MB), every step
     python bench/heap_bench.py --policy 256 --steps 40  # one policy: a margin in MB
+    python bench/heap_bench.py --policy 1e9 256 --rounds 3  # never and 256 MB alternating, 3 times each
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def main():
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--model", default="demo")
+    ap.add_argument("--rounds", type=int, default=1, help="run the policies in turn this many times")
     ap.add_argument("--only", type=float, help=argparse.SUPPRESS)  # one run, in a child process
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
@@ -101,19 +103,23 @@ def main():
         return
     rows = []
     names = {NEVER: "never", EVERY: "every step"}
-    for margin in args.policy or [NEVER, 256, EVERY]:
+    policies = args.policy or [NEVER, 256, EVERY]
+    for n, margin in enumerate(policies * args.rounds):
         cmd = [sys.executable, __file__, "--only", str(margin), "--steps", str(args.steps)]
         cmd += ["--batch", str(args.batch), "--model", args.model]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         res = json.loads(out)
         rows.append({"hand the heap back": names.get(margin, f"past +{margin:g} MB"), **res})
+        if args.rounds > 1:
+            rows[-1] = {"round": n // len(policies) + 1, **rows[-1]}
         print(rows[-1], flush=True)
     from meta import commit, machine, model_suffix
 
     from kaggle_kit.progress import format_table
 
     print(format_table([{k: v for k, v in r.items() if k != "rss_mb_at"} for r in rows]))
-    out = Path(args.results) / f"heap_cpu{model_suffix(args.model)}.json"
+    rounds = f"_rounds{args.rounds}" if args.rounds > 1 else ""
+    out = Path(args.results) / f"heap_cpu{model_suffix(args.model)}{rounds}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "machine": machine()}
     meta["shape"] = f"{args.steps} steps x batch {args.batch}, 512-token cap, nf4, loss answer, Science Exam"
