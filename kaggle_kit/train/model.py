@@ -38,7 +38,7 @@ def build(cfg, profile, label_ids: list[int] | None = None, tok=None):
     path = resolve_model(cfg.model)
     config = load_config(path)
     profile = guard_half(profile, config.model_type)
-    tok = tok or tokenizer(cfg)
+    tok = tokenizer(cfg) if tok is None else tok
     compute = getattr(torch, profile.compute_dtype)
     # training runs transformers' own attention: SDPA, or eager where scores are soft-capped (Gemma 2)
     attn = attention_implementation(config, profile.device, fast_paths=False)
