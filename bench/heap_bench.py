@@ -2,14 +2,14 @@
 
 Training on a CPU frees and allocates activations of a new size every step; glibc keeps the gaps, so
 without `release_heap` (malloc_trim) RSS creeps up while live memory stays flat. `train/loop.py` hands
-the heap back when RSS at a step's end has grown `HEAP_MARGIN_MB` past its first two steps'
-(`infer/fast/heap.py` HeapWatch). This runs the kit's fit() (Science Exam, SmolLM2 by default, nf4, the
+the heap back when RSS at a step's end has grown by `HEAP_GROWTH` (a fraction) past its first two
+steps' (`infer/fast/heap.py` HeapWatch). This runs the kit's fit() (Science Exam, SmolLM2 by default, nf4, the
 profile's dtype, `loss: answer`) once per policy, each in its own process with RSS sampled every 0.5 s,
 and reports seconds a step (steps 2..N), peak RSS, RSS at four points of the run and the trims.
 
-    python bench/heap_bench.py                          # never, the default margin (256 MB), every step
-    python bench/heap_bench.py --policy 256 --steps 40  # one policy: a margin in MB
-    python bench/heap_bench.py --policy 1e9 256 --rounds 3  # never and 256 MB alternating, 3 times each
+    python bench/heap_bench.py                          # never, the default growth (0.5), every step
+    python bench/heap_bench.py --policy 0.5 --steps 40  # one policy: a growth past the first steps' RSS
+    python bench/heap_bench.py --policy 1e9 0.5 --rounds 3  # never and 0.5 alternating, 3 times each
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-NEVER, EVERY = 1e9, -1e9  # margins no run reaches, and any step past the settling ones passes
+NEVER, EVERY = 1e9, -1.0  # a growth no run reaches, and one any step past the settling ones passes
 
 
 def run_one(args) -> dict:
-    """fit() with the heap handed back past a margin of `args.only` MB; the figures as a dict."""
+    """fit() with the heap handed back past a growth of `args.only`; the figures as a dict."""
     import train_bench
 
     from kaggle_kit.infer.fast import heap
     from kaggle_kit.train import loop
 
-    loop.HEAP_MARGIN_MB = args.only
+    loop.HEAP_GROWTH = args.only
     trims, release = [], heap.release_heap
     heap.release_heap = lambda: trims.append(1) or release()
     samples, done = [], threading.Event()
@@ -90,7 +90,7 @@ def _rss_at(samples: list, start: float) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--policy", type=float, nargs="*", default=None, help="margins in MB (default: never, 256, every)")
+    ap.add_argument("--policy", type=float, nargs="*", default=None, help="RSS growths: 1e9 never, -1 every")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--model", default="demo")
@@ -103,13 +103,13 @@ def main():
         return
     rows = []
     names = {NEVER: "never", EVERY: "every step"}
-    policies = args.policy or [NEVER, 256, EVERY]
-    for n, margin in enumerate(policies * args.rounds):
-        cmd = [sys.executable, __file__, "--only", str(margin), "--steps", str(args.steps)]
+    policies = args.policy or [NEVER, 0.5, EVERY]
+    for n, growth in enumerate(policies * args.rounds):
+        cmd = [sys.executable, __file__, "--only", str(growth), "--steps", str(args.steps)]
         cmd += ["--batch", str(args.batch), "--model", args.model]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         res = json.loads(out)
-        rows.append({"hand the heap back": names.get(margin, f"past +{margin:g} MB"), **res})
+        rows.append({"hand the heap back": names.get(growth, f"past x{1 + growth:g}"), **res})
         if args.rounds > 1:
             rows[-1] = {"round": n // len(policies) + 1, **rows[-1]}
         print(rows[-1], flush=True)

@@ -19,7 +19,7 @@ from ..progress import bar, loss_curve
 from . import checkpoint, data
 
 log = logging.getLogger("kaggle_kit")
-HEAP_MARGIN_MB = 256  # RSS growth past the first steps' that hands a CPU run's heap back (infer/fast/heap.py)
+HEAP_GROWTH = 0.5  # RSS growth past the first steps' (a fraction) that hands a CPU run's heap back (infer/fast/heap.py)
 
 
 @dataclass
@@ -228,7 +228,7 @@ def fit(
     core = accelerator.unwrap_model(model)
     precision = _precision(cfg, accelerator, core)
     distill = bool(cfg.soft_labels)  # a teacher's probabilities on each label's first token
-    watch = heap.HeapWatch(HEAP_MARGIN_MB) if accelerator.device.type == "cpu" else None
+    watch = heap.HeapWatch(HEAP_GROWTH) if accelerator.device.type == "cpu" else None
 
     def record(entry: dict):
         history.append(entry)
@@ -312,7 +312,7 @@ def fit(
         state["pos"] += len(micro)
         window.append(loss_sum / max(n_items, 1))
         if watch is not None:
-            watch.step_end()  # glibc's free gaps would grow RSS by ~0.8 GB in 120 steps (infer/fast/heap.py)
+            watch.step_end()  # glibc's free gaps grew RSS by ~0.8 GB in 120 steps (infer/fast/heap.py)
         step_seconds = deadline.clock() - t0
         pbar.update(1)
         if state["step"] % cfg.log_every == 0 or state["step"] == total:

@@ -51,14 +51,14 @@ def test_qlora_steps_change_every_lora_param_and_no_base_weight(tmp_path, monkey
     from kaggle_kit.train import loop
 
     released, release = [], heap.release_heap
-    monkeypatch.setattr(loop, "HEAP_MARGIN_MB", -1e9)  # any step past the first two hands the heap back
+    monkeypatch.setattr(loop, "HEAP_GROWTH", -1.0)  # any step past the first two hands the heap back
     monkeypatch.setattr(heap, "release_heap", lambda: released.append(1) or release())
     cfg = small(tmp_path)
     model, _ = model_lib.build(cfg, detect())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     res = train(cfg)
     assert res.steps == 3
-    assert released == [1]  # a CPU run's watch hands the heap back past its margin, after 2 settling steps
+    assert released == [1]  # a CPU run's watch hands the heap back past its growth, after 2 settling steps
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in res.history if "train_loss" in h)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig

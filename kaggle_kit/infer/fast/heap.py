@@ -92,26 +92,24 @@ def rss_mb() -> float:
 
 class HeapWatch:
     """Hands the heap's free pages back when a CPU training run's resident memory at a step's end has
-    grown `margin_mb` past its working set: the largest of its first `settle` steps' (an epoch starts
-    with its largest batch), and again of the step after each trim (the pages a step touches once the
-    gaps are gone). What grows past it is glibc's free gaps (SmolLM2, 2 x 512 tokens: RSS 3,108 MB after
-    120 steps with live memory at 1.0-1.2 GB; bench/heap_bench.py)."""
+    grown by `growth` (a fraction) past its working set, the largest of its first `settle` steps' (an
+    epoch starts with its largest batch): RSS stays within (1 + growth) x the working set. What grows is
+    glibc's free gaps (SmolLM2, 2 x 512 tokens: RSS 3,108 MB after 120 steps with live memory at 1.0-1.2
+    GB), and each trim costs the next step its page faults: trimming past +256 MB (31-32 trims in 120
+    steps) ran 9-13% slower a step than never trimming (bench/heap_bench.py, docs/training.md)."""
 
-    def __init__(self, margin_mb: float = 256.0, settle: int = 2):
-        self.margin_mb, self.settle = margin_mb, settle
+    def __init__(self, growth: float = 0.5, settle: int = 2):
+        self.growth, self.settle = growth, settle
         self.steps, self.mark, self.released = 0, 0.0, 0
-        self._measure = settle  # step ends still setting the mark
 
     def step_end(self) -> bool:
         """Call after each optimizer step; True when it handed the heap back."""
         self.steps += 1
         rss = rss_mb()
-        if self._measure:
-            self._measure -= 1
+        if self.steps <= self.settle:
             self.mark = max(self.mark, rss)
             return False
-        if rss <= self.mark + self.margin_mb or not release_heap():
+        if rss <= self.mark * (1 + self.growth) or not release_heap():
             return False
         self.released += 1
-        self.mark, self._measure = 0.0, 1
         return True
