@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -68,7 +67,7 @@ def run_one(args) -> dict:
     thread.join()
     return {
         "seconds_a_step": res["seconds"] / (args.steps - 1),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": heap.peak_rss_mb(),
         "rss_mb_at": _rss_at(samples, seen["start"]),
         "trims": len(trims),
         "tokens": res["tokens"],

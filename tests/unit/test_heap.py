@@ -114,23 +114,25 @@ def test_release_heap_hands_the_free_gaps_of_the_heap_back_to_the_kernel(mode):
 
 
 def test_heap_watch_hands_back_only_past_its_growth_over_the_working_set(monkeypatch):
-    """The first steps set the working set (their largest RSS); a step end past it x (1 + growth) is the
-    free gaps grown, and only then is the heap handed back; the working set stays what the first steps
+    """The working set is the peak RSS by the end of the first steps; a step end past it x (1 + growth) is
+    the free gaps grown, and only then is the heap handed back; the working set stays what the first steps
     took, so RSS after a trim has all the growth to regrow before the next."""
     from kaggle_kit.infer.fast import heap
 
-    readings = iter([900.0, 1000.0, 1300.0, 1500.0, 1501.0, 1100.0, 1400.0, 1499.0, 1600.0])
+    readings = iter([1300.0, 1500.0, 1501.0, 1100.0, 1400.0, 1499.0, 1600.0])
+    peaks = iter([900.0, 1000.0])
     released = []
     monkeypatch.setattr(heap, "rss_mb", lambda: next(readings))
+    monkeypatch.setattr(heap, "peak_rss_mb", lambda: next(peaks))
     monkeypatch.setattr(heap, "release_heap", lambda: released.append(1) or True)
     watch = heap.HeapWatch(growth=0.5, settle=2)
     got = [watch.step_end() for _ in range(9)]
-    # settle, settle (mark 1,000), within, within, past 1,500: trim; within, within, within, past: trim
+    # settle, settle (peak 1,000), within, within, past 1,500: trim; within, within, within, past: trim
     assert got == [False, False, False, False, True, False, False, False, True]
     assert watch.released == 2 == len(released) and watch.mark == 1000.0
 
 
 def test_rss_mb_reads_this_process():
-    from kaggle_kit.infer.fast.heap import rss_mb
+    from kaggle_kit.infer.fast.heap import peak_rss_mb, rss_mb
 
-    assert 10 < rss_mb() < 100_000
+    assert 10 < rss_mb() <= peak_rss_mb() + 1 < 100_000

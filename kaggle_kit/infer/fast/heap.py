@@ -90,13 +90,21 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mb() -> float:
+    """The most resident memory this process has held, in MB (Linux's ru_maxrss is in KB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class HeapWatch:
     """Hands the heap's free pages back when a CPU training run's resident memory at a step's end has
-    grown by `growth` (a fraction) past its working set, the largest of its first `settle` steps' (an
-    epoch starts with its largest batch): RSS stays within (1 + growth) x the working set. What grows is
-    glibc's free gaps (SmolLM2, 2 x 512 tokens: RSS 3,108 MB after 120 steps with live memory at 1.0-1.2
-    GB), and each trim costs the next step its page faults: trimming past +256 MB (31-32 trims in 120
-    steps) ran 9-13% slower a step than never trimming (bench/heap_bench.py, docs/training.md)."""
+    grown by `growth` (a fraction) past its working set, the process's peak RSS by the end of its first
+    `settle` steps (an epoch starts with its largest batch, so they touch what a step needs): RSS stays
+    within (1 + growth) x that. What grows past it is glibc's free gaps (SmolLM2, 2 x 512 tokens: RSS
+    3,108 MB after 120 steps with live memory at 1.0-1.2 GB), and each trim costs the next steps their
+    page faults again: trimming past +256 MB of the step ends' RSS (31-37 trims in 120 steps) ran 9-17%
+    slower a step than never trimming (bench/heap_bench.py, docs/training.md)."""
 
     def __init__(self, growth: float = 0.5, settle: int = 2):
         self.growth, self.settle = growth, settle
@@ -105,11 +113,10 @@ class HeapWatch:
     def step_end(self) -> bool:
         """Call after each optimizer step; True when it handed the heap back."""
         self.steps += 1
-        rss = rss_mb()
         if self.steps <= self.settle:
-            self.mark = max(self.mark, rss)
+            self.mark = peak_rss_mb()
             return False
-        if rss <= self.mark * (1 + self.growth) or not release_heap():
+        if rss_mb() <= self.mark * (1 + self.growth) or not release_heap():
             return False
         self.released += 1
         return True
