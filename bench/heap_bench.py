@@ -2,13 +2,14 @@
 
 Training on a CPU frees and allocates activations of a new size every step; glibc keeps the gaps, so
 without `release_heap` (malloc_trim) RSS creeps up while live memory stays flat. `train/loop.py` hands
-the heap back when RSS at a step's end has grown by `HEAP_GROWTH` (a fraction) past its first two
-steps' (`infer/fast/heap.py` HeapWatch). This runs the kit's fit() (Science Exam, SmolLM2 by default, nf4, the
-profile's dtype, `loss: answer`) once per policy, each in its own process with RSS sampled every 0.5 s,
-and reports seconds a step (steps 2..N), peak RSS, RSS at four points of the run and the trims.
+the heap back when RSS at a step's end has grown by `HEAP_GROWTH` (a fraction) past the peak RSS of
+its first two steps (`infer/fast/heap.py` HeapWatch). This runs the kit's fit() (Science Exam, SmolLM2
+by default, nf4, the profile's dtype, `loss: answer`) once per policy, each in its own process with RSS
+sampled every 0.5 s, and reports seconds a step (steps 2..N), peak RSS, RSS at four points of the run,
+the trims and the working set the growth is measured from.
 
-    python bench/heap_bench.py                          # never, the default growth (0.5), every step
-    python bench/heap_bench.py --policy 0.5 --steps 40  # one policy: a growth past the first steps' RSS
+    python bench/heap_bench.py                          # never, the default growth (1.0), every step
+    python bench/heap_bench.py --policy 1.0 --steps 40  # one policy: a growth past the first steps' peak RSS
     python bench/heap_bench.py --policy 1e9 0.5 --rounds 3  # never and 0.5 alternating, 3 times each
 """
 
@@ -38,7 +39,8 @@ def run_one(args) -> dict:
     from kaggle_kit.train import loop
 
     loop.HEAP_GROWTH = args.only
-    trims, release = [], heap.release_heap
+    trims, release, watches, watch = [], heap.release_heap, [], heap.HeapWatch
+    heap.HeapWatch = lambda *a, **k: watches.append(watch(*a, **k)) or watches[-1]  # its working set
     heap.release_heap = lambda: trims.append(1) or release()
     samples, done = [], threading.Event()
 
@@ -70,6 +72,7 @@ def run_one(args) -> dict:
         "peak_rss_mb": heap.peak_rss_mb(),
         "rss_mb_at": _rss_at(samples, seen["start"]),
         "trims": len(trims),
+        "working_set_mb": round(watches[0].mark) if watches else None,
         "tokens": res["tokens"],
     }
 
@@ -102,7 +105,7 @@ def main():
         return
     rows = []
     names = {NEVER: "never", EVERY: "every step"}
-    policies = args.policy or [NEVER, 0.5, EVERY]
+    policies = args.policy or [NEVER, 1.0, EVERY]
     for n, growth in enumerate(policies * args.rounds):
         cmd = [sys.executable, __file__, "--only", str(growth), "--steps", str(args.steps)]
         cmd += ["--batch", str(args.batch), "--model", args.model]

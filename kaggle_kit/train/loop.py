@@ -19,7 +19,7 @@ from ..progress import bar, loss_curve
 from . import checkpoint, data
 
 log = logging.getLogger("kaggle_kit")
-HEAP_GROWTH = 0.5  # RSS growth past the first steps' (a fraction) that hands a CPU run's heap back (infer/fast/heap.py)
+HEAP_GROWTH = 1.0  # RSS growth past the first steps' peak that hands a CPU run's heap back (infer/fast/heap.py)
 
 
 @dataclass

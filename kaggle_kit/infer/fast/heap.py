@@ -100,13 +100,13 @@ def peak_rss_mb() -> float:
 class HeapWatch:
     """Hands the heap's free pages back when a CPU training run's resident memory at a step's end has
     grown by `growth` (a fraction) past its working set, the process's peak RSS by the end of its first
-    `settle` steps (an epoch starts with its largest batch, so they touch what a step needs): RSS stays
-    within (1 + growth) x that. What grows past it is glibc's free gaps (SmolLM2, 2 x 512 tokens: RSS
-    3,108 MB after 120 steps with live memory at 1.0-1.2 GB), and each trim costs the next steps their
-    page faults again: trimming past +256 MB of the step ends' RSS (31-37 trims in 120 steps) ran 9-17%
-    slower a step than never trimming (bench/heap_bench.py, docs/training.md)."""
+    `settle` steps (an epoch starts with its largest batch): RSS stays within (1 + growth) x that. What
+    grows past it is glibc's free gaps (SmolLM2, 2 x 512 tokens: RSS 3,108 MB after 120 steps with live
+    memory at 1.0-1.2 GB), and each trim costs the next steps their page faults again, so the bound is
+    loose: in 120 steps of 2 x 512 tokens (bench/heap_bench.py, docs/training.md) trimming past 1.5x
+    trimmed 12-16 times, 4-7% slower a step than never, and past +256 MB 31-37 times, 9-17% slower."""
 
-    def __init__(self, growth: float = 0.5, settle: int = 2):
+    def __init__(self, growth: float = 1.0, settle: int = 2):
         self.growth, self.settle = growth, settle
         self.steps, self.mark, self.released = 0, 0.0, 0
 
