@@ -103,8 +103,8 @@ class HeapWatch:
     `settle` steps (an epoch starts with its largest batch): RSS stays within (1 + growth) x that. What
     grows past it is glibc's free gaps (SmolLM2, 2 x 512 tokens: RSS 3,108 MB after 120 steps with live
     memory at 1.0-1.2 GB), and each trim costs the next steps their page faults again, so the bound is
-    loose: in 120 steps of 2 x 512 tokens (bench/heap_bench.py, docs/training.md) trimming past 1.5x
-    trimmed 12-16 times, 4-7% slower a step than never, and past +256 MB 31-37 times, 9-17% slower."""
+    loose: in 120 steps of 2 x 512 tokens (bench/heap_bench.py, docs/training.md) bounds of 1.5x
+    trimmed 12-22 times, 4-14% slower a step than never, and +256 MB 31-37 times, 8-17% slower."""
 
     def __init__(self, growth: float = 1.0, settle: int = 2):
         self.growth, self.settle = growth, settle
