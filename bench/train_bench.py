@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -196,6 +195,7 @@ def main():
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder the JSON is written to")
     args = ap.parse_args()
     from kaggle_kit.hardware import detect
+    from kaggle_kit.infer.fast.heap import peak_rss_mb
 
     profile = detect(args.dtype, args.device)
     args.device = profile.device
@@ -204,7 +204,7 @@ def main():
     if args.which:
         with tempfile.TemporaryDirectory() as tmp:
             res = (run_kit if args.which == "kit" else run_trainer)(args, Path(tmp))
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["peak_rss_mb"] = peak_rss_mb()
         if args.device == "cuda":
             import torch
 

@@ -58,7 +58,7 @@ class Split:
     valid: list
     metric: object = None  # (model, tokenizer) -> float
     higher_is_better: bool = True  # the metric's direction
-    label_ids: list | None = None  # the first token of each label (distillation, classification head)
+    label_ids: list | None = None  # each label's own token (distillation, classification head)
     dropped: int = 0
     scoring: LabelScoring | None = None  # the metric from the eval-loss forward (None: through `metric`)
 
@@ -227,7 +227,7 @@ def fit(
     stopped, step_seconds, window = "done", 0.0, []
     core = accelerator.unwrap_model(model)
     precision = _precision(cfg, accelerator, core)
-    distill = bool(cfg.soft_labels)  # a teacher's probabilities on each label's first token
+    distill = bool(cfg.soft_labels)  # a teacher's probabilities on each label's token
     watch = heap.HeapWatch(HEAP_GROWTH) if accelerator.device.type == "cpu" else None
 
     def record(entry: dict):
