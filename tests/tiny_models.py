@@ -4,7 +4,8 @@ demo model's tokenizer, for exactness tests (tests/integration/test_families.py)
 
 Each config keeps what makes its family differ: Gemma 2's soft-capped attention and logits and its
 alternating sliding windows, Mistral's sliding window on every layer, Qwen2's q/k/v biases, Phi-3's fused
-qkv and gate_up projections, Gemma 3's QK-norm and local/global layers, Llama's grouped-query attention.
+qkv and gate_up projections, Gemma 3's QK-norm and local/global layers, Llama's grouped-query attention,
+Qwen3's q/k norms on a Llama body, Qwen3-MoE's routed experts (the base of many 2025 winners).
 Windows are small (WINDOW tokens) so that test rows fall on both sides of them. Weights are drawn larger
 than the families' own initialisers so that attention scores reach the soft cap.
 
@@ -28,9 +29,12 @@ def _configs():
         MistralConfig,
         Phi3Config,
         Qwen2Config,
+        Qwen3Config,
+        Qwen3MoeConfig,
     )
 
     gemma = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW, initializer_range=0.2)
+    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
     return {
         "llama": (LlamaConfig, {}),
         "gemma2": (Gemma2Config, dict(gemma, attn_logit_softcapping=2.0, final_logit_softcapping=5.0)),
@@ -38,10 +42,12 @@ def _configs():
         "qwen2": (Qwen2Config, {}),
         "phi3": (Phi3Config, dict(sliding_window=None)),
         "gemma3": (Gemma3TextConfig, dict(gemma, layer_types=["sliding_attention"] * 3 + ["full_attention"])),
+        "qwen3": (Qwen3Config, dict(head_dim=16)),
+        "qwen3_moe": (Qwen3MoeConfig, dict(moe, head_dim=16)),
     }
 
 
-FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3")
+FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3", "qwen3", "qwen3_moe")
 
 
 def build(family: str, tokenizer):

@@ -120,10 +120,16 @@ def _draws_dropout(layer) -> bool:
 
 def fused_lora(model) -> int:
     """Give every peft LoRA linear layer (plain or 4-bit base) the one-`addmm` forward; returns how many.
-    A call the fused forward does not fit runs peft's own (see `_fits`)."""
+    A call the fused forward does not fit runs peft's own (see `_fits`). peft's LoRA on a parameter
+    (ParamWrapper: "all-linear" on Qwen3-MoE adapts its router's weight and its experts' 3-D weights) is
+    not a linear layer and keeps peft's forward."""
+    import torch
     from peft.tuners.lora import LoraLayer
 
-    return _patch(model, lambda m: isinstance(m, LoraLayer) and hasattr(m, "lora_A"), _fused_forward)
+    def linear(m) -> bool:  # not peft's LoRA on a parameter (ParamWrapper: a MoE router's or experts' weights)
+        return isinstance(m, LoraLayer) and hasattr(m, "lora_A") and isinstance(m.get_base_layer(), torch.nn.Linear)
+
+    return _patch(model, linear, _fused_forward)
 
 
 def _patch(model, wanted, forward) -> int:

@@ -1,7 +1,8 @@
 """Every fast path equals plain transformers, on every model family: the kit's choice scoring (batched,
 prefix cache, TTA views, shards, resume), generation and perplexity against eager attention in fp32, one
-row at a time. Tiny random configs of six families (tests/tiny_models.py: Gemma 2's soft caps, Mistral's
-and Gemma's sliding windows, Qwen2's biases, Phi-3's fused projections) and the two real models.
+row at a time. Tiny random configs of eight families (tests/tiny_models.py: Gemma 2's soft caps, Mistral's
+and Gemma's sliding windows, Qwen2's biases, Phi-3's fused projections, Qwen3's q/k norms, Qwen3-MoE's
+routed experts) and the two real models.
 
 Regression: the shared-prefix cache laid rows out as [prefix][padding][row], and a sliding window counts
 cache slots, so padding pushed real keys out of a window one row alone keeps (Gemma-3-270M: 0.005 in

@@ -34,9 +34,18 @@ def tiny(family: str = "llama", dtype=torch.float32):
         LlamaForCausalLM,
         Phi3Config,
         Phi3ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
     )
 
     torch.manual_seed(0)
+    if family == "qwen3":
+        return Qwen3ForCausalLM(Qwen3Config(**SIZE, num_key_value_heads=2, head_dim=16)).to(dtype)
+    if family == "qwen3_moe":
+        moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+        return Qwen3MoeForCausalLM(Qwen3MoeConfig(**SIZE, num_key_value_heads=2, head_dim=16, **moe)).to(dtype)
     if family == "phi3":
         return Phi3ForCausalLM(Phi3Config(**SIZE, num_key_value_heads=2, pad_token_id=0)).to(dtype)
     if family == "gemma3":
@@ -511,3 +520,36 @@ def test_a_left_padded_batch_a_bidirectional_model_and_experts_keep_the_mask():
     assert not unmasked_padding(with_lora(Gemma3ForCausalLM(cfg)))
     experts = MixtralForCausalLM(MixtralConfig(**SIZE, num_key_value_heads=2, num_local_experts=4))
     assert not unmasked_padding(with_lora(experts))
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+def test_every_fast_path_on_qwen3_and_its_experts_gives_pefts_loss_and_gradients(family):
+    """Qwen3's q/k norms take the closed form. On Qwen3-MoE, "all-linear" LoRA also adapts the router's and
+    the experts' weights through peft's ParamWrapper, which is no linear layer: those keep peft's forward
+    (the fused one took the router's (logits, weights, experts) tuple for a tensor and crashed), and the
+    experts keep the padding mask and the whole last layer. The loop's loss against plain peft's."""
+    plain = with_lora(tiny(family)).train()
+    fast = copy.deepcopy(plain)
+    report = fast_paths(fast, layers_checkpointed=False)
+    x, mask, labels = right_padded()
+    n_items = int((labels[:, 1:] != data.IGNORE).sum())
+
+    def loss_and_grads(model, fast: bool):
+        model.zero_grad(set_to_none=True)
+        if fast:
+            loss = data.chunked_token_loss(model, *data.labelled_hidden(model, model, x, mask, labels), n_items)
+        else:
+            loss = data.token_loss(*data.label_logits(model, x, mask, labels), n_items)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    if family == "qwen3":
+        assert report.startswith("fast paths: 14 LoRA layers fused, 9 norms") and "no padding mask" in report
+    else:  # 4 attention projections a layer; 3 norms a layer (with q/k) + the final
+        assert report.startswith("fast paths: 8 LoRA layers fused, 9 norms") and "the padding mask" in report
+        assert any("ParamWrapper" in type(m).__name__ for m in fast.modules())
+    (loss, grads), (want_loss, want_grads) = loss_and_grads(fast, True), loss_and_grads(plain, False)
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+    assert grads.keys() == want_grads.keys() and len(grads) == 2 * 7 * 2  # A and B of 7 adapted weights a layer
+    for name, g in want_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-7, msg=name)
