@@ -206,14 +206,15 @@ def attention_implementation(config, device: str, fast_paths: bool = True, dtype
     (SmolLM2, 40 Science Exam rows: 5.1 s against 7.0; LMSYS's 270-2,000-token rows: 8.3 against 13.9):
     there the kit hands a long row's queries to it a block at a time (`kit_cpu_sliced`); else SDPA; eager
     where scores are soft-capped, since transformers' SDPA refuses a cap (and older versions silently
-    dropped it)."""
+    dropped it). Another model whose class has no SDPA (gpt-oss's attention sinks) runs eager everywhere:
+    the kit's attention hands what it does not cover (sinks among it) to SDPA."""
     from .hardware import cpu_has_amx
     from .infer.fast import attention
-    from .infer.fast.probe import softcapped
+    from .infer.fast.probe import plain_attention, sdpa_supported, softcapped
 
-    if device == "cpu" and fast_paths:
+    if device == "cpu" and fast_paths and (softcapped(config) or sdpa_supported(config)):
         return attention.register(sliced=dtype == "bfloat16" and cpu_has_amx() and not softcapped(config))
-    return "eager" if softcapped(config) else "sdpa"
+    return plain_attention(config)
 
 
 def device_map(profile) -> dict:

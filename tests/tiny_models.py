@@ -5,7 +5,8 @@ demo model's tokenizer, for exactness tests (tests/integration/test_families.py)
 Each config keeps what makes its family differ: Gemma 2's soft-capped attention and logits and its
 alternating sliding windows, Mistral's sliding window on every layer, Qwen2's q/k/v biases, Phi-3's fused
 qkv and gate_up projections, Gemma 3's QK-norm and local/global layers, Llama's grouped-query attention,
-Qwen3's q/k norms on a Llama body, Qwen3-MoE's routed experts (the base of many 2025 winners).
+Qwen3's q/k norms on a Llama body, Qwen3-MoE's routed experts (the base of many 2025 winners), gpt-oss's
+attention sinks (transformers runs them eager only), experts and alternating windows.
 Windows are small (WINDOW tokens) so that test rows fall on both sides of them. Weights are drawn larger
 than the families' own initialisers so that attention scores reach the soft cap.
 
@@ -25,6 +26,7 @@ def _configs():
     from transformers import (
         Gemma2Config,
         Gemma3TextConfig,
+        GptOssConfig,
         LlamaConfig,
         MistralConfig,
         Phi3Config,
@@ -35,6 +37,7 @@ def _configs():
 
     gemma = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW, initializer_range=0.2)
     moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    windows = dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"] * 2)
     return {
         "llama": (LlamaConfig, {}),
         "gemma2": (Gemma2Config, dict(gemma, attn_logit_softcapping=2.0, final_logit_softcapping=5.0)),
@@ -44,10 +47,11 @@ def _configs():
         "gemma3": (Gemma3TextConfig, dict(gemma, layer_types=["sliding_attention"] * 3 + ["full_attention"])),
         "qwen3": (Qwen3Config, dict(head_dim=16)),
         "qwen3_moe": (Qwen3MoeConfig, dict(moe, head_dim=16)),
+        "gpt_oss": (GptOssConfig, dict(head_dim=16, num_local_experts=4, num_experts_per_tok=2, **windows)),
     }
 
 
-FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3", "qwen3", "qwen3_moe")
+FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3", "qwen3", "qwen3_moe", "gpt_oss")
 
 
 def build(family: str, tokenizer):

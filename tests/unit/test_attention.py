@@ -248,8 +248,9 @@ def test_a_model_on_the_sliced_path_gives_sdpas_logits_on_long_rows(monkeypatch)
 def test_the_attention_a_model_loads_with(amx, monkeypatch):
     """CPU: the sliced flash kernel in bf16 on AMX, the blocked attention otherwise (fp32, or no AMX);
     a soft-capped model never the flash kernel (SDPA refuses a cap); fast paths off or a GPU: SDPA, or
-    eager where capped."""
-    from transformers import Gemma2Config, LlamaConfig
+    eager where capped. gpt-oss eager everywhere: transformers refuses it SDPA (its attention sinks), and
+    the kit's attention would hand the sinks to SDPA (training loaded it with SDPA and crashed)."""
+    from transformers import Gemma2Config, GptOssConfig, LlamaConfig
 
     from kaggle_kit import hardware
     from kaggle_kit.models import attention_implementation
@@ -262,3 +263,5 @@ def test_the_attention_a_model_loads_with(amx, monkeypatch):
     assert attention_implementation(llama, "cpu", False, "bfloat16") == "sdpa"
     assert attention_implementation(gemma2, "cuda", True, "float16") == "eager"
     assert attention_implementation(llama, "cuda", True, "float16") == "sdpa"
+    for device, fast in (("cpu", True), ("cpu", False), ("cuda", True)):
+        assert attention_implementation(GptOssConfig(), device, fast, "bfloat16") == "eager"

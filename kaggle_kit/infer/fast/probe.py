@@ -131,10 +131,29 @@ def _check_attention(model, fast, plain, blocked, dtype) -> None:
         model.set_attn_implementation(ours)
     gap = differs(eager, blocked, dtype)
     if gap is not None:
-        model.set_attn_implementation("eager" if softcapped(model.config) else "sdpa")
+        model.set_attn_implementation(plain_attention(model.config))
         fast.turn_off("cpu_attention", f"the blocked attention moves log-probabilities by {gap:.2g}")
 
 
 def softcapped(config) -> bool:
     """Whether attention scores are soft-capped (Gemma 2): transformers' SDPA refuses those."""
     return getattr(config.get_text_config(decoder=True), "attn_logit_softcapping", None) is not None
+
+
+def plain_attention(config) -> str:
+    """transformers' attention for a model of `config` without the kit's: SDPA, or eager where scores are
+    soft-capped or the model's class has no SDPA (gpt-oss: its attention sinks; transformers refuses SDPA
+    there at load, and its SDPA function would drop the sinks)."""
+    return "eager" if softcapped(config) or not sdpa_supported(config) else "sdpa"
+
+
+def sdpa_supported(config) -> bool:
+    """Whether the causal-LM class transformers builds for `config` supports SDPA (True for a class it
+    does not know: from_pretrained says so itself)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except (KeyError, ValueError):
+        return True
+    return bool(getattr(cls, "_supports_sdpa", True))
