@@ -6,7 +6,9 @@ Each config keeps what makes its family differ: Gemma 2's soft-capped attention 
 alternating sliding windows, Mistral's sliding window on every layer, Qwen2's q/k/v biases, Phi-3's fused
 qkv and gate_up projections, Gemma 3's QK-norm and local/global layers, Llama's grouped-query attention,
 Qwen3's q/k norms on a Llama body, Qwen3-MoE's routed experts (the base of many 2025 winners), gpt-oss's
-attention sinks (transformers runs them eager only), experts and alternating windows.
+attention sinks (transformers runs them eager only), experts and alternating windows, Gemma 4's KV-shared
+layers (the last layers read earlier layers' keys and values; transformers drops their other queries under
+an integer logits_to_keep) and per-layer embeddings.
 Windows are small (WINDOW tokens) so that test rows fall on both sides of them. Weights are drawn larger
 than the families' own initialisers so that attention scores reach the soft cap.
 
@@ -26,6 +28,7 @@ def _configs():
     from transformers import (
         Gemma2Config,
         Gemma3TextConfig,
+        Gemma4TextConfig,
         GptOssConfig,
         LlamaConfig,
         MistralConfig,
@@ -38,6 +41,7 @@ def _configs():
     gemma = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW, initializer_range=0.2)
     moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
     windows = dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"] * 2)
+    gemma4 = dict(head_dim=16, initializer_range=0.2, hidden_size_per_layer_input=8)
     return {
         "llama": (LlamaConfig, {}),
         "gemma2": (Gemma2Config, dict(gemma, attn_logit_softcapping=2.0, final_logit_softcapping=5.0)),
@@ -48,10 +52,12 @@ def _configs():
         "qwen3": (Qwen3Config, dict(head_dim=16)),
         "qwen3_moe": (Qwen3MoeConfig, dict(moe, head_dim=16)),
         "gpt_oss": (GptOssConfig, dict(head_dim=16, num_local_experts=4, num_experts_per_tok=2, **windows)),
+        # the last two layers read the keys and values of the first two; per-layer embeddings (PLE) of the vocabulary
+        "gemma4": (Gemma4TextConfig, dict(gemma4, global_head_dim=32, num_kv_shared_layers=2, **windows)),
     }
 
 
-FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3", "qwen3", "qwen3_moe", "gpt_oss")
+FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3", "qwen3", "qwen3_moe", "gpt_oss", "gemma4")
 
 
 def build(family: str, tokenizer):
@@ -66,6 +72,8 @@ def build(family: str, tokenizer):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    if "hidden_size_per_layer_input" in extra:  # Gemma 4's per-layer embeddings: of the same vocabulary
+        extra = dict(extra, vocab_size_per_layer_input=len(tokenizer))
     config = cls(**SIZE, **ids, **extra)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()

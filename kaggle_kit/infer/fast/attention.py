@@ -53,7 +53,6 @@ def sliced_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     whole otherwise (as for decode steps, dropout or odd shapes: see _delegate); a soft-capped layer, which
     SDPA refuses, as blocked_attention takes it."""
     import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if kwargs.get("softcap") is not None:
         return blocked_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
@@ -66,13 +65,29 @@ def sliced_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         or not causal
         or q_len < 2 * SDPA_BLOCK
     ):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        return _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     offset, parts = kv_len - q_len, []
     for start in range(0, q_len, SDPA_BLOCK):
         end = min(start + SDPA_BLOCK, q_len)
         k, v, m = key[:, :, : offset + end], value[:, :, : offset + end], attention_mask[..., start:end, : offset + end]
-        parts.append(sdpa_attention_forward(module, query[:, :, start:end], k, v, m, dropout, scaling, **kwargs)[0])
+        parts.append(_sdpa(module, query[:, :, start:end], k, v, m, dropout, scaling, **kwargs)[0])
     return torch.cat(parts, dim=1), None
+
+
+def _sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' SDPA path, where no mask and fewer queries than keys (q_len > 1) gets the causal mask of
+    the last q_len positions: SDPA's causal flag would align the queries with the first keys. transformers
+    hands such a call only where a model dropped queries after building its masks (Gemma 4's KV-shared
+    layers under an integer logits_to_keep), and keeps SDPA itself out of that case."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if attention_mask is None and 1 < q_len < kv_len and _causal(module, kwargs):
+        import torch
+
+        positions = torch.arange(kv_len, device=query.device)
+        attention_mask = (positions <= positions[kv_len - q_len :, None])[None, None]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 
 
 def _causal(module, kwargs: dict) -> bool:
@@ -98,21 +113,18 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
     """transformers' attention signature: query (B, H, Q, D), key/value (B, Hkv, K, D), mask (B, 1, Q, K)
     boolean (True = attend), float (additive) or None (causal); returns ((B, Q, H, D), None)."""
     import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     softcap = kwargs.get("softcap")
     if _delegate(query, key, value, kwargs, dropout):
         if softcap is not None:
             return eager_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        return _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     b, h, q_len, d = query.shape
     hkv, kv_len = key.shape[1], key.shape[2]
     g = h // hkv
     scale = d**-0.5 if scaling is None else scaling
     causal = _causal(module, kwargs)
-    if attention_mask is None and causal:  # SDPA's convention (empty StaticCache slots): the first q_len keys
-        key, value, kv_len = key[:, :, :q_len], value[:, :, :q_len], q_len
-    offset = kv_len - q_len  # queries are the last q_len positions
+    offset = kv_len - q_len  # queries are the last q_len positions, with or without a mask
     bias = _shared_bias(attention_mask, causal, q_len, kv_len, offset, query.device)
     qf = (query.float() * scale).view(b, hkv, g, q_len, d)
     kt = key.float().transpose(-1, -2)
