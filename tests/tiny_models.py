@@ -8,7 +8,8 @@ qkv and gate_up projections, Gemma 3's QK-norm and local/global layers, Llama's 
 Qwen3's q/k norms on a Llama body, Qwen3-MoE's routed experts (the base of many 2025 winners), gpt-oss's
 attention sinks (transformers runs them eager only), experts and alternating windows, Gemma 4's KV-shared
 layers (the last layers read earlier layers' keys and values; transformers drops their other queries under
-an integer logits_to_keep) and per-layer embeddings.
+an integer logits_to_keep) and per-layer embeddings, Qwen3.5's linear-attention (gated delta) layers
+between full-attention ones.
 Windows are small (WINDOW tokens) so that test rows fall on both sides of them. Weights are drawn larger
 than the families' own initialisers so that attention scores reach the soft cap.
 
@@ -34,6 +35,7 @@ def _configs():
         MistralConfig,
         Phi3Config,
         Qwen2Config,
+        Qwen3_5TextConfig,
         Qwen3Config,
         Qwen3MoeConfig,
     )
@@ -42,6 +44,8 @@ def _configs():
     moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
     windows = dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"] * 2)
     gemma4 = dict(head_dim=16, initializer_range=0.2, hidden_size_per_layer_input=8)
+    linear = dict(linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
+    linear["layer_types"] = ["linear_attention", "full_attention"] * 2
     return {
         "llama": (LlamaConfig, {}),
         "gemma2": (Gemma2Config, dict(gemma, attn_logit_softcapping=2.0, final_logit_softcapping=5.0)),
@@ -54,10 +58,12 @@ def _configs():
         "gpt_oss": (GptOssConfig, dict(head_dim=16, num_local_experts=4, num_experts_per_tok=2, **windows)),
         # the last two layers read the keys and values of the first two; per-layer embeddings (PLE) of the vocabulary
         "gemma4": (Gemma4TextConfig, dict(gemma4, global_head_dim=32, num_kv_shared_layers=2, **windows)),
+        "qwen3_5": (Qwen3_5TextConfig, dict(head_dim=16, **linear)),
     }
 
 
-FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3", "qwen3", "qwen3_moe", "gpt_oss", "gemma4")
+FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3")
+FAMILIES += ("qwen3", "qwen3_moe", "gpt_oss", "gemma4", "qwen3_5")  # the 2025-2026 bases
 
 
 def build(family: str, tokenizer):

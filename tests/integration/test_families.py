@@ -157,7 +157,8 @@ def test_tiny_family_equals_plain_transformers(family, tiny_dir, tmp_path):
     paths = fast.paths(kit)
     windowed = ("gemma2", "mistral", "gemma3", "gpt_oss")  # Gemma 4's too, but its KV-shared layers take no cache
     assert paths.window == (tiny_models.WINDOW if family in windowed else None)
-    assert paths.prefix_cache == (family != "gemma4") and paths.prune_last_layer  # on, and still exact
+    # on, and still exact; no prefix cache past KV-shared (Gemma 4) or linear-attention (Qwen3.5) layers
+    assert paths.prefix_cache == (family not in ("gemma4", "qwen3_5")) and paths.prune_last_layer
     # the kit's CPU attention, except for gpt-oss: its sinks run eager (SDPA, where the kit hands what it does
     # not cover, would drop them; transformers refuses SDPA for it)
     assert paths.cpu_attention == (family != "gpt_oss")
