@@ -118,7 +118,6 @@ def load_model(
     `fast_paths=False` computes as plain transformers does (infer/fast/: no prefix cache, pruning,
     fp32 label head, CPU attention, packed weights, 4-bit weights in training's layout).
     """
-    from transformers import AutoModelForCausalLM
 
     from .hardware import detect, guard_half
     from .infer.fast.output_layer import contiguous_head
@@ -131,7 +130,7 @@ def load_model(
     profile = guard_half(profile or detect(), config.model_type)
     tok = apply_chat_format(load_tokenizer(path), chat_format)
     bnb = profile.quantization(quant)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = pretrained(
         path,
         dtype=profile.torch_dtype(),
         local_files_only=True,
@@ -200,6 +199,18 @@ def load_config(path: Path):
         raise ConfigError("model", f"{path}: transformers cannot load this architecture ({exc})") from None
 
 
+def pretrained(path, **kwargs):
+    """AutoModelForCausalLM.from_pretrained(path, **kwargs), where a checkpoint that needs a package this
+    environment lacks (AWQ or GPTQ weights without gptqmodel, and the like) is a ConfigError naming the
+    model and the package: transformers raises that ImportError before it reads any weight."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ImportError as exc:
+        raise ConfigError("model", f"{path}: {exc}") from None
+
+
 def attention_implementation(config, device: str, fast_paths: bool = True, dtype: str | None = None) -> str:
     """The attention a model runs: on a CPU the kit's blocked attention (infer/fast/attention.py, which
     also applies Gemma 2's soft cap), except in bf16 on an AMX CPU, where torch's flash kernel is faster
@@ -236,11 +247,10 @@ def merge_adapter(
     """
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     base = resolve_model(model or adapter_base(adapter) or DEMO)
     tok = load_tokenizer(base)
-    plain = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), local_files_only=True)
+    plain = pretrained(base, dtype=getattr(torch, dtype), local_files_only=True)
     with quiet_peft():
         merged = PeftModel.from_pretrained(plain, _check_adapter(Path(adapter))).merge_and_unload()
     out = Path(out)

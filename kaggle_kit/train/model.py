@@ -26,13 +26,12 @@ def build(cfg, profile, label_ids: list[int] | None = None, tok=None):
     """
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from ..hardware import guard_half
     from ..heads import add_score
     from ..infer.fast.output_layer import contiguous_head
     from ..infer.fast.packed import keep_4bit_layout
-    from ..models import attention_implementation, device_map, load_config, quiet_peft, resolve_model
+    from ..models import attention_implementation, device_map, load_config, pretrained, quiet_peft, resolve_model
     from .fast import fast_paths
 
     path = resolve_model(cfg.model)
@@ -45,10 +44,10 @@ def build(cfg, profile, label_ids: list[int] | None = None, tok=None):
     kw = dict(dtype=compute, local_files_only=True, attn_implementation=attn, **device_map(profile))
     if cfg.quant != "none":
         bnb = profile.quantization(cfg.quant)
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, **kw)
+        model = pretrained(path, quantization_config=bnb, **kw)
         keep_4bit_layout(model)  # one layout in training (infer/fast/packed.py)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kw)
+        model = pretrained(path, **kw)
     for p in model.parameters():
         p.requires_grad_(False)
     if compute == torch.float16:

@@ -54,3 +54,24 @@ def test_cli_bad_file_is_one_line_and_exit_2(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0, res.stderr  # one line, no traceback
     assert res.stderr.startswith("error: ") and "column 'E'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_model_that_needs_a_missing_package_is_a_clear_error_and_leaves_the_fallback(tmp_path):
+    """AWQ weights (Kaggle's 14B-32B uploads) need gptqmodel, which this environment lacks: transformers
+    raises ImportError before it reads a weight. The CLI names the model and the package in one line,
+    exits 2, and the fallback submission is already written (nothing lost)."""
+    import pandas as pd
+
+    from .. import tiny_models
+
+    folder = tiny_models.save("llama", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm"}
+    (folder / "config.json").write_text(json.dumps(config))
+    rows = write_subset("science_exam", tmp_path, 5)
+    res = run_kit("predict", "science_exam", "--data", rows, "--model", folder, "--out", tmp_path / "s.csv")
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    line = next(x for x in res.stderr.splitlines() if x.startswith("error: "))
+    assert f"'model': {folder}" in line and "gptqmodel" in line
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 5
