@@ -9,7 +9,7 @@ Qwen3's q/k norms on a Llama body, Qwen3-MoE's routed experts (the base of many 
 attention sinks (transformers runs them eager only), experts and alternating windows, Gemma 4's KV-shared
 layers (the last layers read earlier layers' keys and values; transformers drops their other queries under
 an integer logits_to_keep) and per-layer embeddings, Qwen3.5's linear-attention (gated delta) layers
-between full-attention ones.
+between full-attention ones, and Gemma 3's vision-language class (its text model inside a wrapper).
 Windows are small (WINDOW tokens) so that test rows fall on both sides of them. Weights are drawn larger
 than the families' own initialisers so that attention scores reach the soft cap.
 
@@ -59,11 +59,23 @@ def _configs():
         # the last two layers read the keys and values of the first two; per-layer embeddings (PLE) of the vocabulary
         "gemma4": (Gemma4TextConfig, dict(gemma4, global_head_dim=32, num_kv_shared_layers=2, **windows)),
         "qwen3_5": (Qwen3_5TextConfig, dict(head_dim=16, **linear)),
+        # Gemma-3-4B and up load as the vision-language class (a SigLIP tower beside the text model)
+        "gemma3_vl": (_gemma3_vision_language, dict(gemma, layer_types=["sliding_attention"] * 3 + ["full_attention"])),
     }
 
 
+def _gemma3_vision_language(**text):
+    """A Gemma3Config of the text model `text` with a one-layer vision tower (what AutoModelForCausalLM builds
+    for the gemma-3-4b/12b/27b checkpoints: Gemma3ForConditionalGeneration)."""
+    from transformers import Gemma3Config
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28)
+    ids = {k: text[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    return Gemma3Config(text_config=text, vision_config=dict(vision, patch_size=14), mm_tokens_per_image=4, **ids)
+
+
 FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3")
-FAMILIES += ("qwen3", "qwen3_moe", "gpt_oss", "gemma4", "qwen3_5")  # the 2025-2026 bases
+FAMILIES += ("qwen3", "qwen3_moe", "gpt_oss", "gemma4", "qwen3_5", "gemma3_vl")  # the 2025-2026 bases
 
 
 def build(family: str, tokenizer):

@@ -155,7 +155,8 @@ def test_tiny_family_equals_plain_transformers(family, tiny_dir, tmp_path):
     check_generation(kit, plain, tok, prompts[:6])
     check_perplexity(kit, plain, tok, prompts[:4], [" ".join(WORDS[: 3 + 4 * i]) for i in range(4)])
     paths = fast.paths(kit)
-    windowed = ("gemma2", "mistral", "gemma3", "gpt_oss")  # Gemma 4's too, but its KV-shared layers take no cache
+    # Gemma 4 has windows too, but its KV-shared layers take no cache
+    windowed = ("gemma2", "mistral", "gemma3", "gpt_oss", "gemma3_vl")
     assert paths.window == (tiny_models.WINDOW if family in windowed else None)
     # on, and still exact; no prefix cache past KV-shared (Gemma 4) or linear-attention (Qwen3.5) layers
     assert paths.prefix_cache == (family not in ("gemma4", "qwen3_5")) and paths.prune_last_layer
