@@ -8,8 +8,11 @@ key/value head's query heads are stacked into one matrix so no key is copied. Pr
 kernel's: q.k products in fp32 (bf16 x bf16 is exact in fp32), softmax in fp32, probabilities rounded to
 the value dtype for the second GEMM. Gemma 2's soft-capped scores are capped here as its eager code caps
 them (tanh(s / cap) * cap before the mask): transformers' SDPA refuses a cap, so a capped layer never goes
-there. Anything else (decode steps, GPUs, attention sinks, position bias, dropout) goes to transformers'
-own SDPA path unchanged, or to an eager product where a cap is set. A layer whose `is_causal` is true
+there. Anything else (decode steps, GPUs, position bias, dropout) goes to transformers' own SDPA path, or
+to an eager product where a cap is set; a model whose class refuses SDPA (gpt-oss's attention sinks) never
+comes here (models.attention_implementation). Without a mask, q_len queries before kv_len keys are the
+last q_len positions, on both paths (Gemma 4's KV-shared layers drop the others after their masks are
+built), where SDPA's own causal flag would align them with the first keys. A layer whose `is_causal` is true
 is taken at its word: keys after a query block are not scored even where a mask would show them (no
 bidirectional spans, as image tokens have in some vision-language models).
 
