@@ -15,6 +15,18 @@ __version__ = "0.1.0"
 # hub (the `kernels` package: no hub at run time). Its own CPU path gives the same numbers; docs/training.md
 # says so once. Set before anything imports bitsandbytes (peft and transformers may, indirectly).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+class _OfflineTrustNote(logging.Filter):
+    """Drops the `kernels` package's warning that it skipped a publisher check because the hub is offline
+    (kernels 0.19, pulled in by transformers 5.25: bitsandbytes asks it for the same hub kernel as above).
+    The kit runs offline by design; its other warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Skipping publisher trust check")
+
+
+logging.getLogger("kernels._internals.hf_hub").addFilter(_OfflineTrustNote())
 # Importing bitsandbytes compiles a kernel with torch.compile, whose inductor imports torch.utils.mkldnn,
 # which still uses torch.jit.script_method: torch warns about its own code, nothing a user can change.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated", category=DeprecationWarning)
