@@ -77,8 +77,9 @@ def attention_window(config) -> tuple[int | None, str | None]:
     except (AttributeError, TypeError, ValueError) as exc:
         return None, f"its layer types are unknown ({exc})"
     odd = sorted(set(types) - set(SUPPORTED_LAYERS))
-    if odd:
-        return None, f"it has {', '.join(odd)} layers"
+    if odd:  # transformers' "dummy": a layer with no cache of its own (Gemma 4's KV-shared layers)
+        named = [f"{t} (KV-shared or cache-free)" if t == "dummy" else t for t in odd]
+        return None, f"it has {', '.join(named)} layers"
     windows = [kw["sliding_window"] for t, kw in zip(types, kwargs) if t == "sliding_attention"]
     windows = [w for w in windows if w]
     return (min(windows) if windows else None), None
