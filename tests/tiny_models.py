@@ -41,6 +41,7 @@ def _configs():
     )
 
     gemma = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW, initializer_range=0.2)
+    gemma3 = dict(gemma, layer_types=["sliding_attention"] * 3 + ["full_attention"])
     moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
     windows = dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"] * 2)
     gemma4 = dict(head_dim=16, initializer_range=0.2, hidden_size_per_layer_input=8)
@@ -52,7 +53,7 @@ def _configs():
         "mistral": (MistralConfig, dict(sliding_window=WINDOW, head_dim=16)),
         "qwen2": (Qwen2Config, {}),
         "phi3": (Phi3Config, dict(sliding_window=None)),
-        "gemma3": (Gemma3TextConfig, dict(gemma, layer_types=["sliding_attention"] * 3 + ["full_attention"])),
+        "gemma3": (Gemma3TextConfig, gemma3),
         "qwen3": (Qwen3Config, dict(head_dim=16)),
         "qwen3_moe": (Qwen3MoeConfig, dict(moe, head_dim=16)),
         "gpt_oss": (GptOssConfig, dict(head_dim=16, num_local_experts=4, num_experts_per_tok=2, **windows)),
@@ -60,7 +61,7 @@ def _configs():
         "gemma4": (Gemma4TextConfig, dict(gemma4, global_head_dim=32, num_kv_shared_layers=2, **windows)),
         "qwen3_5": (Qwen3_5TextConfig, dict(head_dim=16, **linear)),
         # Gemma-3-4B and up load as the vision-language class (a SigLIP tower beside the text model)
-        "gemma3_vl": (_gemma3_vision_language, dict(gemma, layer_types=["sliding_attention"] * 3 + ["full_attention"])),
+        "gemma3_vl": (_gemma3_vision_language, gemma3),
     }
 
 

@@ -522,6 +522,27 @@ def test_a_left_padded_batch_a_bidirectional_model_and_experts_keep_the_mask():
     assert not unmasked_padding(with_lora(experts))
 
 
+def loop_and_peft(fast, plain):
+    """((loss, LoRA gradients) of the training loop's loss (train/loop.py `_loss`) on `fast`, the same of
+    the model's plain label logits on `plain`), on right_padded() rows."""
+    from types import SimpleNamespace
+
+    from kaggle_kit.train.loop import _loss
+
+    x, mask, labels = right_padded()
+    n_items = int((labels[:, 1:] != data.IGNORE).sum())
+    out = []
+    for model in (fast, plain):
+        model.zero_grad(set_to_none=True)
+        if model is fast:
+            loss = _loss(model, model, SimpleNamespace(head=None), None, x, mask, labels, n_items)
+        else:
+            loss = data.token_loss(*data.label_logits(model, x, mask, labels), n_items)
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    return out
+
+
 @pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
 def test_every_fast_path_on_qwen3_and_its_experts_gives_pefts_loss_and_gradients(family):
     """Qwen3's q/k norms take the closed form. On Qwen3-MoE, "all-linear" LoRA also adapts the router's and
@@ -531,24 +552,12 @@ def test_every_fast_path_on_qwen3_and_its_experts_gives_pefts_loss_and_gradients
     plain = with_lora(tiny(family)).train()
     fast = copy.deepcopy(plain)
     report = fast_paths(fast, layers_checkpointed=False)
-    x, mask, labels = right_padded()
-    n_items = int((labels[:, 1:] != data.IGNORE).sum())
-
-    def loss_and_grads(model, fast: bool):
-        model.zero_grad(set_to_none=True)
-        if fast:
-            loss = data.chunked_token_loss(model, *data.labelled_hidden(model, model, x, mask, labels), n_items)
-        else:
-            loss = data.token_loss(*data.label_logits(model, x, mask, labels), n_items)
-        loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
     if family == "qwen3":
         assert report.startswith("fast paths: 14 LoRA layers fused, 9 norms") and "no padding mask" in report
     else:  # 4 attention projections a layer; 3 norms a layer (with q/k) + the final
         assert report.startswith("fast paths: 8 LoRA layers fused, 9 norms") and "the padding mask" in report
         assert any("ParamWrapper" in type(m).__name__ for m in fast.modules())
-    (loss, grads), (want_loss, want_grads) = loss_and_grads(fast, True), loss_and_grads(plain, False)
+    (loss, grads), (want_loss, want_grads) = loop_and_peft(fast, plain)
     assert loss == pytest.approx(want_loss, rel=1e-6)
     assert grads.keys() == want_grads.keys() and len(grads) == 2 * 7 * 2  # A and B of 7 adapted weights a layer
     for name, g in want_grads.items():
@@ -560,29 +569,14 @@ def test_every_fast_path_on_the_newer_families_gives_pefts_loss_and_gradients(fa
     """The training loop's loss (train/loop.py `_loss`) with every fast path against plain peft's, on
     tests/tiny_models.py's gpt-oss (attention sinks, experts), Gemma 4 (KV-shared layers, per-layer
     embeddings) and Qwen3.5 (linear-attention layers): the same loss and LoRA gradients in fp32."""
-    from types import SimpleNamespace
-
     from kaggle_kit.models import demo_model_dir, load_tokenizer
-    from kaggle_kit.train.loop import _loss
 
     from .. import tiny_models
 
     plain = with_lora(tiny_models.build(family, load_tokenizer(demo_model_dir()))).train()
     fast = copy.deepcopy(plain)
     fast_paths(fast, layers_checkpointed=False)
-    x, mask, labels = right_padded()
-    n_items = int((labels[:, 1:] != data.IGNORE).sum())
-
-    def loss_and_grads(model, fast: bool):
-        model.zero_grad(set_to_none=True)
-        if fast:
-            loss = _loss(model, model, SimpleNamespace(head=None), None, x, mask, labels, n_items)
-        else:
-            loss = data.token_loss(*data.label_logits(model, x, mask, labels), n_items)
-        loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    (loss, grads), (want_loss, want_grads) = loss_and_grads(fast, True), loss_and_grads(plain, False)
+    (loss, grads), (want_loss, want_grads) = loop_and_peft(fast, plain)
     assert loss == pytest.approx(want_loss, rel=1e-6)
     assert grads.keys() == want_grads.keys() and grads
     tol = 1e-3 if family == "gemma4" else 1e-4  # Gemma 4's init (0.2) is ill-conditioned: fp32 is 5e-4 from fp64

@@ -86,10 +86,7 @@ def _sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scali
 
     q_len, kv_len = query.shape[2], key.shape[2]
     if attention_mask is None and 1 < q_len < kv_len and _causal(module, kwargs):
-        import torch
-
-        positions = torch.arange(kv_len, device=query.device)
-        attention_mask = (positions <= positions[kv_len - q_len :, None])[None, None]
+        attention_mask = _causal_mask(q_len, kv_len, kv_len - q_len, query.device)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 
 
@@ -192,6 +189,14 @@ def _causal_bias(causal: bool, q_len: int, kv_len: int, offset: int, device: str
     return _bias(None, causal, q_len, kv_len, offset, device)
 
 
+def _causal_mask(q_len: int, kv_len: int, offset: int, device):
+    """(1, 1, Q, K) boolean: query i (position offset + i) sees key j where j <= offset + i."""
+    import torch
+
+    seen = torch.arange(kv_len, device=device) <= torch.arange(offset, offset + q_len, device=device)[:, None]
+    return seen[None, None]
+
+
 def _bias(attention_mask, causal: bool, q_len: int, kv_len: int, offset: int, device):
     """(B|1, 1, Q, K) fp32 to add to the scores: 0 where a query may look, LOWEST where not (adding it
     is 0.6 ms a layer faster than masked_fill_ with a broadcast boolean mask); None when nothing is hidden."""
@@ -200,8 +205,7 @@ def _bias(attention_mask, causal: bool, q_len: int, kv_len: int, offset: int, de
     if attention_mask is None:
         if not causal:
             return None
-        seen = torch.arange(kv_len, device=device) <= torch.arange(offset, offset + q_len, device=device)[:, None]
-        attention_mask = seen[None, None]
+        attention_mask = _causal_mask(q_len, kv_len, offset, device)
     if attention_mask.dtype != torch.bool:  # already additive
         return attention_mask.float()
     return torch.where(attention_mask, 0.0, LOWEST)
