@@ -85,9 +85,9 @@ def adapter_setting(adapter, key: str):
     return cfg.get(key, cfg.get("train_config", {}).get(key))
 
 
-def adapter_defaults(adapters: list, name=None, quant=None, chat_format=None) -> tuple:
-    """(model, quant, chat_format) with each None filled from the adapters' kit_config.json: the base they
-    name, how they were trained; else 'demo', 'none', 'auto'."""
+def adapter_defaults(adapters: list, name=None, quant=None, chat_format=None, template_kwargs=None) -> tuple:
+    """(model, quant, chat_format, chat_template_kwargs) with each None filled from the adapters'
+    kit_config.json: the base they name, how they were trained; else 'demo', 'none', 'auto', {}."""
 
     def first(key, default):
         return next((v for v in (adapter_setting(a, key) for a in adapters) if v), default)
@@ -96,6 +96,7 @@ def adapter_defaults(adapters: list, name=None, quant=None, chat_format=None) ->
         name if name is not None else first("base_model", DEMO),
         quant if quant is not None else first("quant", "none"),
         chat_format if chat_format is not None else first("chat_format", "auto"),
+        template_kwargs if template_kwargs is not None else first("chat_template_kwargs", {}),
     )
 
 
@@ -106,6 +107,7 @@ def load_model(
     quant: str | None = None,
     chat_format: str | None = None,
     fast_paths: bool = True,
+    chat_template_kwargs: dict | None = None,
 ):
     """(model, tokenizer) from a local folder or 'demo', in the profile's device and dtype, eval mode.
 
@@ -114,7 +116,8 @@ def load_model(
     model the adapter's kit_config.json names, else the demo model. `quant` holds the base in 'nf4' or
     'int8' (a 7-9B model needs one of them on a 15 GB T4); None = as the adapter was trained, else 'none'
     (adapters stay unmerged on a quantised base: merging into 4-bit weights changes the outputs).
-    `chat_format` likewise: None = the adapter's (kit_config.json), else the tokenizer's own ('auto').
+    `chat_format` likewise: None = the adapter's (kit_config.json), else the tokenizer's own ('auto');
+    and `chat_template_kwargs` ({'enable_thinking': False}): None = the adapter's, else the template's defaults.
     `fast_paths=False` computes as plain transformers does (infer/fast/: no prefix cache, pruning,
     fp32 label head, CPU attention, packed weights, 4-bit weights in training's layout).
     """
@@ -124,11 +127,12 @@ def load_model(
     from .templates import apply_chat_format
 
     adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
-    name, quant, chat_format = adapter_defaults(list(adapters.values()), name, quant, chat_format)
+    found = adapter_defaults(list(adapters.values()), name, quant, chat_format, chat_template_kwargs)
+    name, quant, chat_format, chat_template_kwargs = found
     path = resolve_model(name)
     config = load_config(path)
     profile = guard_half(profile or detect(), config.model_type)
-    tok = apply_chat_format(load_tokenizer(path), chat_format)
+    tok = apply_chat_format(load_tokenizer(path), chat_format, chat_template_kwargs)
     bnb = profile.quantization(quant)
     model = pretrained(
         path,

@@ -12,6 +12,13 @@ def _config(cls, args, **values):
     return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)}, **values)
 
 
+def _yaml(text: str):
+    """A flag's value read as YAML ('{enable_thinking: false}'); the config checks what it holds."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def _add_model_args(p):
     """Model and inference-shape flags shared by predict and rehearse."""
     p.add_argument("--model", help="local model folder or 'demo' (default: the adapter's base, else demo)")
@@ -55,6 +62,12 @@ def _add_predict(p):
     p.add_argument("competition", help="science_exam | lmsys | prompt_recovery")
     p.add_argument("--data", required=True, help="the competition's test.csv")
     _add_model_args(p)
+    p.add_argument(
+        "--chat-template-kwargs",
+        type=_yaml,
+        metavar="MAPPING",
+        help="variables the chat template reads, e.g. '{enable_thinking: false}' (default: as the adapter trained)",
+    )
     p.add_argument("--out", default="submission.csv", help="submission path (default submission.csv)")
     p.add_argument("--budget", help="wall clock for the run, e.g. 9h, 30m, 45s")
     p.add_argument(

@@ -41,6 +41,20 @@ def _check_positive(obj, *names):
             raise ConfigError(name, f"must be > 0, got {value}")
 
 
+def check_template_kwargs(value) -> None:
+    """chat_template_kwargs: None or a mapping of template variable names to scalars (a template reads
+    true/false, numbers and strings: {enable_thinking: false}, {reasoning_effort: low})."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError("chat_template_kwargs", f"a mapping such as {{enable_thinking: false}}, got {value!r}")
+    for name, item in value.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise ConfigError("chat_template_kwargs", f"{name!r} is not a template variable name")
+        if not isinstance(item, (bool, int, float, str)):
+            raise ConfigError(f"chat_template_kwargs.{name}", f"a boolean, number or string, got {item!r}")
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'0/2' -> (0, 2); shards count from 0."""
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..budget import parse_duration
 from ..errors import ConfigError
 from ..hardware import DTYPES, QUANTS
-from .base import CHAT_FORMAT_NAMES, _check_positive, parse_shard
+from .base import CHAT_FORMAT_NAMES, _check_positive, check_template_kwargs, parse_shard
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PredictConfig:
     dtype: str | None = None  # float16 / bfloat16 / float32; None = hardware profile (T4: float16)
     quant: str | None = None  # base weights nf4 / int8 / none (a 9B model on a T4: nf4); None = as the adapter trained
     chat_format: str | None = None  # auto / alpaca / plain; None = as the adapter was trained, else auto
+    chat_template_kwargs: dict | None = None  # {enable_thinking: false} (Qwen3); None = as the adapter was trained
     device: str | None = None  # cpu / cuda; None = cuda when present
     backend: str = "transformers"  # 'vllm' (GPU + vllm installed), or 'auto' = vllm when it can run
     tensor_parallel: int = 1  # vllm: GPUs one model is split over (a model larger than one GPU)
@@ -69,6 +70,7 @@ class PredictConfig:
             raise ConfigError("quant", f"{self.quant!r} is not one of {list(QUANTS)}")
         if self.chat_format is not None and self.chat_format not in CHAT_FORMAT_NAMES:
             raise ConfigError("chat_format", f"{self.chat_format!r} is not one of {list(CHAT_FORMAT_NAMES)}")
+        check_template_kwargs(self.chat_template_kwargs)
         if self.backend not in ("transformers", "vllm", "auto"):
             raise ConfigError("backend", f"{self.backend!r} is not one of ['transformers', 'vllm', 'auto']")
         _check_positive(self, "tensor_parallel")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..budget import parse_duration
 from ..errors import ConfigError
 from ..hardware import QUANTS
-from .base import CHAT_FORMAT_NAMES, _check_positive
+from .base import CHAT_FORMAT_NAMES, _check_positive, check_template_kwargs
 
 SCHEDULERS = ("constant", "linear", "cosine")
 
@@ -52,6 +52,7 @@ class TrainConfig:
     chat_format: str = (
         "auto"  # 'auto' = the tokenizer's template; 'alpaca' = a Science Exam QLoRA repo's format; 'plain'
     )
+    chat_template_kwargs: dict | None = None  # variables the chat template reads: {enable_thinking: false} (Qwen3)
     soft_labels: str | None = None  # CSV: id + a teacher's probability per label (an LMSYS submission on train)
     distill_weight: float = 1.0  # with soft_labels: the KL term's share; the rest is the hard-label loss
     views: int = 1  # train rows under this many views: lmsys 2 = paired rows (A/B and label swapped), science <= 5
@@ -106,6 +107,7 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{getattr(self, name)!r} is not one of {list(allowed)}")
+        check_template_kwargs(self.chat_template_kwargs)
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ConfigError("distill_weight", f"must be in [0, 1], got {self.distill_weight}")
         if self.soft_labels and self.loss != "answer":

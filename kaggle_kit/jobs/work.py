@@ -45,9 +45,11 @@ def _check_labels(comp, cfg, df) -> None:
         return
     from ..infer import label_token_ids
     from ..models import adapter_defaults, load_tokenizer, resolve_model
+    from ..templates import apply_chat_format
 
-    name, _, _ = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, None, None)
-    tok = load_tokenizer(resolve_model(name))
+    fmt, kwargs = getattr(cfg, "chat_format", None), getattr(cfg, "chat_template_kwargs", None)
+    name, _, fmt, kwargs = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, None, fmt, kwargs)
+    tok = apply_chat_format(load_tokenizer(resolve_model(name)), fmt, kwargs)
     prompts = []
     if comp.kind in ("multiple_choice", "label_probabilities"):  # whose rows' prompts are the ones scored
         context = {"context": [""]} if getattr(cfg, "context", None) else {}
@@ -96,7 +98,9 @@ def _load(cfg):
     if backend != "transformers" and _vllm_can_run(cfg, profile, backend):
         return _load_vllm(cfg, profile)
     model, tok = load_model(
-        cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None), getattr(cfg, "fast_paths", True)
+        *(cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None)),
+        fast_paths=getattr(cfg, "fast_paths", True),
+        chat_template_kwargs=getattr(cfg, "chat_template_kwargs", None),
     )
     return model, tok, cfg.batch_tokens  # None: the engine's default for the device and task
 
@@ -106,7 +110,7 @@ def _vllm_can_run(cfg, profile, backend: str) -> bool:
     from ..infer import vllm_backend
     from ..models import adapter_defaults, load_config, resolve_model
 
-    name, quant, _ = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, cfg.quant, None)
+    name, quant, *_ = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, cfg.quant, None)
     reason = vllm_backend.why_not() or vllm_backend.check(load_config(resolve_model(name)).model_type, profile, quant)
     if reason is None:
         return True
@@ -132,9 +136,10 @@ def _load_vllm(cfg, profile):
     from ..models import adapter_defaults, load_tokenizer, resolve_model
     from ..templates import apply_chat_format
 
-    name, quant, fmt = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, None, cfg.chat_format)
+    adapters = [cfg.adapter] if cfg.adapter else []
+    name, quant, fmt, kwargs = adapter_defaults(adapters, cfg.model, None, cfg.chat_format, cfg.chat_template_kwargs)
     path = resolve_model(name)
-    tok = apply_chat_format(load_tokenizer(path), fmt)
+    tok = apply_chat_format(load_tokenizer(path), fmt, kwargs)
     model = vllm_backend.load(path, profile, cfg.adapter, cfg.max_length, cfg.tensor_parallel, cfg.quant or quant)
     return model, tok, cfg.batch_tokens or vllm_backend.BATCH_TOKENS
 

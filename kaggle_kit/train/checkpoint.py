@@ -69,6 +69,7 @@ def _write(tmp: Path, model, tokenizer, cfg, state, extra_files, optimizer, sche
                 "base_model": cfg.model,
                 "competition": cfg.competition,
                 "chat_format": cfg.chat_format,
+                "chat_template_kwargs": cfg.chat_template_kwargs,
                 "train_config": asdict(cfg),
             },
             indent=2,

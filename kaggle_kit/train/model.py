@@ -13,7 +13,7 @@ def tokenizer(cfg):
     from ..models import load_tokenizer, resolve_model
     from ..templates import apply_chat_format
 
-    return apply_chat_format(load_tokenizer(resolve_model(cfg.model)), cfg.chat_format)
+    return apply_chat_format(load_tokenizer(resolve_model(cfg.model)), cfg.chat_format, cfg.chat_template_kwargs)
 
 
 def build(cfg, profile, label_ids: list[int] | None = None, tok=None):
