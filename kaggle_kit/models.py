@@ -206,9 +206,16 @@ def load_config(path: Path):
 def pretrained(path, **kwargs):
     """AutoModelForCausalLM.from_pretrained(path, **kwargs), where a checkpoint that needs a package this
     environment lacks (AWQ or GPTQ weights without gptqmodel, and the like) is a ConfigError naming the
-    model and the package: transformers raises that ImportError before it reads any weight."""
+    model and the package: transformers raises that ImportError before it reads any weight.
+
+    Without the Hub's kernels (`use_kernels=False`): transformers 5.25 installs `kernels` and kernelizes
+    every model it loads by default, which fetches layer code from the Hub (no internet on Kaggle) and,
+    on each switch between train() and eval(), puts every decorated layer's own forward back (RMSNorm,
+    rotary embeddings): the kit's training norms (train/fast.py) were silently undone at the loop's first
+    model.train(), keeping autograd's fp32 copies (SmolLM2, 4 x 512 tokens: +0.56 GB for backward)."""
     from transformers import AutoModelForCausalLM
 
+    kwargs.setdefault("use_kernels", False)
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ImportError as exc:

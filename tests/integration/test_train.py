@@ -464,12 +464,17 @@ def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name,
     """The training fast paths on the real models, fp32: with them (the fused LoRA forward, the norms'
     closed-form backward, Gemma-3's q/k norms among them, the MLPs' recomputed activation) the model's own
     `labels=` loss and every LoRA gradient are those of peft's forward, autograd's norms and the MLPs' own
-    forward (fast_paths: false); Gemma-3 also on two rows past its 512-token window."""
+    forward (fast_paths: false), in training mode after an evaluation's switch; Gemma-3 also on two rows
+    past its 512-token window."""
     runs = []
     for fast in (True, False):
         cfg = small(tmp_path, quant="none", dtype="float32", max_length=length, model=name, fast_paths=fast)
         torch.manual_seed(0)  # the same LoRA A draws in both builds
         model, tok = model_lib.build(cfg, detect("float32"))
+        # as the loop switches for its evaluations: transformers' kernelize on a switch would put each
+        # decorated layer's own forward back (SmolLM2's norms), were the model loaded with kernels
+        model.eval()
+        model.train()
         patched = sum("forward" in m.__dict__ for m in model.modules())
         torch.manual_seed(1)
         with torch.no_grad():
@@ -479,7 +484,8 @@ def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name,
         ids, mask, labels = alpaca_batch(tok, length)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
-        runs.append((patched, float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        runs.append((patched, float(loss.detach()), grads))
         del model
     (patched, loss, grads), (none, plain_loss, plain_grads) = runs
     layers = 30 if name == "demo" else 18
