@@ -38,7 +38,10 @@
   batch, a model with a layer that is not causal, and mixtures of experts (the router's auxiliary loss
   skips the padding through the mask) keep the mask.
 
-All five are on in `train.model.build` unless `fast_paths: false`; a layer, norm or MLP they do not fit keeps
+- The norms' and MLPs' outputs are made again in backward instead of kept by the LoRA layers that read
+  them (train/recompute.py), where layers are not checkpointed.
+
+All six are on in `train.model.build` unless `fast_paths: false`; a layer, norm or MLP they do not fit keeps
 its own forward (tests/unit/test_train_fast.py holds them to peft's numbers).
 """
 
@@ -48,6 +51,8 @@ import functools
 import types
 import weakref
 from contextlib import nullcontext
+
+from .recompute import enable, remember
 
 _ON_LABELS: weakref.WeakSet = weakref.WeakSet()  # peft models whose last layer runs on labelled positions
 _UNMASKED: weakref.WeakSet = weakref.WeakSet()  # peft models whose right-padded batches run without a mask
@@ -63,9 +68,10 @@ def fast_paths(model, layers_checkpointed: bool) -> str:
     pruned = not layers_checkpointed and last_layer_on_labels(model)
     last = "the last layer on labelled positions only" if pruned else "the last layer whole"
     mask = "no padding mask" if unmasked_padding(model) else "the padding mask"
+    again = "" if layers_checkpointed or not (norms or mlps) or not enable(model) else ", their outputs made again"
     return (
         f"fast paths: {fused} LoRA layers fused, {norms} norms with a closed-form backward, "
-        f"{mlps} MLPs recomputing their activation, {last}, {mask} on right-padded rows"
+        f"{mlps} MLPs recomputing their activation{again}, {last}, {mask} on right-padded rows"
     )
 
 
@@ -218,7 +224,19 @@ def _closed_form_norm(self, x, *args, **kwargs):
 
     if args or kwargs or self.weight.requires_grad or not (torch.is_grad_enabled() and x.requires_grad):
         return type(self).forward(self, x, *args, **kwargs)
-    return _closed_form_class().apply(x, self.weight, *self._kit_norm)
+    y = _closed_form_class().apply(x, self.weight, *self._kit_norm)
+    x, weight, (eps, gemma) = x.detach(), self.weight, self._kit_norm
+    remember(y, lambda: _normed(x, weight, eps, gemma)[0])  # kept by the norm already: y is made again
+    return y
+
+
+def _normed(x, weight, eps: float, gemma: bool):
+    """(y, r): the closed-form norm's output and r = 1 / sqrt(mean(x^2) + eps), in fp32."""
+    import torch
+
+    xf = x.float()
+    r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (((xf * r) * (1.0 + weight.float())).type_as(x) if gemma else weight * (xf * r).to(x.dtype)), r
 
 
 @functools.cache
@@ -232,9 +250,7 @@ def _closed_form_class():
 
         @staticmethod
         def forward(ctx, x, weight, eps, gemma):
-            xf = x.float()
-            r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-            y = ((xf * r) * (1.0 + weight.float())).type_as(x) if gemma else weight * (xf * r).to(x.dtype)
+            y, r = _normed(x, weight, eps, gemma)
             ctx.save_for_backward(x, r, weight)
             ctx.gemma = gemma
             return y
@@ -289,7 +305,10 @@ def _gated_mlp_forward(self, x, *args, **kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     gate = self.gate_proj(x)  # before up_proj, as the MLP's own forward: dropout draws in the same order
     up = self.up_proj(x)
-    return self.down_proj(_gated_product_class().apply(gate, up, self.act_fn))
+    product = _gated_product_class().apply(gate, up, self.act_fn)
+    gate, up, act = gate.detach(), up.detach(), self.act_fn
+    remember(product, lambda: act(gate) * up)  # GatedProduct keeps gate and up: the product is made again
+    return self.down_proj(product)
 
 
 @functools.cache

@@ -16,7 +16,7 @@ import numpy as np
 from ..budget import Deadline
 from ..config import TrainConfig
 from ..progress import bar, loss_curve
-from . import checkpoint, data
+from . import checkpoint, data, recompute
 
 log = logging.getLogger("kaggle_kit")
 HEAP_GROWTH = 1.0  # RSS growth past the first steps' peak that hands a CPU run's heap back (infer/fast/heap.py)
@@ -141,7 +141,13 @@ def _answer_and_label_probs(model, head, scoring: LabelScoring, rows: list, ids,
 
 def _loss(model, core, cfg, split: Split, ids, mask, labels, n_items: int, soft=None):
     """The loss of one micro-batch, divided by the labelled items of the whole step: the classification
-    head's cross-entropy (head: classifier), the teacher's (soft labels), or the label tokens' NLL."""
+    head's cross-entropy (head: classifier), the teacher's (soft labels), or the label tokens' NLL. Its
+    forward keeps recipes for what backward can make again (train/recompute.py)."""
+    with recompute.recomputing(core):
+        return _micro_batch_loss(model, core, cfg, split, ids, mask, labels, n_items, soft)
+
+
+def _micro_batch_loss(model, core, cfg, split: Split, ids, mask, labels, n_items: int, soft=None):
     if cfg.head == "classifier":
         return data.class_loss(*data.class_logits(model, core, ids, mask, labels, split.label_ids), n_items)
     if soft is None and data.head_is_exact(core, ids):  # logits at labelled positions only, in chunks
