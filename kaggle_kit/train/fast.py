@@ -52,7 +52,7 @@ import types
 import weakref
 from contextlib import nullcontext
 
-from .recompute import enable, remember
+from .recompute import autocast_state, enable, remember, replayed
 
 _ON_LABELS: weakref.WeakSet = weakref.WeakSet()  # peft models whose last layer runs on labelled positions
 _UNMASKED: weakref.WeakSet = weakref.WeakSet()  # peft models whose right-padded batches run without a mask
@@ -68,7 +68,10 @@ def fast_paths(model, layers_checkpointed: bool) -> str:
     pruned = not layers_checkpointed and last_layer_on_labels(model)
     last = "the last layer on labelled positions only" if pruned else "the last layer whole"
     mask = "no padding mask" if unmasked_padding(model) else "the padding mask"
-    again = "" if layers_checkpointed or not (norms or mlps) or not enable(model) else ", their outputs made again"
+    remade = not layers_checkpointed and bool(norms or mlps)
+    if remade:
+        enable(model)
+    again = ", their outputs made again" if remade else ""
     return (
         f"fast paths: {fused} LoRA layers fused, {norms} norms with a closed-form backward, "
         f"{mlps} MLPs recomputing their activation{again}, {last}, {mask} on right-padded rows"
@@ -322,15 +325,14 @@ def _gated_product_class():
         @staticmethod
         def forward(ctx, gate, up, act):
             ctx.save_for_backward(gate, up)
-            device = gate.device.type  # act runs again under the forward's autocast (its pow would run in fp32)
-            ctx.act, ctx.autocast = act, (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+            # act runs again under the forward's autocast (its pow would run in fp32)
+            ctx.act, ctx.autocast = act, autocast_state(gate.device.type)
             return act(gate) * up
 
         @staticmethod
         def backward(ctx, dy):
             gate, up = ctx.saved_tensors
-            device, enabled, dtype = ctx.autocast
-            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            with torch.enable_grad(), replayed(ctx.autocast):
                 g = gate.detach().requires_grad_()
                 s = ctx.act(g)
             d_up = dy * s.detach() if ctx.needs_input_grad[1] else None

@@ -22,10 +22,9 @@ _ON: weakref.WeakSet = weakref.WeakSet()  # peft models whose training forwards 
 _ACTIVE: list = []  # the recipe table of the forward running now (one at a time), empty outside one
 
 
-def enable(model) -> bool:
-    """Let `recomputing` run `model`'s training forwards with the recipes; True."""
+def enable(model) -> None:
+    """Let `recomputing` run `model`'s training forwards with the recipes."""
     _ON.add(model)
-    return True
 
 
 @contextlib.contextmanager
@@ -52,11 +51,22 @@ def remember(output, make) -> None:
     of it. `make` runs under the autocast of this call, without grad."""
     if not _ACTIVE or not output.is_contiguous():
         return
+    _ACTIVE[-1][output] = _Recipe(make, autocast_state(output.device.type))
+
+
+def autocast_state(device: str) -> tuple:
+    """(device, enabled, dtype): the autocast a call runs under now, for `replayed` to run another under."""
     import torch
 
-    device = output.device.type
-    state = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-    _ACTIVE[-1][output] = _Recipe(make, state)
+    return device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+
+def replayed(state: tuple):
+    """The autocast context `autocast_state` recorded."""
+    import torch
+
+    device, enabled, dtype = state
+    return torch.autocast(device, dtype=dtype, enabled=enabled)
 
 
 class _Recipe:
@@ -70,8 +80,7 @@ class _Recipe:
         if self.value is None:
             import torch
 
-            device, enabled, dtype = self.state
-            with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            with torch.no_grad(), replayed(self.state):
                 self.value = self.make()
         return self.value
 
