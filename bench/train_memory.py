@@ -47,7 +47,7 @@ class Sampler:
             self.mallinfo.restype = MallInfo2
         except (OSError, AttributeError):  # not glibc >= 2.33: the heap's split is left out
             self.mallinfo = None
-        self.samples, self.marks = [], {}
+        self.samples = []
         threading.Thread(target=self._loop, daemon=True).start()
 
     def read(self) -> dict:
@@ -64,9 +64,6 @@ class Sampler:
         while True:
             self.samples.append(self.read())
             time.sleep(0.02)
-
-    def mark(self, name: str):
-        self.marks[name] = self.read()
 
     def peak(self) -> dict:
         """The first sample within 1% of the most resident memory: RSS stays near its peak once there (the
@@ -180,12 +177,12 @@ def main():
     from kaggle_kit.progress import format_table
 
     sampler, kept = Sampler(), Kept()
-    sampler.mark("start")
     instrument(kept)
+    profile = detect(None, None)
     run = argparse.Namespace(
         model=args.model,
         quant="nf4",
-        device=None,
+        device=profile.device,
         dtype=None,
         loss=args.loss,
         steps=2,
@@ -193,8 +190,6 @@ def main():
         fast_paths=args.fast_paths,
         gradient_checkpointing=False,
     )
-    profile = detect(None, None)
-    run.device = profile.device
     with tempfile.TemporaryDirectory() as tmp:
         train_bench.run_kit(run, Path(tmp))
     peak, live, rows = sampler.peak(), sampler.live_peak(), kept.rows()
