@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kaggle_kit.infer.fast.views import ViewPrefix
+from kaggle_kit.infer.fast.views import MIN_SAVED, ViewPrefix
 
 from .. import conftest
 
@@ -97,6 +97,25 @@ def test_a_split_batch_pads_each_view_as_the_whole_batch_did():
     for half, part in parts.items():
         for v in range(3):
             np.testing.assert_array_equal(part[v], whole[v][list(half)])
+
+
+def test_a_batch_whose_heads_save_little_runs_its_views_whole():
+    """Two stages cost a second forward and a copy of each head's cache per view: a batch whose heads save
+    less than MIN_SAVED of its padded tokens runs whole views (counted in unsaved_batches), as LMSYS's A/B
+    swap does; one that saves more runs in two stages."""
+    model = conftest.tiny_llama(attn_implementation="eager")
+    views = views_of(4, head=18)
+    tails = [[3 + (7 * v + k) % 110 for k in range(300)] for v in range(3)]  # 300 tokens each view has alone
+    long = [[row + tails[v] for row in view] for v, view in enumerate(views)]
+    rows = list(range(4))
+    short, longer = ViewPrefix(model, views), ViewPrefix(model, long)
+    assert short.heads == longer.heads and longer.active  # the same heads, shared by 3 views
+    two, whole = longer.padded(rows)
+    assert two > (1 - MIN_SAVED) * whole  # 300 more tokens a view dilute what the heads save
+    two, whole = short.padded(rows)
+    assert two <= (1 - MIN_SAVED) * whole
+    assert short.applies(rows) and not longer.applies(rows)
+    assert (short.unsaved_batches, longer.unsaved_batches) == (0, 1)
 
 
 def test_rows_that_share_little_with_their_views_do_not_take_the_two_stages():

@@ -16,7 +16,11 @@ values and position it has in the whole row, as in prefix.py. What is shared is 
 the actual encoded views, so each view is exactly its own tokenisation. A sliding window counts cache
 slots, so a batch whose slots exceed the model's smallest window scores its views whole (counted in
 `whole_batches`). LMSYS's A/B swap shares the instructions and the user's prompt; the responses, most
-of the row, differ and run once per view.
+of the row, differ and run once per view. The second forward and the heads' repeated caches cost time
+too, so a batch whose two stages would save less than MIN_SAVED of its padded tokens runs whole views
+(counted in `unsaved_batches`): measured on 2 EPYC cores in bf16 (bench/tta_bench.py, 2026-12-04),
+two stages took 1.06-1.20x the time their padded tokens predict, and LMSYS rows saving 1.6% of them
+ran 0.93x as fast as whole views.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 
 from .output_layer import skipped
 from .prefix import MIN_PREFIX, SharedPrefix, cache_kwarg, common_prefix, output_cache
+
+MIN_SAVED = 0.08  # the share of a batch's padded tokens two stages must save to run (see above)
 
 
 class ViewPrefix:
@@ -42,6 +48,7 @@ class ViewPrefix:
         self.active = on and own >= MIN_PREFIX * rows
         self.batches = 0  # batches scored through the row heads
         self.whole_batches = 0  # batches whose views ran whole because of the sliding window
+        self.unsaved_batches = 0  # batches whose views ran whole because two stages saved too little
 
     def saved(self) -> float:
         """The share of the views' tokens (beyond the global prefix) that run once instead of per view."""
@@ -51,14 +58,26 @@ class ViewPrefix:
         return repeated / total if total else 0.0
 
     def applies(self, pad_as: list[int]) -> bool:
-        """Whether a batch padded as rows `pad_as` runs in two stages: active, and its slots (global prefix,
-        padded heads, padded own tokens) within the sliding window; else it runs whole views (counted)."""
+        """Whether a batch padded as rows `pad_as` runs in two stages: active, saving at least MIN_SAVED of
+        its padded tokens, and its slots (global prefix, padded heads, padded own tokens) within the
+        sliding window; else it runs whole views (counted)."""
         if not self.active or self._widths(pad_as)[0] == 0:
+            return False
+        if self.padded(pad_as)[0] > (1 - MIN_SAVED) * self.padded(pad_as)[1]:
+            self.unsaved_batches += 1
             return False
         if self.window is None or self._slots(pad_as) <= self.window:
             return True
         self.whole_batches += 1
         return False
+
+    def padded(self, pad_as: list[int]) -> tuple[int, int]:
+        """(tokens in two stages, tokens as whole views) a batch padded as rows `pad_as` runs beyond the
+        global prefix, padding included: its heads once and each chunk of own tokens, against every view
+        padded to its longest row."""
+        g = self.shared.length
+        two = len(pad_as) * self._widths(pad_as)[0] + sum(w * len(c) for w, c in self._chunks(pad_as))
+        return two, sum(len(pad_as) * (max(len(v[i]) for i in pad_as) - g) for v in self.views)
 
     def _widths(self, pad_as: list[int]) -> tuple[int, int]:
         """(head width beyond the global prefix, own-token width) of a batch padded as rows `pad_as`."""
