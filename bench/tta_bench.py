@@ -10,8 +10,10 @@ Settings: Science Exam with 5 option rotations, without and with retrieved conte
 facts, 512 tokens, bench/quality.py's retrieval row; and top-15, 1,536 tokens on --long-rows rows: the
 2023 winners put long Wikipedia contexts before the question, shared by every view); LMSYS with the A/B
 swap (its responses, most of a row, differ between the two views).
-Also the share of the views' tokens that run once, and how close shared heads come to whole views in the
-kit's dtype (in fp32 they are equal: tests/unit/test_views.py, tests/integration/test_families.py).
+Also the share of the views' tokens that run once, how many batches ran in two stages (a batch saving
+under views.MIN_SAVED of its padded tokens, or past a sliding window, runs whole views), and how close
+shared heads come to whole views in the kit's dtype (in fp32 they are equal: tests/unit/test_views.py,
+tests/integration/test_families.py).
 
     python bench/tta_bench.py [--rows 100] [--long-rows 30] [--lmsys-rows 40] [--views 5] [--repeat 2] [--model demo]
         [--device cpu|cuda] [--dtype ...]
@@ -69,15 +71,18 @@ def setting(name, model, tok, prompts, views, labels, masks, peer, repeat) -> li
     """The four contenders on one setting; rows for the table."""
     label_ids = label_token_ids(tok, labels)
 
-    def kit(tta: bool, shared: bool):
+    def kit(tta: bool, shared: bool, parts: list | None = None):
         task = choice_task(model, tok, prompts, labels, views=views if tta else None, masks=masks, view_prefix=shared)
+        if parts is not None:
+            parts.append(task.parts[-1])  # the row heads, whose counters say how each batch ran
         return run_task(task, model, progress=False)[0]
 
     def plain():
         peer.send(([prompts] + [v for v, _ in views], label_ids))
         return notebook_tta(peer.recv(), views, len(prompts))
 
-    kit(True, True)  # warm-up
+    warm: list = []
+    kit(True, True, warm)  # warm-up
     res = timed_rounds(
         {
             "one view": lambda: kit(False, False),
@@ -117,6 +122,9 @@ def setting(name, model, tok, prompts, views, labels, masks, peer, repeat) -> li
             "mean tokens a row": float(np.mean([len(r) for r in ids[0]])),
             "mean head": float(np.mean(heads.heads)) if heads.heads else 0.0,
             "global prefix": heads.shared.length,
+            "batches in two stages": warm[0].batches,
+            "batches whole (saving < MIN_SAVED)": warm[0].unsaved_batches,
+            "batches whole (past the window)": warm[0].whole_batches,
             "max |p shared - p whole|": gap,
             "top1 agree shared vs whole": agree,
         }
