@@ -100,6 +100,18 @@ def adapter_defaults(adapters: list, name=None, quant=None, chat_format=None, te
     )
 
 
+def adapted_tokenizer(adapters: list, name=None, quant=None, chat_format=None, template_kwargs=None) -> tuple:
+    """(model folder, quant, tokenizer with its chat format applied) for a base model and its adapters:
+    each None filled from the adapters' kit_config.json as adapter_defaults does. An architecture
+    transformers does not know is a ConfigError here, before the tokenizer fails less clearly."""
+    from .templates import apply_chat_format
+
+    name, quant, chat_format, template_kwargs = adapter_defaults(adapters, name, quant, chat_format, template_kwargs)
+    path = resolve_model(name)
+    load_config(path)
+    return path, quant, apply_chat_format(load_tokenizer(path), chat_format, template_kwargs)
+
+
 def load_model(
     name: str | os.PathLike | None,
     profile=None,
@@ -124,15 +136,11 @@ def load_model(
 
     from .hardware import detect, guard_half
     from .infer.fast.output_layer import contiguous_head
-    from .templates import apply_chat_format
 
     adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
-    found = adapter_defaults(list(adapters.values()), name, quant, chat_format, chat_template_kwargs)
-    name, quant, chat_format, chat_template_kwargs = found
-    path = resolve_model(name)
+    path, quant, tok = adapted_tokenizer(list(adapters.values()), name, quant, chat_format, chat_template_kwargs)
     config = load_config(path)
     profile = guard_half(profile or detect(), config.model_type)
-    tok = apply_chat_format(load_tokenizer(path), chat_format, chat_template_kwargs)
     bnb = profile.quantization(quant)
     model = pretrained(
         path,

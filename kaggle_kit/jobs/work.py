@@ -44,12 +44,10 @@ def _check_labels(comp, cfg, df) -> None:
     if not comp.labels or cfg.ensemble:
         return
     from ..infer import label_token_ids
-    from ..models import adapter_defaults, load_tokenizer, resolve_model
-    from ..templates import apply_chat_format
+    from ..models import adapted_tokenizer
 
     fmt, kwargs = getattr(cfg, "chat_format", None), getattr(cfg, "chat_template_kwargs", None)
-    name, _, fmt, kwargs = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, None, fmt, kwargs)
-    tok = apply_chat_format(load_tokenizer(resolve_model(name)), fmt, kwargs)
+    _, _, tok = adapted_tokenizer([cfg.adapter] if cfg.adapter else [], cfg.model, None, fmt, kwargs)
     prompts = []
     if comp.kind in ("multiple_choice", "label_probabilities"):  # whose rows' prompts are the ones scored
         context = {"context": [""]} if getattr(cfg, "context", None) else {}
@@ -133,13 +131,10 @@ def _load_task(cfg, comp, df):
 def _load_vllm(cfg, profile):
     """(vLLM engine, tokenizer, tokens per step) for cfg's model / adapter (see infer/vllm_backend.py)."""
     from ..infer import vllm_backend
-    from ..models import adapter_defaults, load_tokenizer, resolve_model
-    from ..templates import apply_chat_format
+    from ..models import adapted_tokenizer
 
     adapters = [cfg.adapter] if cfg.adapter else []
-    name, quant, fmt, kwargs = adapter_defaults(adapters, cfg.model, None, cfg.chat_format, cfg.chat_template_kwargs)
-    path = resolve_model(name)
-    tok = apply_chat_format(load_tokenizer(path), fmt, kwargs)
+    path, quant, tok = adapted_tokenizer(adapters, cfg.model, None, cfg.chat_format, cfg.chat_template_kwargs)
     model = vllm_backend.load(path, profile, cfg.adapter, cfg.max_length, cfg.tensor_parallel, cfg.quant or quant)
     return model, tok, cfg.batch_tokens or vllm_backend.BATCH_TOKENS
 

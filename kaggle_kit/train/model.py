@@ -62,7 +62,7 @@ def build(cfg, profile, label_ids: list[int] | None = None, tok=None):
     model.config.use_cache = False
     if cfg.head == "classifier":
         add_score(model, label_ids)
-    lora = _lora_config(cfg)
+    lora = _lora_config(cfg, model)
     with quiet_peft():
         model = get_peft_model(model, lora)
     contiguous_head(model)  # the frozen output layer's product on a slice (an evaluation's metric runs)
@@ -82,7 +82,19 @@ def build(cfg, profile, label_ids: list[int] | None = None, tok=None):
     return model, tok
 
 
-def _lora_config(cfg):
+# the submodules a multimodal checkpoint (Gemma 3 4B and up, Qwen-VL, ...) holds beside its text model
+TOWERS = (
+    "vision_tower",
+    "vision_model",
+    "visual",
+    "multi_modal_projector",
+    "audio_tower",
+    "embed_vision",
+    "embed_audio",
+)
+
+
+def _lora_config(cfg, model):
     from peft import LoraConfig
 
     from ..heads import SCORE
@@ -92,9 +104,18 @@ def _lora_config(cfg):
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules,
+        exclude_modules=other_towers(model) if cfg.target_modules == "all-linear" else None,
         task_type="CAUSAL_LM",
         modules_to_save=[SCORE] if cfg.head == "classifier" else None,  # trained in full, saved with the adapter
     )
+
+
+def other_towers(model) -> str | None:
+    """A pattern of the module names in a multimodal model's other towers (TOWERS), for peft to leave out:
+    'all-linear' would adapt them too, though text rows never run them (Gemma 3's SigLIP tower: LoRA
+    weights, gradients' buffers and optimiser state for nothing). None for a text model."""
+    found = sorted({part for name, _ in model.named_modules() for part in name.split(".") if part in TOWERS})
+    return rf"(.*\.)?({'|'.join(found)})(\..*)?" if found else None
 
 
 def checkpointing(cfg, profile) -> bool:

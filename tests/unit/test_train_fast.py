@@ -265,6 +265,33 @@ def test_build_leaves_peft_and_the_norms_alone_with_fast_paths_off(tmp_path):
     # (the last layer's pruning patches only inside a label-position forward)
 
 
+def test_all_linear_lora_leaves_a_multimodal_models_other_towers_alone(tmp_path):
+    """Gemma 3 4B and up load as the vision-language class: 'all-linear' adapts every projection of its
+    text layers and nothing in the SigLIP tower or the projector, which plain peft would adapt too."""
+    from peft import LoraConfig, get_peft_model
+
+    from kaggle_kit.config import TrainConfig
+    from kaggle_kit.hardware import detect
+    from kaggle_kit.models import load_tokenizer
+    from kaggle_kit.train.model import TOWERS, build, other_towers
+
+    from .. import tiny_models
+
+    def adapted(model) -> set:
+        return {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+
+    folder = tiny_models.save("gemma3_vl", tmp_path)
+    cfg = TrainConfig("science_exam", "x.csv", model=str(folder), quant="none", dtype="float32")
+    ours = adapted(build(cfg, detect("float32", "cpu"))[0])
+    plain = get_peft_model(
+        tiny_models.build("gemma3_vl", load_tokenizer(folder)), LoraConfig(target_modules="all-linear")
+    )
+    towers = {n for n in adapted(plain) if any(t in n.split(".") for t in TOWERS)}
+    assert towers and ours == adapted(plain) - towers
+    assert len(ours) == 4 * 7  # q, k, v, o, gate, up, down in each of the 4 text layers
+    assert other_towers(tiny()) is None  # a text model: nothing left out
+
+
 def right_padded():
     """Three right-padded rows of unequal length, one answer token each at its last position (loss:
     answer), plus a completion of three tokens in the second row."""
