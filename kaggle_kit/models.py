@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -151,23 +152,48 @@ def load_model(
         **({"quantization_config": bnb} if bnb else {}),
     )
     if adapters:
-        from peft import PeftModel
-
-        from .heads import peft_config, prepare_base
+        from .heads import prepare_base
 
         items = [(n, _check_adapter(Path(a))) for n, a in adapters.items()]
         prepare_base(model, [a for _, a in items])  # a classification adapter's head (heads.py)
-        first, path = items[0]
-        with quiet_peft():
-            model = PeftModel.from_pretrained(model, path, first, is_trainable=False, config=peft_config(path))
-            for n, a in items[1:]:
-                model.add_adapter(n, peft_config(a))
-                model.load_adapter(a, adapter_name=n, is_trainable=False)
-        model.set_adapter(first)
+        model = _load_adapters(model, items)
     model.eval()
     contiguous_head(model)  # not a fast path: the same numbers, without torch's slow frozen-weight product
     _set_fast_paths(model, profile.device == "cpu", fast_paths, quantised=bool(bnb))
     return model, tok
+
+
+def _load_adapters(model, items: list):
+    """The peft model of `model` with the adapters `items` ([(name, folder)]) loaded, the first active. An
+    adapter whose LoRA weights find no place in the model is a ConfigError: peft only warns, and its layers
+    would keep B = 0, the base model's numbers (an adapter trained on Gemma 3's text-only class put on the
+    vision-language class that 4B and up load as: other module names)."""
+    from peft import PeftModel
+
+    from .heads import peft_config
+
+    first, path = items[0]
+    with quiet_peft(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = PeftModel.from_pretrained(model, path, first, is_trainable=False, config=peft_config(path))
+    missing = {path: []}
+    for w in caught:  # from_pretrained returns no load result, so it warns: "Found missing adapter keys ..."
+        if "missing adapter keys" in str(w.message):
+            missing[path] = re.findall(r"'([^']+)'", str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    with quiet_peft():
+        for n, a in items[1:]:
+            model.add_adapter(n, peft_config(a))
+            missing[a] = model.load_adapter(a, adapter_name=n, is_trainable=False).missing_keys
+    cls = type(model.get_base_model()).__name__
+    for a, keys in missing.items():
+        if keys:
+            why = f"{len(keys)} LoRA weights {cls} makes for it are not in its file (the first: {keys[0]})"
+            raise ConfigError("adapter", f"{a}: {why}; it was trained on another model or model class")
+    model.set_adapter(first)
+    return model
 
 
 def _set_fast_paths(model, cpu: bool, enabled: bool, quantised: bool) -> None:
