@@ -104,18 +104,32 @@ def _lora_config(cfg, model):
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules,
-        exclude_modules=other_towers(model) if cfg.target_modules == "all-linear" else None,
+        exclude_modules=left_out(model) if cfg.target_modules == "all-linear" else None,
         task_type="CAUSAL_LM",
         modules_to_save=[SCORE] if cfg.head == "classifier" else None,  # trained in full, saved with the adapter
     )
 
 
-def other_towers(model) -> str | None:
-    """A pattern of the module names in a multimodal model's other towers (TOWERS), for peft to leave out:
-    'all-linear' would adapt them too, though text rows never run them (Gemma 3's SigLIP tower: LoRA
-    weights, gradients' buffers and optimiser state for nothing). None for a text model."""
-    found = sorted({part for name, _ in model.named_modules() for part in name.split(".") if part in TOWERS})
-    return rf"(.*\.)?({'|'.join(found)})(\..*)?" if found else None
+def left_out(model) -> str | None:
+    """A pattern of the module names 'all-linear' must not adapt, for peft's exclude_modules; None if none:
+    - a multimodal model's other towers (TOWERS), which text rows never run (Gemma 3's SigLIP tower: LoRA
+      weights, gradients' buffers and optimiser state for nothing);
+    - linear layers a model defines with a forward of its own, which return something else than a product
+      (Llama 4's router: scores and logits, a tuple on which peft's LoRA layer fails)."""
+    import re
+
+    import torch
+
+    towers = sorted({part for name, _ in model.named_modules() for part in name.split(".") if part in TOWERS})
+    own = [
+        re.escape(name)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and type(m).__module__.startswith("transformers.")
+        and type(m).forward is not torch.nn.Linear.forward
+    ]
+    parts = ([rf"(.*\.)?({'|'.join(towers)})(\..*)?"] if towers else []) + own
+    return "|".join(parts) or None
 
 
 def checkpointing(cfg, profile) -> bool:

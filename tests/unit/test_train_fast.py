@@ -273,7 +273,7 @@ def test_all_linear_lora_leaves_a_multimodal_models_other_towers_alone(tmp_path)
     from kaggle_kit.config import TrainConfig
     from kaggle_kit.hardware import detect
     from kaggle_kit.models import load_tokenizer
-    from kaggle_kit.train.model import TOWERS, build, other_towers
+    from kaggle_kit.train.model import TOWERS, build, left_out
 
     from .. import tiny_models
 
@@ -289,7 +289,32 @@ def test_all_linear_lora_leaves_a_multimodal_models_other_towers_alone(tmp_path)
     towers = {n for n in adapted(plain) if any(t in n.split(".") for t in TOWERS)}
     assert towers and ours == adapted(plain) - towers
     assert len(ours) == 4 * 7  # q, k, v, o, gate, up, down in each of the 4 text layers
-    assert other_towers(tiny()) is None  # a text model: nothing left out
+    assert left_out(tiny()) is None  # a text model: nothing left out
+
+
+def test_all_linear_lora_leaves_llama4s_router_alone_and_trains(tmp_path):
+    """Llama 4's router is a linear layer whose forward returns (scores, logits): peft's LoRA layer on it
+    failed on the tuple. 'all-linear' leaves it out and adapts the rest; a step's loss has gradients."""
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    from kaggle_kit.config import TrainConfig
+    from kaggle_kit.hardware import detect
+    from kaggle_kit.models import demo_model_dir, load_tokenizer
+    from kaggle_kit.train.model import build
+
+    tok = load_tokenizer(demo_model_dir())
+    size = dict(SIZE, vocab_size=len(tok), intermediate_size_mlp=128, num_key_value_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    config = Llama4TextConfig(**size, num_local_experts=4, num_experts_per_tok=1, pad_token_id=tok.pad_token_id)
+    Llama4ForCausalLM(config).save_pretrained(tmp_path / "llama4")
+    tok.save_pretrained(tmp_path / "llama4")
+    cfg = TrainConfig("science_exam", "x.csv", model=str(tmp_path / "llama4"), quant="none", dtype="float32")
+    model, _ = build(cfg, detect("float32", "cpu"))
+    adapted = {n.split(".lora_A")[0].split(".")[-1] for n, _ in model.named_parameters() if ".lora_A." in n}
+    assert "router" not in adapted and {"q_proj", "o_proj", "down_proj"} <= adapted
+    x = torch.randint(3, 96, (2, 12))
+    model(input_ids=x, labels=x).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
 
 
 def right_padded():
