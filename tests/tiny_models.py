@@ -9,7 +9,9 @@ Qwen3's q/k norms on a Llama body, Qwen3-MoE's routed experts (the base of many 
 attention sinks (transformers runs them eager only), experts and alternating windows, Gemma 4's KV-shared
 layers (the last layers read earlier layers' keys and values; transformers drops their other queries under
 an integer logits_to_keep) and per-layer embeddings, Qwen3.5's linear-attention (gated delta) layers
-between full-attention ones, and Gemma 3's vision-language class (its text model inside a wrapper).
+between full-attention ones, Gemma 3's vision-language class (its text model inside a wrapper), and
+DeepSeek-V3's multi-head latent attention (keys and values through a low-rank projection, a rotary part
+apart, values narrower than keys) with routed experts after a dense first layer.
 Windows are small (WINDOW tokens) so that test rows fall on both sides of them. Weights are drawn larger
 than the families' own initialisers so that attention scores reach the soft cap.
 
@@ -27,6 +29,7 @@ SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_atte
 
 def _configs():
     from transformers import (
+        DeepseekV3Config,
         Gemma2Config,
         Gemma3TextConfig,
         Gemma4TextConfig,
@@ -44,6 +47,9 @@ def _configs():
     gemma3 = dict(gemma, layer_types=["sliding_attention"] * 3 + ["full_attention"])
     moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
     windows = dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"] * 2)
+    mla = dict(kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+    # as many key heads as query heads, as DeepSeek-V3's own config: transformers repeats them otherwise
+    mla.update(num_key_value_heads=4, n_group=1, topk_group=1, first_k_dense_replace=1, initializer_range=0.2)
     gemma4 = dict(head_dim=16, initializer_range=0.2, hidden_size_per_layer_input=8)
     linear = dict(linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
     linear["layer_types"] = ["linear_attention", "full_attention"] * 2
@@ -62,6 +68,10 @@ def _configs():
         "qwen3_5": (Qwen3_5TextConfig, dict(head_dim=16, **linear)),
         # Gemma-3-4B and up load as the vision-language class (a SigLIP tower beside the text model)
         "gemma3_vl": (_gemma3_vision_language, gemma3),
+        "deepseek_v3": (
+            DeepseekV3Config,
+            dict(mla, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
+        ),
     }
 
 
@@ -76,7 +86,7 @@ def _gemma3_vision_language(**text):
 
 
 FAMILIES = ("llama", "gemma2", "mistral", "qwen2", "phi3", "gemma3")
-FAMILIES += ("qwen3", "qwen3_moe", "gpt_oss", "gemma4", "qwen3_5", "gemma3_vl")  # the 2025-2026 bases
+FAMILIES += ("qwen3", "qwen3_moe", "gpt_oss", "gemma4", "qwen3_5", "gemma3_vl", "deepseek_v3")  # the 2025-2026 bases
 
 
 def build(family: str, tokenizer):
@@ -93,7 +103,7 @@ def build(family: str, tokenizer):
     )
     if "hidden_size_per_layer_input" in extra:  # Gemma 4's per-layer embeddings: of the same vocabulary
         extra = dict(extra, vocab_size_per_layer_input=len(tokenizer))
-    config = cls(**SIZE, **ids, **extra)
+    config = cls(**{**SIZE, **extra}, **ids)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 

@@ -616,11 +616,12 @@ def test_every_fast_path_on_qwen3_and_its_experts_gives_pefts_loss_and_gradients
         torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-7, msg=name)
 
 
-@pytest.mark.parametrize("family", ["gpt_oss", "gemma4", "qwen3_5"])
+@pytest.mark.parametrize("family", ["gpt_oss", "gemma4", "qwen3_5", "deepseek_v3"])
 def test_every_fast_path_on_the_newer_families_gives_pefts_loss_and_gradients(family):
     """The training loop's loss (train/loop.py `_loss`) with every fast path against plain peft's, on
     tests/tiny_models.py's gpt-oss (attention sinks, experts), Gemma 4 (KV-shared layers, per-layer
-    embeddings) and Qwen3.5 (linear-attention layers): the same loss and LoRA gradients in fp32."""
+    embeddings), Qwen3.5 (linear-attention layers) and DeepSeek-V3 (latent attention, experts): the same loss
+    and LoRA gradients in fp32."""
     from kaggle_kit.models import demo_model_dir, load_tokenizer
 
     from .. import tiny_models
