@@ -102,15 +102,15 @@ def adapter_defaults(adapters: list, name=None, quant=None, chat_format=None, te
 
 
 def adapted_tokenizer(adapters: list, name=None, quant=None, chat_format=None, template_kwargs=None) -> tuple:
-    """(model folder, quant, tokenizer with its chat format applied) for a base model and its adapters:
-    each None filled from the adapters' kit_config.json as adapter_defaults does. An architecture
-    transformers does not know is a ConfigError here, before the tokenizer fails less clearly."""
+    """(model folder, quant, transformers config, tokenizer with its chat format applied) for a base model
+    and its adapters: each None filled from the adapters' kit_config.json as adapter_defaults does. The
+    config is read first: an architecture transformers does not know is a ConfigError naming it."""
     from .templates import apply_chat_format
 
     name, quant, chat_format, template_kwargs = adapter_defaults(adapters, name, quant, chat_format, template_kwargs)
     path = resolve_model(name)
-    load_config(path)
-    return path, quant, apply_chat_format(load_tokenizer(path), chat_format, template_kwargs)
+    config = load_config(path)
+    return path, quant, config, apply_chat_format(load_tokenizer(path), chat_format, template_kwargs)
 
 
 def load_model(
@@ -139,8 +139,8 @@ def load_model(
     from .infer.fast.output_layer import contiguous_head
 
     adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
-    path, quant, tok = adapted_tokenizer(list(adapters.values()), name, quant, chat_format, chat_template_kwargs)
-    config = load_config(path)
+    found = adapted_tokenizer(list(adapters.values()), name, quant, chat_format, chat_template_kwargs)
+    path, quant, config, tok = found
     profile = guard_half(profile or detect(), config.model_type)
     bnb = profile.quantization(quant)
     model = pretrained(
@@ -173,10 +173,10 @@ def _load_adapters(model, items: list):
     from .heads import peft_config
 
     first, path = items[0]
-    with quiet_peft(), warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = PeftModel.from_pretrained(model, path, first, is_trainable=False, config=peft_config(path))
+        with quiet_peft():  # its filter, put in front of "always"
+            model = PeftModel.from_pretrained(model, path, first, is_trainable=False, config=peft_config(path))
     missing = {path: []}
     for w in caught:  # from_pretrained returns no load result, so it warns: "Found missing adapter keys ..."
         if "missing adapter keys" in str(w.message):

@@ -47,7 +47,7 @@ def _check_labels(comp, cfg, df) -> None:
     from ..models import adapted_tokenizer
 
     fmt, kwargs = getattr(cfg, "chat_format", None), getattr(cfg, "chat_template_kwargs", None)
-    _, _, tok = adapted_tokenizer([cfg.adapter] if cfg.adapter else [], cfg.model, None, fmt, kwargs)
+    *_, tok = adapted_tokenizer([cfg.adapter] if cfg.adapter else [], cfg.model, None, fmt, kwargs)
     prompts = []
     if comp.kind in ("multiple_choice", "label_probabilities"):  # whose rows' prompts are the ones scored
         context = {"context": [""]} if getattr(cfg, "context", None) else {}
@@ -134,7 +134,7 @@ def _load_vllm(cfg, profile):
     from ..models import adapted_tokenizer
 
     adapters = [cfg.adapter] if cfg.adapter else []
-    path, quant, tok = adapted_tokenizer(adapters, cfg.model, None, cfg.chat_format, cfg.chat_template_kwargs)
+    path, quant, _, tok = adapted_tokenizer(adapters, cfg.model, None, cfg.chat_format, cfg.chat_template_kwargs)
     model = vllm_backend.load(path, profile, cfg.adapter, cfg.max_length, cfg.tensor_parallel, cfg.quant or quant)
     return model, tok, cfg.batch_tokens or vllm_backend.BATCH_TOKENS
 

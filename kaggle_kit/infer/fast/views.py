@@ -63,7 +63,8 @@ class ViewPrefix:
         sliding window; else it runs whole views (counted)."""
         if not self.active or self._widths(pad_as)[0] == 0:
             return False
-        if self.padded(pad_as)[0] > (1 - MIN_SAVED) * self.padded(pad_as)[1]:
+        two, whole = self.padded(pad_as)
+        if two > (1 - MIN_SAVED) * whole:
             self.unsaved_batches += 1
             return False
         if self.window is None or self._slots(pad_as) <= self.window:
