@@ -177,21 +177,22 @@ def _load_adapters(model, items: list):
         warnings.simplefilter("always")
         with quiet_peft():  # its filter, put in front of "always"
             model = PeftModel.from_pretrained(model, path, first, is_trainable=False, config=peft_config(path))
-    missing = {path: []}
+    missing = {first: []}
     for w in caught:  # from_pretrained returns no load result, so it warns: "Found missing adapter keys ..."
         if "missing adapter keys" in str(w.message):
-            missing[path] = re.findall(r"'([^']+)'", str(w.message))
+            missing[first] = re.findall(r"'([^']+)'", str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     with quiet_peft():
         for n, a in items[1:]:
             model.add_adapter(n, peft_config(a))
-            missing[a] = model.load_adapter(a, adapter_name=n, is_trainable=False).missing_keys
-    cls = type(model.get_base_model()).__name__
-    for a, keys in missing.items():
+            missing[n] = model.load_adapter(a, adapter_name=n, is_trainable=False).missing_keys
+    cls, folders = type(model.get_base_model()).__name__, dict(items)
+    for n, keys in missing.items():
+        keys = [k for k in keys if f".{n}." in k]  # peft finds a name anywhere in a key ("y" in "layers")
         if keys:
             why = f"{len(keys)} LoRA weights {cls} makes for it are not in its file (the first: {keys[0]})"
-            raise ConfigError("adapter", f"{a}: {why}; it was trained on another model or model class")
+            raise ConfigError("adapter", f"{folders[n]}: {why}; it was trained on another model or model class")
     model.set_adapter(first)
     return model
 
