@@ -1,7 +1,8 @@
-"""Sequence-classification heads (`head: classifier`) on the real SmolLM2: trained with LoRA on LMSYS rows,
-saved as peft saves a classification adapter, and scored by the kit's engine (batched, prefix cache, A/B
-swap view) exactly as plain transformers' AutoModelForSequenceClassification + peft score it, one row at a
-time in fp32 with eager attention."""
+"""Sequence-classification heads (`head: classifier`) on the real SmolLM2 and Gemma-3-270M (rows past its
+window): trained with LoRA on LMSYS rows, saved as peft saves a classification adapter, and scored by the
+kit's engine (batched, prefix cache, A/B swap view) exactly as plain transformers'
+AutoModelForSequenceClassification + peft score it, one row at a time in fp32 with eager attention; the
+training loss and gradients too."""
 
 from __future__ import annotations
 
@@ -104,3 +105,108 @@ def test_classifier_adapter_is_refused_where_it_does_not_fit(classifier_adapter)
         TrainConfig(competition="lmsys", train="x.csv", head="classifier")  # loss: completion
     with pytest.raises(ConfigError, match="prompt_recovery is generate_text"):
         train(TrainConfig(competition="prompt_recovery", train="x.csv", head="classifier", loss="answer"))
+
+
+def classifier_pair(tmp_path, name: str, max_length: int):
+    """(cfg, tok, split, kit, plain) on LMSYS rows: the kit's training model with a classifier head (LoRA B
+    drawn, so the adapter moves the numbers) and plain transformers' AutoModelForSequenceClassification +
+    peft (eager attention) holding the same trainable weights, both fp32."""
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from kaggle_kit.jobs.training import prepare_data
+    from kaggle_kit.models import resolve_model
+    from kaggle_kit.train import model as model_lib
+
+    lmsys = dict(competition="lmsys", train=str(DATA / "lmsys" / "train.csv"), valid=None)
+    cfg = small(tmp_path, **lmsys, model=name, head="classifier", loss="answer", quant="none", dtype="float32")
+    cfg = replace(cfg, max_length=max_length)
+    tok = model_lib.tokenizer(cfg)
+    split = prepare_data(cfg, tok)
+    torch.manual_seed(0)
+    kit, _ = model_lib.build(cfg, detect("float32"), split.label_ids, tok)
+    with torch.no_grad():
+        for n, p in kit.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    plain = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model(name), num_labels=len(split.label_ids), dtype=torch.float32, attn_implementation="eager"
+    )
+    plain.config.pad_token_id = tok.pad_token_id
+    plain = get_peft_model(plain, replace(kit.peft_config["default"], task_type="SEQ_CLS"))
+    ours = dict(kit.named_parameters())
+    trained = {n: p for n, p in plain.named_parameters() if p.requires_grad}
+    assert trained.keys() <= ours.keys() and any(".score." in n for n in trained)
+    with torch.no_grad():
+        for n, p in trained.items():
+            p.copy_(ours[n])
+    return cfg, tok, split, kit, plain
+
+
+@pytest.mark.parametrize("name, max_length", [("demo", 256), ("demo:gemma3", 768)])
+def test_classifier_training_gives_plain_sequence_classifications_loss_and_gradients(tmp_path, name, max_length):
+    """The training forward of a classifier head (data.class_logits: right-padded rows with no mask, the last
+    layer on the answer positions only, the fast LoRA and norms) gives the loss and every LoRA and head
+    gradient of plain transformers' AutoModelForSequenceClassification + peft, fp32, eager attention, one
+    prompt at a time. On both real models; Gemma-3 on rows past its 512-token window beside a short one."""
+    from kaggle_kit.train import data, loop
+
+    cfg, tok, split, kit, plain = classifier_pair(tmp_path, name, max_length)
+    by_length = sorted(split.train, key=lambda e: len(e.input_ids))
+    rows = [by_length[0], *by_length[-2:]]  # the shortest and the two longest: unequal, right-padded
+    if max_length > 512:
+        assert len(rows[0].input_ids) < 512 < len(rows[1].input_ids)
+    ids, mask, labels = data.collate(rows, tok.pad_token_id)
+    kit.train()
+    loss = loop._loss(kit, kit, cfg, split, ids, mask, labels, len(rows))
+    loss.backward()
+    plain.train()
+    want = 0.0
+    for e in rows:
+        k = next(i for i, t in enumerate(e.labels) if t != data.IGNORE)  # the answer token: the prompt ends before it
+        logits = plain(input_ids=torch.tensor([e.input_ids[:k]])).logits
+        part = torch.nn.functional.cross_entropy(logits, torch.tensor([split.label_ids.index(e.labels[k])]))
+        (part / len(rows)).backward()
+        want += float(part.detach()) / len(rows)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    ours = dict(kit.named_parameters())
+    for n, p in plain.named_parameters():
+        if p.requires_grad:
+            # fp32 rounding: batched rows against one prompt at a time, carried back through every layer;
+            # measured up to 4.0e-5 of a tensor's largest (SmolLM2, a gate_proj A whose gradients are 1/1000
+            # of the head's), 3.7e-5 with the kit's fast paths off: the batch's rounding, not the fast paths'
+            assert (ours[n].grad - p.grad).abs().max() <= 1e-4 * p.grad.abs().max(), n
+
+
+def test_a_gemma3_classifier_adapter_scores_as_plain_sequence_classification_past_its_window(tmp_path, monkeypatch):
+    """A classifier adapter on the real Gemma-3-270M, saved as training saves it, scored by the engine (rows
+    of ~100-700 tokens around its 512-token window sharing batches, the A/B-swapped view through the rows'
+    shared heads) as plain AutoModelForSequenceClassification + peft scores each prompt alone, fp32."""
+    from kaggle_kit.infer.fast import views as views_lib
+    from kaggle_kit.train import checkpoint
+
+    from .test_families import lmsys_rows
+
+    monkeypatch.setattr(views_lib, "MIN_SAVED", 0.0)  # two stages however little they save: under test here
+    cfg, tok, split, kit, plain = classifier_pair(tmp_path, "demo:gemma3", 768)
+    adapter = checkpoint.save(tmp_path / "adapter", kit, tok, cfg)
+    del kit
+    scorer, tok = load_model("demo:gemma3", detect("float32", "cpu"), adapter=str(adapter))
+    prompts, view, sizes = lmsys_rows(tok, (98, 338, 538, 693))
+    assert min(sizes) < 512 < max(sizes)
+    task = choice_task(scorer, tok, prompts, list(competitions.get("lmsys").labels), max_length=1400, views=[view])
+    got, _ = run_task(task, scorer, batch_tokens=4096, progress=False)
+    assert task.settings["label_head"] == "classifier" and task.settings["view_heads"]
+
+    def one_by_one(texts):
+        out = []
+        for row in encode(tok, texts, 1400):
+            with torch.inference_mode():
+                out.append(torch.softmax(plain(input_ids=torch.tensor([row])).logits[0], -1).numpy())
+        return np.array(out)
+
+    plain.eval()
+    view_prompts, perm = view
+    want = (one_by_one(prompts) + one_by_one(view_prompts)[:, np.argsort(perm)]) / 2
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got - 1 / 3).max() > 1e-3
