@@ -118,6 +118,10 @@ def classifier_pair(tmp_path, name: str, max_length: int):
     from kaggle_kit.models import resolve_model
     from kaggle_kit.train import model as model_lib
 
+    if name.startswith("tiny:"):
+        from .. import tiny_models
+
+        name = str(tiny_models.save(name.removeprefix("tiny:"), tmp_path / "tiny"))
     lmsys = dict(competition="lmsys", train=str(DATA / "lmsys" / "train.csv"), valid=None)
     cfg = small(tmp_path, **lmsys, model=name, head="classifier", loss="answer", quant="none", dtype="float32")
     cfg = replace(cfg, max_length=max_length)
@@ -143,12 +147,13 @@ def classifier_pair(tmp_path, name: str, max_length: int):
     return cfg, tok, split, kit, plain
 
 
-@pytest.mark.parametrize("name, max_length", [("demo", 256), ("demo:gemma3", 768)])
+@pytest.mark.parametrize("name, max_length", [("demo", 256), ("demo:gemma3", 768), ("tiny:gemma2", 256)])
 def test_classifier_training_gives_plain_sequence_classifications_loss_and_gradients(tmp_path, name, max_length):
     """The training forward of a classifier head (data.class_logits: right-padded rows with no mask, the last
     layer on the answer positions only, the fast LoRA and norms) gives the loss and every LoRA and head
     gradient of plain transformers' AutoModelForSequenceClassification + peft, fp32, eager attention, one
-    prompt at a time. On both real models; Gemma-3 on rows past its 512-token window beside a short one."""
+    prompt at a time. On both real models (Gemma-3 on rows past its 512-token window beside a short one) and a
+    tiny Gemma 2 (soft-capped attention, eager; rows past its 64-token window)."""
     from kaggle_kit.train import data, loop
 
     cfg, tok, split, kit, plain = classifier_pair(tmp_path, name, max_length)
