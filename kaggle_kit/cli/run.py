@@ -78,8 +78,7 @@ def _add_predict(p):
     )
     p.add_argument("--shots", type=int, default=0, help="science_exam: solved examples before each question")
     p.add_argument("--shots-file", help="labelled CSV the shots come from (balanced over answer letters)")
-    p.add_argument("--mean-prompt", help="prompt_recovery: text file from `mean-prompt`, used as the fallback row")
-    p.add_argument("--append-mean-prompt", action="store_true", help="prompt_recovery: append it to predictions")
+    _add_mean_prompt_args(p)
     p.add_argument("--context", help="science_exam: passage file (CSV/parquet) retrieved into each prompt")
     p.add_argument("--context-column", default="text", help="the passage file's text column")
     p.add_argument("--context-k", type=int, default=3, help="passages retrieved per question")
@@ -114,7 +113,16 @@ def _merge(args):
     from ..config import MergeConfig
     from ..jobs import merge
 
-    res = merge(MergeConfig(args.competition, args.data, args.parts, out=args.out))
+    res = merge(
+        MergeConfig(
+            args.competition,
+            args.data,
+            args.parts,
+            out=args.out,
+            mean_prompt=args.mean_prompt,
+            append_mean_prompt=args.append_mean_prompt,
+        )
+    )
     print(f"{res.submission}: {res.rows} rows, {res.predicted} predicted, {res.fallback} fallback")
     return 0
 
@@ -124,6 +132,12 @@ def _add_merge(p):
     p.add_argument("--data", required=True, help="the test.csv the shards were computed on")
     p.add_argument("--parts", nargs="+", required=True, help="shard files from predict --shard I/N")
     p.add_argument("--out", default="submission.csv")
+    _add_mean_prompt_args(p)
+
+
+def _add_mean_prompt_args(p):
+    p.add_argument("--mean-prompt", help="prompt_recovery: text file from `mean-prompt`, used as the fallback row")
+    p.add_argument("--append-mean-prompt", action="store_true", help="prompt_recovery: append it to predictions")
 
 
 def _rehearse(args):

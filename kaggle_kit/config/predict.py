@@ -122,6 +122,8 @@ class MergeConfig:
     data: str  # the test.csv the shards were computed on
     parts: list[str]  # shard result files
     out: str = "submission.csv"  # written atomically
+    mean_prompt: str | None = None  # prompt_recovery: as in PredictConfig (the shards' runs do not apply it)
+    append_mean_prompt: bool = False
 
 
 @dataclass

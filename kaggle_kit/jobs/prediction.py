@@ -151,10 +151,12 @@ def _predict_rows(cfg, comp, df, deadline):
 
 
 def merge(cfg: MergeConfig) -> PredictResult:
-    """Join the shard files of `predict --shard I/N` into one submission (identical to a single run)."""
+    """Join the shard files of `predict --shard I/N` into one submission (identical to a single run, with
+    the mean prompt applied here as a single run applies it: a shard file holds the model's outputs only)."""
     from ..infer.checkpoint import read_header, read_results
 
     comp = competitions.get(cfg.competition)
+    _mean_prompt_text(comp, cfg)  # a bad mean-prompt file fails before any shard is read
     df = comp.read(cfg.data)
     results, runs, shards = {}, set(), set()
     for part in cfg.parts:
@@ -173,7 +175,7 @@ def merge(cfg: MergeConfig) -> PredictResult:
     if missing:
         log.warning("merge: shards %s of %d missing; their rows get the fallback", missing, n)
     outputs = outputs_from_results(comp, df, results, str(Path(cfg.data).parent))
-    write_csv_atomic(comp.to_submission(df, outputs), cfg.out)
+    write_csv_atomic(_finish(comp, cfg, comp.to_submission(df, outputs)), cfg.out)
     return PredictResult(Path(cfg.out), len(df), len(results), len(df) - len(results), 0.0, 0.0)
 
 

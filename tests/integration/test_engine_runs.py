@@ -10,6 +10,7 @@ import torch
 
 from kaggle_kit import jobs
 from kaggle_kit.config import MergeConfig, PredictConfig, RehearseConfig, ValidateConfig
+from kaggle_kit.errors import InputError
 from kaggle_kit.jobs import work
 
 from ..conftest import write_subset
@@ -77,6 +78,19 @@ def test_shards_then_merge_equal_a_single_run(tmp_path):
     # a missing shard leaves its rows to the fallback, still a complete submission
     jobs.merge(MergeConfig("prompt_recovery", str(data), parts[:1], out=str(tmp_path / "half.csv")))
     assert jobs.validate(ValidateConfig("prompt_recovery", str(tmp_path / "half.csv"), str(data))) == []
+    # the mean prompt, which a shard file does not hold, is applied by merge as a single run applies it
+    mean = tmp_path / "mean.txt"
+    mean.write_text("Rewrite the text in a more formal tone.", encoding="utf-8")
+    with_mean = dict(mean_prompt=str(mean), append_mean_prompt=True)
+    jobs.predict(PredictConfig("prompt_recovery", str(data), out=str(tmp_path / "single_mean.csv"), **cfg, **with_mean))
+    jobs.merge(MergeConfig("prompt_recovery", str(data), parts, out=str(tmp_path / "merged_mean.csv"), **with_mean))
+    assert (tmp_path / "merged_mean.csv").read_bytes() == (tmp_path / "single_mean.csv").read_bytes()
+    assert (tmp_path / "merged_mean.csv").read_bytes() != (tmp_path / "merged.csv").read_bytes()
+    jobs.merge(MergeConfig("prompt_recovery", str(data), parts[:1], out=str(tmp_path / "half_mean.csv"), **with_mean))
+    half = pd.read_csv(tmp_path / "half_mean.csv")
+    assert half.iloc[:, 1].str.contains("more formal tone").all()  # the fallback rows are the mean prompt too
+    with pytest.raises(InputError, match="missing or empty"):
+        jobs.merge(MergeConfig("prompt_recovery", str(data), parts, mean_prompt=str(tmp_path / "none.txt")))
 
 
 def test_rehearse_predicts_a_runtime():
