@@ -76,14 +76,8 @@ def _add_predict(p):
     p.add_argument(
         "--tta", type=int, default=1, help="views per row: science_exam <=5 option orders, lmsys 2 (A/B swap)"
     )
-    p.add_argument("--shots", type=int, default=0, help="science_exam: solved examples before each question")
-    p.add_argument("--shots-file", help="labelled CSV the shots come from (balanced over answer letters)")
+    _add_prompt_args(p)
     _add_mean_prompt_args(p)
-    p.add_argument("--context", help="science_exam: passage file (CSV/parquet) retrieved into each prompt")
-    p.add_argument("--context-column", default="text", help="the passage file's text column")
-    p.add_argument("--context-k", type=int, default=3, help="passages retrieved per question")
-    p.add_argument("--context-tokens", type=int, default=512, help="LLM tokens of context per question")
-    p.add_argument("--embedder", help="retrieval embedder: 'minilm' or a sentence-transformers folder")
     p.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "auto"])
     p.add_argument("--tensor-parallel", type=int, default=1, help="vllm: GPUs one model is split over")
     p.add_argument("--ensemble", help="ensemble YAML: each member model in its own process, weighted")
@@ -165,6 +159,18 @@ def _add_rehearse(p):
     p.add_argument("--budget", default="9h", help="the run's budget (default 9h, Kaggle's limit)")
     p.add_argument("--workers", type=int, default=1, help="GPUs the run will use")
     p.add_argument("--tta", type=int, default=1, help="views per row the run will score (time x tta)")
+    _add_prompt_args(p)
+
+
+def _add_prompt_args(p):
+    """What the prompts hold beyond the row, shared by predict and rehearse (which times the same prompts)."""
+    p.add_argument("--shots", type=int, default=0, help="science_exam: solved examples before each question")
+    p.add_argument("--shots-file", help="labelled CSV the shots come from (balanced over answer letters)")
+    p.add_argument("--context", help="science_exam: passage file (CSV/parquet) retrieved into each prompt")
+    p.add_argument("--context-column", default="text", help="the passage file's text column")
+    p.add_argument("--context-k", type=int, default=3, help="passages retrieved per question")
+    p.add_argument("--context-tokens", type=int, default=512, help="LLM tokens of context per question")
+    p.add_argument("--embedder", help="retrieval embedder: 'minilm' or a sentence-transformers folder")
 
 
 def _score(args):

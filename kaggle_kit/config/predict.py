@@ -144,6 +144,15 @@ class RehearseConfig:
     dtype: str | None = None
     quant: str | None = None  # as in PredictConfig
     device: str | None = None
+    # what the run's prompts hold, as in PredictConfig: the rehearsal times the same prompts
+    chat_format: str | None = None
+    shots: int = 0
+    shots_file: str | None = None
+    context: str | None = None
+    context_column: str = "text"
+    context_k: int = 3
+    context_tokens: int = 512
+    embedder: str | None = None
 
     def __post_init__(self):
         _check_positive(self, "rows", "max_length", "batch_tokens", "max_new_tokens", "workers", "tta")

@@ -186,18 +186,10 @@ def rehearse(cfg: RehearseConfig) -> dict:
 
     comp = competitions.get(cfg.competition)
     df = comp.read(cfg.data)
+    shape = ("model", "adapter", "max_length", "batch_tokens", "max_new_tokens", "tta", "dtype", "quant", "device")
+    prompts = ("chat_format", "shots", "shots_file", "context", "context_column", "context_k", "context_tokens")
     pcfg = PredictConfig(
-        cfg.competition,
-        cfg.data,
-        model=cfg.model,
-        adapter=cfg.adapter,
-        max_length=cfg.max_length,
-        batch_tokens=cfg.batch_tokens,
-        max_new_tokens=cfg.max_new_tokens,
-        tta=cfg.tta,
-        dtype=cfg.dtype,
-        quant=cfg.quant,
-        device=cfg.device,
+        cfg.competition, cfg.data, **{name: getattr(cfg, name) for name in (*shape, *prompts, "embedder")}
     )
     check_tta(comp, cfg.tta)
     model, tok, task, batch_tokens = _load_task(pcfg, comp, df)

@@ -60,3 +60,25 @@ def test_predict_with_context_writes_a_valid_submission_and_bad_files_fail_first
         )
     with pytest.raises(ConfigError, match="'context'"):
         jobs.predict(PredictConfig("lmsys", str(DATA / "lmsys" / "test.csv"), out=str(out), context=str(path)))
+
+
+def test_rehearse_times_the_prompts_the_run_will_build(tmp_path):
+    """rehearse builds the prompts predict would: with the retrieved passages, the shots and the chat format
+    it is given (it dropped them, and timed bare rows: a retrieval run's time under-predicted)."""
+    from kaggle_kit.config import RehearseConfig
+
+    df = get("science_exam").read(DATA / "science_exam" / "train.csv", labelled=True).head(4)
+    path, _ = _passages(tmp_path, df)
+    data = tmp_path / "test.csv"
+    df.drop(columns="answer").to_csv(data, index=False)
+    base = dict(rows=100, budget=None, max_length=1024)
+
+    def tokens(**kw) -> float:
+        return jobs.rehearse(RehearseConfig("science_exam", str(data), **base, **kw))["mean_tokens"]
+
+    bare = tokens()
+    assert tokens(context=str(path), context_k=2) > bare + 20  # each question's fact and its neighbour
+    assert tokens(chat_format="plain") != bare  # SmolLM2's chat template's tokens, or none
+    # the shots block is the rows' shared head (run once, not a row's tokens); it reaches the prompts' checks
+    with pytest.raises(ConfigError, match="shots_file"):
+        jobs.rehearse(RehearseConfig("science_exam", str(data), shots=2, **base))
