@@ -69,7 +69,9 @@ def adapter_base(adapter: str | os.PathLike) -> str | None:
     return adapter_setting(adapter, "base_model")
 
 
-def _check_adapter(adapter: Path) -> Path:
+def check_adapter(adapter: Path) -> Path:
+    """`adapter` when it is an adapter folder (holds adapter_config.json), else ModelNotFound naming the
+    adapter folders beside it."""
     if not (adapter / "adapter_config.json").is_file():
         raise ModelNotFound(str(adapter), [str(p.parent) for p in adapter.parent.glob("*/adapter_config.json")])
     return adapter
@@ -154,7 +156,7 @@ def load_model(
     if adapters:
         from .heads import prepare_base
 
-        items = [(n, _check_adapter(Path(a))) for n, a in adapters.items()]
+        items = [(n, check_adapter(Path(a))) for n, a in adapters.items()]
         prepare_base(model, [a for _, a in items])  # a classification adapter's head (heads.py)
         model = _load_adapters(model, items)
     model.eval()
@@ -298,7 +300,7 @@ def merge_adapter(
     tok = load_tokenizer(base)
     plain = pretrained(base, dtype=getattr(torch, dtype), local_files_only=True)
     with quiet_peft():
-        merged = PeftModel.from_pretrained(plain, _check_adapter(Path(adapter))).merge_and_unload()
+        merged = PeftModel.from_pretrained(plain, check_adapter(Path(adapter))).merge_and_unload()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -320,7 +322,7 @@ def average_adapters(adapters: list, out) -> Path:
 
     if len(adapters) < 2:
         raise ConfigError("adapter", "averaging needs at least two adapters")
-    paths = [_check_adapter(Path(a)) for a in adapters]
+    paths = [check_adapter(Path(a)) for a in adapters]
     shape_keys = ("r", "lora_alpha", "target_modules", "base_model_name_or_path", "peft_type")
     configs = [json.loads((p / "adapter_config.json").read_text()) for p in paths]
     for p, c in zip(paths[1:], configs[1:]):

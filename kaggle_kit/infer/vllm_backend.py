@@ -24,6 +24,9 @@ log = logging.getLogger("kaggle_kit")
 BATCH_TOKENS = 262144  # tokens handed to vLLM per step: it schedules its own batches inside
 MIN_CAPABILITY = (7, 0)  # vLLM's CUDA kernels start at Volta: a P100 (sm_60) is refused
 QUANT = {"nf4": "bitsandbytes", "none": None}  # the kit's --quant -> vLLM's in-flight quantisation
+# vLLM's LoRAConfig.max_lora_rank takes one of these: the engine sizes its LoRA buffers (and the punica
+# kernels their shapes) for it, so it is the adapter's rank rounded up, not the largest
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # vLLM's V1 engine does not run below compute capability 8.0 (a T4 is sm_75); its V0 engine, chosen with
 # VLLM_USE_V1=0, does, and was removed after this release.
 V0_LAST = (0, 10, 2)
@@ -83,6 +86,43 @@ def check(model_type: str, profile, quant: str | None) -> str | None:
     return None
 
 
+def adapter_problem(adapter) -> str | None:
+    """Why vLLM cannot run the LoRA adapter folder `adapter` as transformers + peft would, or None. vLLM
+    refuses some of these only at the first request, after the model has loaded (DoRA, weights saved whole,
+    a bias, a rank above its maximum), and silently drops others, computing other numbers (peft's
+    per-module ranks and alphas: vLLM scales every module by lora_alpha / r)."""
+    import json
+    from pathlib import Path
+
+    if saved_classes(adapter):
+        return "it has a classification head, which vLLM does not run"
+    cfg = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    why = []
+    if cfg.get("peft_type", "LORA") != "LORA":
+        why.append(f"it is a {cfg['peft_type']} adapter (vLLM runs LoRA only)")
+    if cfg.get("use_dora"):
+        why.append("it is a DoRA adapter")
+    if cfg.get("modules_to_save"):
+        why.append(f"it saves {', '.join(cfg['modules_to_save'])} whole, and vLLM applies LoRA matrices only")
+    if cfg.get("bias", "none") != "none":
+        why.append(f"it trains biases (bias: {cfg['bias']})")
+    patterns = [k for k in ("rank_pattern", "alpha_pattern") if cfg.get(k)]
+    if patterns:
+        why.append(f"its per-module {' and '.join(patterns)} would be dropped (vLLM scales every module alike)")
+    if int(cfg.get("r", 0)) > LORA_RANKS[-1]:
+        why.append(f"its rank {cfg['r']} is above vLLM's largest, {LORA_RANKS[-1]}")
+    return "; ".join(why) or None
+
+
+def lora_rank(adapter) -> int:
+    """vLLM's max_lora_rank for `adapter`: its rank, rounded up to one vLLM takes."""
+    import json
+    from pathlib import Path
+
+    r = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 8))
+    return next((n for n in LORA_RANKS if n >= r), LORA_RANKS[-1])
+
+
 @dataclass
 class VllmModel:
     """A vLLM engine plus the LoRA request every call carries (None = the base model)."""
@@ -100,15 +140,13 @@ def load(
     reason = why_not()
     if reason:
         raise ConfigError("backend", f"vllm cannot run here: {reason}; use --backend transformers")
-    if adapter and saved_classes(adapter):
-        raise ConfigError(
-            "backend", f"{adapter} has a classification head, which vLLM does not run; --backend transformers"
-        )
+    if adapter and adapter_problem(adapter):
+        raise ConfigError("backend", f"vLLM cannot run {adapter}: {adapter_problem(adapter)}; --backend transformers")
     if profile.capability is not None and profile.capability < (8, 0):
         os.environ["VLLM_USE_V1"] = "0"  # V0: the engine that runs on a T4 (why_not refused a V1-only vLLM)
     from vllm import LLM
 
-    kw = {"enable_lora": True, "max_lora_rank": 64} if adapter else {}
+    kw = {"enable_lora": True, "max_lora_rank": lora_rank(adapter)} if adapter else {}
     if QUANT.get(quant or "none"):
         kw["quantization"] = QUANT[quant]
     llm = LLM(

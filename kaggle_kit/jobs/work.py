@@ -106,10 +106,13 @@ def _load(cfg):
 def _vllm_can_run(cfg, profile, backend: str) -> bool:
     """Whether vLLM runs this model here: `auto` falls back to transformers (saying why), `vllm` refuses."""
     from ..infer import vllm_backend
-    from ..models import adapter_defaults, load_config, resolve_model
+    from ..models import adapter_defaults, check_adapter, load_config, resolve_model
 
     name, quant, *_ = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, cfg.quant, None)
     reason = vllm_backend.why_not() or vllm_backend.check(load_config(resolve_model(name)).model_type, profile, quant)
+    if reason is None and cfg.adapter:
+        problem = vllm_backend.adapter_problem(check_adapter(Path(cfg.adapter)))
+        reason = problem and f"{cfg.adapter}: {problem}"
     if reason is None:
         return True
     if backend == "vllm":

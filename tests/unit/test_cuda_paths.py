@@ -46,12 +46,16 @@ class FakeVllm:
         self.module = types.ModuleType("vllm")
         self.module.LLM = LLM
         self.module.__version__ = "0.10.2"
+        self.request = types.ModuleType("vllm.lora.request")
+        self.request.LoRARequest = lambda name, n, path: (name, n, path)
 
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
     fake = FakeVllm()
     monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", fake.request)
     monkeypatch.setattr("kaggle_kit.infer.vllm_backend.installed", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     return fake
@@ -105,6 +109,54 @@ def test_backend_auto_falls_back_to_transformers_where_vllm_cannot_run(fake_vllm
     assert work._vllm_can_run(auto, t4(), "auto") is False
     with pytest.raises(ConfigError, match="gemma2 in float16"):
         work._vllm_can_run(PredictConfig("lmsys", "x.csv", model=str(folder), backend="vllm"), t4(), "vllm")
+
+
+def saved_adapter(monkeypatch, folder, **lora):
+    """A peft LoRA adapter of the tiny Llama, saved as peft saves it; `lora` overrides LoraConfig fields.
+    Made with CUDA seen as absent again (bitsandbytes, which peft imports, would reach for it)."""
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: False)
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(**{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], **lora})
+        get_peft_model(conftest.tiny_llama(), cfg).save_pretrained(folder)
+    return folder
+
+
+def test_vllm_is_given_the_adapter_rank_and_refuses_what_it_would_run_otherwise(fake_vllm, monkeypatch, tmp_path):
+    """Regression: max_lora_rank was 64 for every adapter (vLLM refuses a rank-128 adapter at the first
+    request, after the model loaded), and an adapter vLLM drops parts of (per-module ranks) or refuses
+    late (DoRA, modules saved whole, biases) reached it; now each is said before the engine starts, and
+    `auto` runs it with transformers instead."""
+    from kaggle_kit.config import PredictConfig
+    from kaggle_kit.infer import vllm_backend
+    from kaggle_kit.jobs import work
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
+    for r, rank in ((8, 8), (12, 16), (64, 64), (128, 128)):
+        plain = saved_adapter(monkeypatch, tmp_path / f"r{r}", r=r)
+        assert vllm_backend.adapter_problem(plain) is None
+        loaded = vllm_backend.load("/models/llama", t4(), adapter=plain)
+        assert fake_vllm.llm_kwargs["max_lora_rank"] == rank and fake_vllm.llm_kwargs["enable_lora"]
+        assert loaded.lora == ("adapter", 1, str(plain))
+    unfit = {
+        "DoRA": {"use_dora": True},
+        "lm_head whole": {"modules_to_save": ["lm_head"]},
+        "bias: all": {"bias": "all"},
+        "rank_pattern": {"rank_pattern": {"v_proj": 4}},
+        "alpha_pattern": {"alpha_pattern": {"q_proj": 32}},
+    }
+    model = tmp_path / "llama"
+    conftest.tiny_llama().config.save_pretrained(model)
+    for said, lora in unfit.items():
+        adapter = saved_adapter(monkeypatch, tmp_path / said.split()[0].replace(":", ""), **lora)
+        assert said in vllm_backend.adapter_problem(adapter)
+        with pytest.raises(ConfigError, match=f"vLLM cannot run .*{said}"):
+            vllm_backend.load("/models/llama", t4(), adapter=adapter)
+        cfg = dict(model=str(model), adapter=str(adapter))
+        assert work._vllm_can_run(PredictConfig("lmsys", "x.csv", backend="auto", **cfg), t4(), "auto") is False
+        with pytest.raises(ConfigError, match=said):
+            work._vllm_can_run(PredictConfig("lmsys", "x.csv", backend="vllm", **cfg), t4(), "vllm")
 
 
 def test_t4_training_keeps_the_embedding_fp16_and_checkpoints_activations(monkeypatch):
