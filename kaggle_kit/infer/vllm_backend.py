@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, KitError
 from ..heads import saved_classes
 from .engine import encode
 from .primitives import MAX_LENGTH, Task, label_token_ids, probs_from_results
@@ -30,6 +30,12 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # vLLM's V1 engine does not run below compute capability 8.0 (a T4 is sm_75); its V0 engine, chosen with
 # VLLM_USE_V1=0, does, and was removed after this release.
 V0_LAST = (0, 10, 2)
+# The first vLLM with `logprobs_mode`. Choice scoring reads the labels' log-probabilities after
+# allowed_token_ids has masked the rest (then every label is among the top len(labels)); V1 engines
+# before it return the raw ones, whose top tokens need not hold the labels, so those releases run V0,
+# whose log-probabilities are the processed ones.
+LOGPROBS_MODE = (0, 10, 1)
+MAX_LABELS = 256  # vLLM's max_logprobs (its default, 20, refuses MAP's ~65 labels at the first request)
 
 
 def available() -> bool:
@@ -142,11 +148,13 @@ def load(
         raise ConfigError("backend", f"vllm cannot run here: {reason}; use --backend transformers")
     if adapter and adapter_problem(adapter):
         raise ConfigError("backend", f"vLLM cannot run {adapter}: {adapter_problem(adapter)}; --backend transformers")
-    if profile.capability is not None and profile.capability < (8, 0):
-        os.environ["VLLM_USE_V1"] = "0"  # V0: the engine that runs on a T4 (why_not refused a V1-only vLLM)
+    kw = {"enable_lora": True, "max_lora_rank": lora_rank(adapter)} if adapter else {}
+    if _version() >= LOGPROBS_MODE:
+        kw["logprobs_mode"] = "processed_logprobs"  # log-probs after the label whitelist: over the labels
+    if _version() < LOGPROBS_MODE or (profile.capability is not None and profile.capability < (8, 0)):
+        os.environ["VLLM_USE_V1"] = "0"  # V0: runs on a T4, and processes log-probs (why_not refused V1-only)
     from vllm import LLM
 
-    kw = {"enable_lora": True, "max_lora_rank": lora_rank(adapter)} if adapter else {}
     if QUANT.get(quant or "none"):
         kw["quantization"] = QUANT[quant]
     llm = LLM(
@@ -154,7 +162,7 @@ def load(
         dtype="half" if profile.dtype == "float16" else profile.dtype,  # T4: half (no bf16 there)
         tensor_parallel_size=tensor_parallel,
         max_model_len=max_length + 512,  # room for generated tokens
-        logprobs_mode="processed_logprobs",  # log-probs after the label whitelist: a softmax over the labels
+        max_logprobs=MAX_LABELS,
         enforce_eager=profile.capability is not None and profile.capability < (8, 0),  # no CUDA graphs on T4
         **kw,
     )
@@ -178,6 +186,10 @@ def choice_task(
     from vllm import SamplingParams
 
     label_ids = label_token_ids(tokenizer, labels, prompts + [p for v, _ in views or [] for p in v])
+    if len(label_ids) > MAX_LABELS:
+        raise ConfigError(
+            "backend", f"{len(label_ids)} labels, vLLM returns at most {MAX_LABELS}; --backend transformers"
+        )
     params = SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=label_ids, logprobs=len(label_ids))
     ids = encode(tokenizer, prompts, max_length)
     extra = [(encode(tokenizer, p, max_length), list(perm)) for p, perm in views or []]
@@ -186,7 +198,7 @@ def choice_task(
 
     def score(batch, rows):
         outs = model.llm.generate(_prompts(rows), params, lora_request=model.lora, use_tqdm=False)
-        logp = np.array([[o.outputs[0].logprobs[0][t].logprob for t in label_ids] for o in outs], dtype=np.float64)
+        logp = np.array([label_logprobs(o.outputs[0].logprobs[0], label_ids) for o in outs], dtype=np.float64)
         z = logp / temperature  # log-softmax over labels = logits - const: dividing by T re-tempers them
         if allowed is not None:
             z = np.where(allowed[batch], z, -np.inf)
@@ -208,6 +220,18 @@ def choice_task(
 
     settings = {"labels": labels, "temperature": temperature, "views": [p for _, p in extra], "backend": "vllm"}
     return Task("score", ids, step, lambda results: probs_from_results(results, len(labels)), settings)
+
+
+def label_logprobs(top: dict, label_ids: list[int]) -> list[float]:
+    """Each label's log-probability from one position's returned top tokens ({token id: Logprob}); a
+    KitError naming what vLLM returned instead when a label is missing (raw, unmasked log-probs)."""
+    missing = [t for t in label_ids if t not in top]
+    if missing:
+        raise KitError(
+            f"vLLM returned no log-probability for label tokens {missing} (it returned {sorted(top)[:8]}): "
+            "its log-probs were taken before allowed_token_ids; --backend transformers scores the labels"
+        )
+    return [top[t].logprob for t in label_ids]
 
 
 def generation_task(

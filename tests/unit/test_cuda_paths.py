@@ -85,6 +85,28 @@ def test_vllm_on_a_t4_runs_the_v0_engine_and_refuses_a_v1_only_release(fake_vllm
     assert vllm_backend.available()
 
 
+def test_vllm_scores_labels_from_masked_log_probs_on_every_release(fake_vllm, monkeypatch):
+    """Regression: `logprobs_mode` (vLLM >= 0.10.1) was passed to every release, and the torch 2.6 Kaggle
+    image's vLLM (0.8.5.post1) has no such argument; its V1 engine returns raw log-probs, whose top tokens
+    need not hold the labels (a KeyError), so releases before 0.10.1 run V0, which returns masked ones."""
+    from kaggle_kit.errors import KitError
+    from kaggle_kit.infer import vllm_backend
+
+    a100 = Profile("cuda", "bfloat16", "bfloat16", "A100", (8, 0), 1, "sm_80")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (8, 0))
+    for version, mode, v1 in (("0.8.5.post1", None, "0"), ("0.10.1", "processed_logprobs", None)):
+        monkeypatch.delenv("VLLM_USE_V1", raising=False)
+        fake_vllm.module.__version__ = version
+        vllm_backend.load("/models/llama", a100)
+        assert fake_vllm.llm_kwargs.get("logprobs_mode") == mode and os.environ.get("VLLM_USE_V1") == v1
+        assert fake_vllm.llm_kwargs["max_logprobs"] >= 65  # MAP's labels; vLLM's default is 20
+    logprob = types.SimpleNamespace
+    top = {7: logprob(logprob=-0.1), 9: logprob(logprob=-2.3)}
+    assert vllm_backend.label_logprobs(top, [9, 7]) == [-2.3, -0.1]
+    with pytest.raises(KitError, match=r"label tokens \[11\]"):
+        vllm_backend.label_logprobs(top, [7, 11])
+
+
 def test_vllm_refuses_gemma_in_fp16_and_int8_and_quantises_nf4_in_flight(fake_vllm, monkeypatch):
     from kaggle_kit.infer import vllm_backend
 
