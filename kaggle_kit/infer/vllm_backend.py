@@ -35,6 +35,7 @@ V0_LAST = (0, 10, 2)
 # before it return the raw ones, whose top tokens need not hold the labels, so those releases run V0,
 # whose log-probabilities are the processed ones.
 LOGPROBS_MODE = (0, 10, 1)
+GEN_ROOM = 512  # tokens past the prompt vLLM's context holds at least (label scoring needs one)
 MAX_LABELS = 256  # vLLM's max_logprobs (its default, 20, refuses MAP's ~65 labels at the first request)
 
 
@@ -138,11 +139,33 @@ class VllmModel:
     name_or_path: str = ""
 
 
+def model_len(max_length: int, max_new_tokens: int | None = None, positions: int | None = None) -> int:
+    """vLLM's max_model_len: a prompt of `max_length` tokens and what is generated after it (at least
+    GEN_ROOM), within the model's `positions` (vLLM refuses more). vLLM ends a generation at this length
+    without an error, so a cap below the requested tokens is said in the log."""
+    want = max_length + max(GEN_ROOM, max_new_tokens or 0)
+    if positions and want > positions:
+        log.warning(
+            "vLLM: %d prompt + %d new tokens exceed the model's %d positions; generations stop at %d tokens",
+            max_length, max(GEN_ROOM, max_new_tokens or 0), positions, positions,
+        )  # fmt: skip
+        return positions
+    return want
+
+
 def load(
-    path, profile, adapter=None, max_length: int = MAX_LENGTH, tensor_parallel: int = 1, quant: str | None = None
+    path,
+    profile,
+    adapter=None,
+    max_length: int = MAX_LENGTH,
+    tensor_parallel: int = 1,
+    quant: str | None = None,
+    max_new_tokens: int | None = None,
+    positions: int | None = None,
 ) -> VllmModel:
     """A vLLM engine over a local model folder; a LoRA adapter is applied per request, unmerged. `quant`
-    'nf4' quantises the weights in flight (bitsandbytes): a 9B model in fp16 (18 GB) does not fit a T4."""
+    'nf4' quantises the weights in flight (bitsandbytes): a 9B model in fp16 (18 GB) does not fit a T4.
+    Its context holds `max_length` prompt tokens and `max_new_tokens` after them (model_len)."""
     reason = why_not()
     if reason:
         raise ConfigError("backend", f"vllm cannot run here: {reason}; use --backend transformers")
@@ -161,7 +184,7 @@ def load(
         model=str(path),
         dtype="half" if profile.dtype == "float16" else profile.dtype,  # T4: half (no bf16 there)
         tensor_parallel_size=tensor_parallel,
-        max_model_len=max_length + 512,  # room for generated tokens
+        max_model_len=model_len(max_length, max_new_tokens, positions),
         max_logprobs=MAX_LABELS,
         enforce_eager=profile.capability is not None and profile.capability < (8, 0),  # no CUDA graphs on T4
         **kw,

@@ -87,14 +87,16 @@ def _task(comp, model, tok, df, cfg, max_length: int):
     return comp.work(model, tok, df, run)
 
 
-def _load(cfg):
+def _load(cfg, new_tokens: int | None = None):
+    """(model, tokenizer, cfg.batch_tokens) by cfg's backend; `new_tokens` is what a generation adds to a
+    prompt (vLLM sizes its context for it)."""
     from ..hardware import detect
     from ..models import load_model
 
     profile = detect(cfg.dtype, cfg.device)
     backend = getattr(cfg, "backend", "transformers")
     if backend != "transformers" and _vllm_can_run(cfg, profile, backend):
-        return _load_vllm(cfg, profile)
+        return _load_vllm(cfg, profile, new_tokens)
     model, tok = load_model(
         *(cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None)),
         fast_paths=getattr(cfg, "fast_paths", True),
@@ -126,19 +128,24 @@ def _load_task(cfg, comp, df):
     engine's default for the device and the kind of task)."""
     from ..infer.primitives import default_batch_tokens
 
-    model, tok, batch_tokens = _load(cfg)
+    model, tok, batch_tokens = _load(cfg, cfg.max_new_tokens or getattr(comp.settings, "max_new_tokens", None))
     task = _task(comp, model, tok, df, cfg, cfg.max_length)
     return model, tok, task, batch_tokens or default_batch_tokens(model, task.kind)
 
 
-def _load_vllm(cfg, profile):
+def _load_vllm(cfg, profile, new_tokens: int | None = None):
     """(vLLM engine, tokenizer, tokens per step) for cfg's model / adapter (see infer/vllm_backend.py)."""
     from ..infer import vllm_backend
     from ..models import adapted_tokenizer
 
     adapters = [cfg.adapter] if cfg.adapter else []
-    path, quant, _, tok = adapted_tokenizer(adapters, cfg.model, None, cfg.chat_format, cfg.chat_template_kwargs)
-    model = vllm_backend.load(path, profile, cfg.adapter, cfg.max_length, cfg.tensor_parallel, cfg.quant or quant)
+    path, quant, config, tok = adapted_tokenizer(adapters, cfg.model, None, cfg.chat_format, cfg.chat_template_kwargs)
+    positions = getattr(config.get_text_config(decoder=True), "max_position_embeddings", None)
+    model = vllm_backend.load(
+        *(path, profile, cfg.adapter, cfg.max_length, cfg.tensor_parallel, cfg.quant or quant),
+        max_new_tokens=new_tokens,
+        positions=positions,
+    )
     return model, tok, cfg.batch_tokens or vllm_backend.BATCH_TOKENS
 
 

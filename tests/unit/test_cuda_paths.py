@@ -107,6 +107,25 @@ def test_vllm_scores_labels_from_masked_log_probs_on_every_release(fake_vllm, mo
         vllm_backend.label_logprobs(top, [7, 11])
 
 
+def test_vllm_context_holds_the_tokens_a_generation_asks_for(fake_vllm, monkeypatch, caplog):
+    """Regression: vLLM's max_model_len was the prompt's max_length + 512 whatever --max-new-tokens said,
+    and vLLM ends a generation at that length without an error: an AIMO run asking for 4,096 tokens of
+    reasoning got about 512. Now the context holds them, within the model's positions (said when capped)."""
+    from kaggle_kit import competitions
+    from kaggle_kit.config import PredictConfig
+    from kaggle_kit.jobs import work
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
+    aimo = competitions.get("aimo")
+    assert aimo.settings.max_new_tokens == 384  # what _load_task hands _load without --max-new-tokens
+    for max_length, new, expected in ((2048, None, 2048 + 512), (2048, 4096, 2048 + 4096), (6000, 4096, 8192)):
+        cfg = PredictConfig("aimo", "x.csv", model="demo", backend="vllm", max_length=max_length)
+        with caplog.at_level("WARNING", logger="kaggle_kit"):
+            work._load_vllm(cfg, t4(), new)
+        assert fake_vllm.llm_kwargs["max_model_len"] == expected  # SmolLM2 has 8,192 positions
+    assert "generations stop at 8192 tokens" in caplog.text
+
+
 def test_vllm_refuses_gemma_in_fp16_and_int8_and_quantises_nf4_in_flight(fake_vllm, monkeypatch):
     from kaggle_kit.infer import vllm_backend
 
