@@ -93,11 +93,12 @@ def check(model_type: str, profile, quant: str | None) -> str | None:
     return None
 
 
-def adapter_problem(adapter) -> str | None:
+def adapter_problem(adapter, config=None) -> str | None:
     """Why vLLM cannot run the LoRA adapter folder `adapter` as transformers + peft would, or None. vLLM
     refuses some of these only at the first request, after the model has loaded (DoRA, weights saved whole,
     a bias, a rank above its maximum), and silently drops others, computing other numbers (peft's
-    per-module ranks and alphas: vLLM scales every module by lora_alpha / r)."""
+    per-module ranks and alphas: vLLM scales every module by lora_alpha / r; LoRA weights of modules the
+    model lacks, when `config`, the base model's, is given: see unplaced_lora)."""
     import json
     from pathlib import Path
 
@@ -118,7 +119,43 @@ def adapter_problem(adapter) -> str | None:
         why.append(f"its per-module {' and '.join(patterns)} would be dropped (vLLM scales every module alike)")
     if int(cfg.get("r", 0)) > LORA_RANKS[-1]:
         why.append(f"its rank {cfg['r']} is above vLLM's largest, {LORA_RANKS[-1]}")
+    unplaced = unplaced_lora(adapter, config) if config is not None else []
+    if unplaced:
+        why.append(
+            f"{len(unplaced)} of its LoRA modules are not in the base model (the first: {unplaced[0]}); "
+            "it was trained on another model or model class"
+        )
     return "; ".join(why) or None
+
+
+def unplaced_lora(adapter, config) -> list[str]:
+    """The modules `adapter`'s LoRA weights name that the transformers class of `config` has not. vLLM
+    finds no place for those and runs the base model's numbers there without a word (peft at least warns,
+    and the transformers path makes that an error: models._load_adapters). The class is built on the meta
+    device: module names only, no weights, no memory."""
+    import re
+    from pathlib import Path
+
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if not weights.is_file():  # a .bin adapter: not read here
+        return []
+    with safe_open(str(weights), "pt") as f:
+        keys = list(f.keys())
+    named = {re.sub(r"^base_model\.model\.", "", k.split(".lora_")[0]) for k in keys if ".lora_" in k}
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, ImportError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        log.info(
+            "vLLM: the adapter's modules are not checked (transformers cannot build %s: %s)", config.model_type, exc
+        )
+        return []  # a class transformers does not build (remote code): vLLM's own loader decides
+    have = {name for name, _ in model.named_modules()}
+    return sorted(named - have)
 
 
 def lora_rank(adapter) -> int:

@@ -111,9 +111,10 @@ def _vllm_can_run(cfg, profile, backend: str) -> bool:
     from ..models import adapter_defaults, check_adapter, load_config, resolve_model
 
     name, quant, *_ = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, cfg.quant, None)
-    reason = vllm_backend.why_not() or vllm_backend.check(load_config(resolve_model(name)).model_type, profile, quant)
+    config = load_config(resolve_model(name))
+    reason = vllm_backend.why_not() or vllm_backend.check(config.model_type, profile, quant)
     if reason is None and cfg.adapter:
-        problem = vllm_backend.adapter_problem(check_adapter(Path(cfg.adapter)))
+        problem = vllm_backend.adapter_problem(check_adapter(Path(cfg.adapter)), config)
         reason = problem and f"{cfg.adapter}: {problem}"
     if reason is None:
         return True

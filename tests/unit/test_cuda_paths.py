@@ -6,6 +6,7 @@ another GPU count, chunked perplexity logits."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import types
 
@@ -152,15 +153,15 @@ def test_backend_auto_falls_back_to_transformers_where_vllm_cannot_run(fake_vllm
         work._vllm_can_run(PredictConfig("lmsys", "x.csv", model=str(folder), backend="vllm"), t4(), "vllm")
 
 
-def saved_adapter(monkeypatch, folder, **lora):
-    """A peft LoRA adapter of the tiny Llama, saved as peft saves it; `lora` overrides LoraConfig fields.
-    Made with CUDA seen as absent again (bitsandbytes, which peft imports, would reach for it)."""
+def saved_adapter(monkeypatch, folder, model=None, **lora):
+    """A peft LoRA adapter of `model` (the tiny Llama), saved as peft saves it; `lora` overrides LoraConfig
+    fields. Made with CUDA seen as absent again (bitsandbytes, which peft imports, would reach for it)."""
     with monkeypatch.context() as m:
         m.setattr(torch.cuda, "is_available", lambda: False)
         from peft import LoraConfig, get_peft_model
 
         cfg = LoraConfig(**{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], **lora})
-        get_peft_model(conftest.tiny_llama(), cfg).save_pretrained(folder)
+        get_peft_model(model or conftest.tiny_llama(), cfg).save_pretrained(folder)
     return folder
 
 
@@ -189,15 +190,36 @@ def test_vllm_is_given_the_adapter_rank_and_refuses_what_it_would_run_otherwise(
     }
     model = tmp_path / "llama"
     conftest.tiny_llama().config.save_pretrained(model)
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    phi3 = Phi3ForCausalLM(
+        Phi3Config(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=0,
+        )
+    )
+    unfit["not in the base model (the first: model.layers.0.self_attn.qkv_proj)"] = {
+        "model": phi3,
+        "target_modules": ["qkv_proj"],
+    }  # an adapter of another model class: vLLM would run the base model's numbers without a word
     for said, lora in unfit.items():
         adapter = saved_adapter(monkeypatch, tmp_path / said.split()[0].replace(":", ""), **lora)
+        cfg = dict(model=str(model), adapter=str(adapter))
+        assert work._vllm_can_run(PredictConfig("lmsys", "x.csv", backend="auto", **cfg), t4(), "auto") is False
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            work._vllm_can_run(PredictConfig("lmsys", "x.csv", backend="vllm", **cfg), t4(), "vllm")
+        if "base model" in said:
+            continue  # found against the base model's class, which load() is not given
         assert said in vllm_backend.adapter_problem(adapter)
         with pytest.raises(ConfigError, match=f"vLLM cannot run .*{said}"):
             vllm_backend.load("/models/llama", t4(), adapter=adapter)
-        cfg = dict(model=str(model), adapter=str(adapter))
-        assert work._vllm_can_run(PredictConfig("lmsys", "x.csv", backend="auto", **cfg), t4(), "auto") is False
-        with pytest.raises(ConfigError, match=said):
-            work._vllm_can_run(PredictConfig("lmsys", "x.csv", backend="vllm", **cfg), t4(), "vllm")
+    plain = saved_adapter(monkeypatch, tmp_path / "plain", target_modules=["q_proj", "v_proj", "down_proj"])
+    assert vllm_backend.adapter_problem(plain, conftest.tiny_llama().config) is None
 
 
 def test_t4_training_keeps_the_embedding_fp16_and_checkpoints_activations(monkeypatch):
