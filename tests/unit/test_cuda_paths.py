@@ -192,7 +192,7 @@ def test_vllm_is_given_the_adapter_rank_and_refuses_what_it_would_run_otherwise(
     conftest.tiny_llama().config.save_pretrained(model)
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    phi3 = Phi3ForCausalLM(Phi3Config(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4))
+    phi3 = Phi3ForCausalLM(Phi3Config(vocab_size=128, hidden_size=64, num_hidden_layers=2, pad_token_id=0))
     unfit["not in the base model (the first: model.layers.0.self_attn.qkv_proj)"] = {
         "model": phi3,
         "target_modules": ["qkv_proj"],
