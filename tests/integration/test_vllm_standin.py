@@ -85,6 +85,14 @@ def test_vllm_label_scoring_with_views_gives_the_transformers_submission(standin
     assert all(abs(ours[cols].to_numpy()[i] - fallback).max() > 1e-3 for i in (0, 1))  # the model's, not the prior
 
 
+def test_vllm_option_rotations_give_the_transformers_answers(standin_vllm, tmp_path):
+    """Science Exam with 5 option rotations: each rotation's letters mapped back to the options they show."""
+    kw = dict(limit_rows=2, tta=5, fast_paths=False)
+    ours = run("science_exam", "vllm", tmp_path / "vllm.csv", **kw)
+    plain = run("science_exam", "transformers", tmp_path / "plain.csv", **kw)
+    assert ours.equals(plain) and (ours["prediction"].head(2) != "A B C").all()  # not the fallback's order
+
+
 def test_vllm_generation_gives_the_transformers_texts(standin_vllm, tmp_path):
     """Prompt Recovery: greedy generations cut at the task's stop strings, written as the submission."""
     kw = dict(limit_rows=1, max_new_tokens=8, max_length=256, fast_paths=False)
