@@ -3,7 +3,10 @@ kit's planner, checkpoints, deadline, shards and submissions work unchanged. Use
 `predict --backend vllm` (or `auto`: vLLM when it is installed and a GPU is present). vLLM's tensor
 parallelism (`--tensor-parallel N`) serves models larger than one GPU.
 
-Not exercised by this project's CI (no GPU, no vLLM); written against vLLM >= 0.10's offline `LLM` API.
+vLLM itself does not run in this project's CI (no GPU); the kit's side of it does, end to end through
+`predict`, against a stand-in for vLLM's offline `LLM` API that computes with the real demo model
+(tests/integration/test_vllm_standin.py: the transformers backend's submissions), and its settings against
+a recording stand-in (tests/unit/test_cuda_paths.py). Written against vLLM 0.8.5-0.11's offline API.
 """
 
 from __future__ import annotations
