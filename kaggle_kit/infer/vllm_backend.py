@@ -209,8 +209,9 @@ def load(
     reason = why_not()
     if reason:
         raise ConfigError("backend", f"vllm cannot run here: {reason}; use --backend transformers")
-    if adapter and adapter_problem(adapter):
-        raise ConfigError("backend", f"vLLM cannot run {adapter}: {adapter_problem(adapter)}; --backend transformers")
+    problem = adapter and adapter_problem(adapter)
+    if problem:
+        raise ConfigError("backend", f"vLLM cannot run {adapter}: {problem}; --backend transformers")
     kw = {"enable_lora": True, "max_lora_rank": lora_rank(adapter)} if adapter else {}
     if _version() >= LOGPROBS_MODE:
         kw["logprobs_mode"] = "processed_logprobs"  # log-probs after the label whitelist: over the labels
