@@ -45,11 +45,17 @@ class StandInLLM:
                 top = logp.topk(params.logprobs).indices.tolist()
                 seen = {t: types.SimpleNamespace(logprob=logp[t].item()) for t in top}
                 return types.SimpleNamespace(outputs=[types.SimpleNamespace(logprobs=[seen], text="")])
-            out = self.model.generate(torch.tensor([ids]), max_new_tokens=params.max_tokens, do_sample=False)
-        text = self.tok.decode(out[0, len(ids) :], skip_special_tokens=True)
+            n, sampled = getattr(params, "n", 1), getattr(params, "temperature", 0.0) > 0
+            if sampled:
+                torch.manual_seed(params.seed)
+            out = self.model.generate(
+                torch.tensor([ids]), max_new_tokens=params.max_tokens, num_return_sequences=n, do_sample=sampled,
+                **({"temperature": params.temperature, "top_p": params.top_p} if sampled else {}),
+            )  # fmt: skip
+        texts = [self.tok.decode(o[len(ids) :], skip_special_tokens=True) for o in out]
         for stop in params.stop:
-            text = text.split(stop)[0]
-        return types.SimpleNamespace(outputs=[types.SimpleNamespace(text=text)])
+            texts = [t.split(stop)[0] for t in texts]
+        return types.SimpleNamespace(outputs=[types.SimpleNamespace(text=t) for t in texts])
 
 
 @pytest.fixture
@@ -101,3 +107,26 @@ def test_vllm_generation_gives_the_transformers_texts(standin_vllm, tmp_path):
     assert ours.equals(plain) and len(ours) == len(pd.read_csv(ROOT / "data" / "prompt_recovery" / "test.csv"))
     texts = ours["rewrite_prompt"]
     assert texts.iloc[0] != texts.iloc[-1]  # generated, not the fallback the other rows keep
+
+
+def test_vllm_sampled_solutions_are_voted_into_the_submission(standin_vllm, tmp_path, monkeypatch):
+    """AIMO: the spec's 4 solutions a problem in one request (vLLM's n), each answer extracted and voted.
+    The stand-in's texts are replaced by known ones (a 135M model solves nothing), so the vote is known."""
+    from kaggle_kit import PredictConfig, predict
+
+    texts = iter(["thus \\boxed{3}", "so \\boxed{7}.", "I give up", "\\boxed{7}"])  # the first is outvoted
+    real = StandInLLM._one
+
+    def scripted(self, ids, params):
+        out = real(self, ids, params)
+        assert params.n == 4 and params.temperature > 0 and len(out.outputs) == 4  # one request, n samples
+        out.outputs = [types.SimpleNamespace(text=next(texts)) for _ in out.outputs]
+        return out
+
+    monkeypatch.setattr(StandInLLM, "_one", scripted)
+    data, out = ROOT / "data" / "aimo" / "test.csv", tmp_path / "sub.csv"
+    predict(
+        PredictConfig("aimo", str(data), out=str(out), backend="vllm", device="cpu", limit_rows=1, max_new_tokens=4)
+    )
+    sub = pd.read_csv(out)
+    assert len(sub) == len(pd.read_csv(data)) and sub["answer"].iloc[0] == 7
