@@ -33,12 +33,21 @@ class StandInLLM:
         self.tok = load_tokenizer(Path(model))
 
     def generate(self, prompts, params, lora_request=None, use_tqdm=False):
-        return [self._one(p["prompt_token_ids"], params) for p in prompts]
+        model = self.model if lora_request is None else self._adapted(lora_request.lora_path)
+        return [self._one(model, p["prompt_token_ids"], params) for p in prompts]
 
-    def _one(self, ids, params):
+    def _adapted(self, path: str):
+        """The model with the request's LoRA adapter applied (peft, unmerged), loaded once."""
+        from peft import PeftModel
+
+        if getattr(self, "adapter", (None,))[0] != path:
+            self.adapter = (path, PeftModel.from_pretrained(self.model, path).eval())
+        return self.adapter[1]
+
+    def _one(self, model, ids, params):
         with torch.inference_mode():
             if params.allowed_token_ids is not None:
-                logits = self.model(torch.tensor([ids])).logits[0, -1]
+                logits = model(torch.tensor([ids])).logits[0, -1]
                 masked = torch.full_like(logits, float("-inf"))
                 masked[params.allowed_token_ids] = logits[params.allowed_token_ids]
                 logp = torch.log_softmax(masked, dim=-1)
@@ -48,7 +57,7 @@ class StandInLLM:
             n, sampled = getattr(params, "n", 1), getattr(params, "temperature", 0.0) > 0
             if sampled:
                 torch.manual_seed(params.seed)
-            out = self.model.generate(
+            out = model.generate(
                 torch.tensor([ids]), max_new_tokens=params.max_tokens, num_return_sequences=n, do_sample=sampled,
                 **({"temperature": params.temperature, "top_p": params.top_p} if sampled else {}),
             )  # fmt: skip
@@ -66,6 +75,10 @@ def standin_vllm(monkeypatch):
     vllm.LLM = StandInLLM
     vllm.SamplingParams = lambda **kw: types.SimpleNamespace(**{"allowed_token_ids": None, "stop": [], **kw})
     monkeypatch.setitem(sys.modules, "vllm", vllm)
+    request = types.ModuleType("vllm.lora.request")
+    request.LoRARequest = lambda name, n, path: types.SimpleNamespace(lora_name=name, lora_int_id=n, lora_path=path)
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", request)
     monkeypatch.setattr("kaggle_kit.infer.vllm_backend.why_not", lambda: None)
 
 
@@ -99,6 +112,25 @@ def test_vllm_option_rotations_give_the_transformers_answers(standin_vllm, tmp_p
     assert ours.equals(plain) and (ours["prediction"].head(2) != "A B C").all()  # not the fallback's order
 
 
+def test_vllm_runs_the_lora_adapter_the_transformers_backend_runs(standin_vllm, tmp_path):
+    """A LoRA adapter (random B, so it moves every output) reaches vLLM as the request's adapter: Science
+    Exam's answers with it equal the transformers backend's with it, and differ from the base model's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kaggle_kit.models import resolve_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("demo"), dtype=torch.float32)
+    lora = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
+    kw = dict(limit_rows=3, adapter=str(tmp_path / "adapter"), fast_paths=False)
+    ours = run("science_exam", "vllm", tmp_path / "vllm.csv", **kw)
+    plain = run("science_exam", "transformers", tmp_path / "plain.csv", **kw)
+    bare = run("science_exam", "vllm", tmp_path / "bare.csv", limit_rows=3, fast_paths=False)
+    assert ours.equals(plain) and not ours.head(3).equals(bare.head(3))
+
+
 def test_vllm_generation_gives_the_transformers_texts(standin_vllm, tmp_path):
     """Prompt Recovery: greedy generations cut at the task's stop strings, written as the submission."""
     kw = dict(limit_rows=1, max_new_tokens=8, max_length=256, fast_paths=False)
@@ -117,8 +149,8 @@ def test_vllm_sampled_solutions_are_voted_into_the_submission(standin_vllm, tmp_
     texts = iter(["thus \\boxed{3}", "so \\boxed{7}.", "I give up", "\\boxed{7}"])  # the first is outvoted
     real = StandInLLM._one
 
-    def scripted(self, ids, params):
-        out = real(self, ids, params)
+    def scripted(self, model, ids, params):
+        out = real(self, model, ids, params)
         assert params.n == 4 and params.temperature > 0 and len(out.outputs) == 4  # one request, n samples
         out.outputs = [types.SimpleNamespace(text=next(texts)) for _ in out.outputs]
         return out
