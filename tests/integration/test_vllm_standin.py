@@ -1,7 +1,8 @@
-"""The vLLM backend's tasks (label scoring with views, greedy generation) run end to end through `predict`,
-against a stand-in for vLLM's offline API that computes with the real demo model in transformers: the
-kit's wiring (label token ids, allowed tokens, log-probs, views mapped back, stop strings, the submission)
-must give the submission the transformers backend gives. vLLM itself needs a GPU this CI lacks; what vLLM
+"""The vLLM backend's tasks (label scoring with views, a LoRA adapter, greedy and sampled generation) run end
+to end through `predict`, against a stand-in for vLLM's offline API that computes with the real demo model
+in transformers: the kit's wiring (label token ids, allowed tokens, log-probs, views mapped back, the
+adapter's request, stop strings, votes, the submission) must give the submission the transformers backend
+gives. vLLM itself needs a GPU this CI lacks; what vLLM
 computes is its own (bench/gpu_check.sh is where it runs)."""
 
 from __future__ import annotations
