@@ -113,6 +113,27 @@ def test_vllm_option_rotations_give_the_transformers_answers(standin_vllm, tmp_p
     assert ours.equals(plain) and (ours["prediction"].head(2) != "A B C").all()  # not the fallback's order
 
 
+@pytest.mark.parametrize(
+    "competition,test_file", [("eedi", "test.csv"), ("map", "test.csv"), ("llm_detect", "test_essays.csv")]
+)
+def test_vllm_gives_the_transformers_submission_for_each_task_type(standin_vllm, tmp_path, competition, test_file):
+    """rank_candidates (Eedi: retrieved misconceptions reranked by p(Yes), pairs assembled by row),
+    label_probabilities (MAP's Category:Misconception labels, LLM-Detect's p(generated))."""
+    from kaggle_kit import PredictConfig, predict
+
+    subs = []
+    for backend in ("vllm", "transformers"):
+        out = tmp_path / f"{backend}.csv"
+        data = ROOT / "data" / competition / test_file
+        kw = dict(out=str(out), backend=backend, device="cpu", dtype="float32", limit_rows=2, fast_paths=False)
+        assert predict(PredictConfig(competition, str(data), **kw)).predicted == 2  # the model's rows
+        subs.append(pd.read_csv(out))
+    ours, plain = subs
+    numbers = list(ours.select_dtypes("float").columns)  # probabilities; ids and ranked lists exactly
+    assert ours.drop(columns=numbers).equals(plain.drop(columns=numbers)) and len(ours) == len(plain)
+    assert all(abs(ours[c] - plain[c]).max() < 1e-4 for c in numbers)
+
+
 def test_vllm_runs_the_lora_adapter_the_transformers_backend_runs(standin_vllm, tmp_path):
     """A LoRA adapter (random B, so it moves every output) reaches vLLM as the request's adapter: Science
     Exam's answers with it equal the transformers backend's with it, and differ from the base model's."""
