@@ -107,10 +107,10 @@ def test_vllm_label_scoring_with_views_gives_the_transformers_submission(standin
 
 def test_vllm_option_rotations_give_the_transformers_answers(standin_vllm, tmp_path):
     """Science Exam with 5 option rotations: each rotation's letters mapped back to the options they show."""
-    kw = dict(limit_rows=2, tta=5, fast_paths=False)
+    kw = dict(limit_rows=1, tta=5, fast_paths=False)
     ours = run("science_exam", "vllm", tmp_path / "vllm.csv", **kw)
     plain = run("science_exam", "transformers", tmp_path / "plain.csv", **kw)
-    assert ours.equals(plain) and (ours["prediction"].head(2) != "A B C").all()  # not the fallback's order
+    assert ours.equals(plain) and ours["prediction"].iloc[0] != "A B C"  # not the fallback's order
 
 
 @pytest.mark.parametrize(
