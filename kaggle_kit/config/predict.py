@@ -74,6 +74,12 @@ class PredictConfig:
         if self.backend not in ("transformers", "vllm", "auto"):
             raise ConfigError("backend", f"{self.backend!r} is not one of ['transformers', 'vllm', 'auto']")
         _check_positive(self, "tensor_parallel")
+        if self.tensor_parallel > 1 and (self.backend == "transformers" or self.workers > 1):
+            raise ConfigError(
+                "tensor_parallel",
+                "only vLLM splits a model over GPUs (--backend vllm)" if self.backend == "transformers"
+                else "--workers runs a whole model on each GPU; splitting one over GPUs needs --workers 1",
+            )  # fmt: skip
         if not 0.0 < self.cascade_fraction <= 1.0:
             raise ConfigError("cascade_fraction", f"must be in (0, 1], got {self.cascade_fraction}")
         for name in ("dtype", "cascade_dtype"):

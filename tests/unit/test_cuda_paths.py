@@ -127,6 +127,18 @@ def test_vllm_context_holds_the_tokens_a_generation_asks_for(fake_vllm, monkeypa
     assert "generations stop at 8192 tokens" in caplog.text
 
 
+def test_tensor_parallel_is_refused_where_nothing_would_split_the_model():
+    """Regression: --tensor-parallel 2 with the transformers backend was ignored, and with --workers 2 each
+    worker (one GPU in sight) asked vLLM for two GPUs, failing after the spawn."""
+    from kaggle_kit.config import PredictConfig
+
+    with pytest.raises(ConfigError, match="only vLLM splits"):
+        PredictConfig("lmsys", "x.csv", tensor_parallel=2)
+    with pytest.raises(ConfigError, match="needs --workers 1"):
+        PredictConfig("lmsys", "x.csv", backend="vllm", tensor_parallel=2, workers=2)
+    assert PredictConfig("lmsys", "x.csv", backend="vllm", tensor_parallel=2, shard="0/2").tensor_parallel == 2
+
+
 def test_vllm_refuses_gemma_in_fp16_and_int8_and_quantises_nf4_in_flight(fake_vllm, monkeypatch):
     from kaggle_kit.infer import vllm_backend
 
