@@ -102,12 +102,9 @@ def adapter_problem(adapter, config=None) -> str | None:
     a bias, a rank above its maximum), and silently drops others, computing other numbers (peft's
     per-module ranks and alphas: vLLM scales every module by lora_alpha / r; LoRA weights of modules the
     model lacks, when `config`, the base model's, is given: see unplaced_lora)."""
-    import json
-    from pathlib import Path
-
     if saved_classes(adapter):
         return "it has a classification head, which vLLM does not run"
-    cfg = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    cfg = _adapter_config(adapter)
     why = []
     if cfg.get("peft_type", "LORA") != "LORA":
         why.append(f"it is a {cfg['peft_type']} adapter (vLLM runs LoRA only)")
@@ -163,11 +160,16 @@ def unplaced_lora(adapter, config) -> list[str]:
 
 def lora_rank(adapter) -> int:
     """vLLM's max_lora_rank for `adapter`: its rank, rounded up to one vLLM takes."""
+    r = int(_adapter_config(adapter).get("r", 8))
+    return next((n for n in LORA_RANKS if n >= r), LORA_RANKS[-1])
+
+
+def _adapter_config(adapter) -> dict:
+    """The adapter folder's adapter_config.json as peft wrote it."""
     import json
     from pathlib import Path
 
-    r = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 8))
-    return next((n for n in LORA_RANKS if n >= r), LORA_RANKS[-1])
+    return json.loads((Path(adapter) / "adapter_config.json").read_text())
 
 
 @dataclass
@@ -183,14 +185,14 @@ def model_len(max_length: int, max_new_tokens: int | None = None, positions: int
     """vLLM's max_model_len: a prompt of `max_length` tokens and what is generated after it (at least
     GEN_ROOM), within the model's `positions` (vLLM refuses more). vLLM ends a generation at this length
     without an error, so a cap below the requested tokens is said in the log."""
-    want = max_length + max(GEN_ROOM, max_new_tokens or 0)
-    if positions and want > positions:
+    room = max(GEN_ROOM, max_new_tokens or 0)
+    if positions and max_length + room > positions:
         log.warning(
             "vLLM: %d prompt + %d new tokens exceed the model's %d positions; generations stop at %d tokens",
-            max_length, max(GEN_ROOM, max_new_tokens or 0), positions, positions,
+            max_length, room, positions, positions,
         )  # fmt: skip
         return positions
-    return want
+    return max_length + room
 
 
 def load(
@@ -213,9 +215,10 @@ def load(
     if problem:
         raise ConfigError("backend", f"vLLM cannot run {adapter}: {problem}; --backend transformers")
     kw = {"enable_lora": True, "max_lora_rank": lora_rank(adapter)} if adapter else {}
-    if _version() >= LOGPROBS_MODE:
+    masked_logprobs = _version() >= LOGPROBS_MODE
+    if masked_logprobs:
         kw["logprobs_mode"] = "processed_logprobs"  # log-probs after the label whitelist: over the labels
-    if _version() < LOGPROBS_MODE or (profile.capability is not None and profile.capability < (8, 0)):
+    if not masked_logprobs or (profile.capability is not None and profile.capability < (8, 0)):
         os.environ["VLLM_USE_V1"] = "0"  # V0: runs on a T4, and processes log-probs (why_not refused V1-only)
     from vllm import LLM
 
