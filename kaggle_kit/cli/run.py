@@ -32,6 +32,12 @@ def _add_model_args(p):
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
 
 
+def _add_backend_args(p):
+    """The engine that runs the model, shared by predict and rehearse (which times the same engine)."""
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "auto"])
+    p.add_argument("--tensor-parallel", type=int, default=1, help="vllm: GPUs one model is split over")
+
+
 def _add_scs_args(p):
     """How the SCS embedder reads text; the defaults mirror Kaggle's sentence-t5-base scorer."""
     p.add_argument("--scs-max-tokens", type=int, default=128, help="SCS: cut each text here (Kaggle: 128)")
@@ -78,8 +84,7 @@ def _add_predict(p):
     )
     _add_prompt_args(p)
     _add_mean_prompt_args(p)
-    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "auto"])
-    p.add_argument("--tensor-parallel", type=int, default=1, help="vllm: GPUs one model is split over")
+    _add_backend_args(p)
     p.add_argument("--ensemble", help="ensemble YAML: each member model in its own process, weighted")
     p.add_argument("--cascade-model", help="second model re-answering the least confident rows")
     p.add_argument("--cascade-adapter", help="the second model's adapter")
@@ -160,6 +165,7 @@ def _add_rehearse(p):
     p.add_argument("--workers", type=int, default=1, help="GPUs the run will use")
     p.add_argument("--tta", type=int, default=1, help="views per row the run will score (time x tta)")
     _add_prompt_args(p)
+    _add_backend_args(p)
 
 
 def _add_prompt_args(p):

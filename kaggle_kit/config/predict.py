@@ -147,6 +147,8 @@ class RehearseConfig:
     max_new_tokens: int | None = None
     workers: int = 1  # the run's workers (GPUs); the time divides among them
     tta: int = 1  # views per row, as in PredictConfig (the time multiplies)
+    backend: str = "transformers"  # as in PredictConfig: the rehearsal times the engine the run will use
+    tensor_parallel: int = 1
     dtype: str | None = None
     quant: str | None = None  # as in PredictConfig
     device: str | None = None

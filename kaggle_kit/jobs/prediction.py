@@ -187,9 +187,10 @@ def rehearse(cfg: RehearseConfig) -> dict:
     comp = competitions.get(cfg.competition)
     df = comp.read(cfg.data)
     shape = ("model", "adapter", "max_length", "batch_tokens", "max_new_tokens", "tta", "dtype", "quant", "device")
+    engine = ("backend", "tensor_parallel", "workers")  # workers: refused with tensor_parallel as predict does
     prompts = ("chat_format", "shots", "shots_file", "context", "context_column", "context_k", "context_tokens")
     pcfg = PredictConfig(
-        cfg.competition, cfg.data, **{name: getattr(cfg, name) for name in (*shape, *prompts, "embedder")}
+        cfg.competition, cfg.data, **{name: getattr(cfg, name) for name in (*shape, *engine, *prompts, "embedder")}
     )
     check_tta(comp, cfg.tta)
     model, tok, task, batch_tokens = _load_task(pcfg, comp, df)

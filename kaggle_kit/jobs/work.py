@@ -87,15 +87,15 @@ def _task(comp, model, tok, df, cfg, max_length: int):
     return comp.work(model, tok, df, run)
 
 
-def _load(cfg, new_tokens: int | None = None):
+def _load(cfg, new_tokens: int | None = None, labels: int = 0):
     """(model, tokenizer, cfg.batch_tokens) by cfg's backend; `new_tokens` is what a generation adds to a
-    prompt (vLLM sizes its context for it)."""
+    prompt (vLLM sizes its context for it), `labels` how many label tokens a row is scored over."""
     from ..hardware import detect
     from ..models import load_model
 
     profile = detect(cfg.dtype, cfg.device)
     backend = getattr(cfg, "backend", "transformers")
-    if backend != "transformers" and _vllm_can_run(cfg, profile, backend):
+    if backend != "transformers" and _vllm_can_run(cfg, profile, backend, labels):
         return _load_vllm(cfg, profile, new_tokens)
     model, tok = load_model(
         *(cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None)),
@@ -105,14 +105,17 @@ def _load(cfg, new_tokens: int | None = None):
     return model, tok, cfg.batch_tokens  # None: the engine's default for the device and task
 
 
-def _vllm_can_run(cfg, profile, backend: str) -> bool:
-    """Whether vLLM runs this model here: `auto` falls back to transformers (saying why), `vllm` refuses."""
+def _vllm_can_run(cfg, profile, backend: str, labels: int = 0) -> bool:
+    """Whether vLLM runs this model (scoring `labels` label tokens a row) here: `auto` falls back to
+    transformers (saying why), `vllm` refuses."""
     from ..infer import vllm_backend
     from ..models import adapter_defaults, check_adapter, load_config, resolve_model
 
     name, quant, *_ = adapter_defaults([cfg.adapter] if cfg.adapter else [], cfg.model, cfg.quant, None)
     config = load_config(resolve_model(name))
     reason = vllm_backend.why_not() or vllm_backend.check(config.model_type, profile, quant)
+    if reason is None and labels > vllm_backend.MAX_LABELS:
+        reason = f"{labels} labels, vLLM returns at most {vllm_backend.MAX_LABELS} log-probabilities a position"
     if reason is None and cfg.adapter:
         problem = vllm_backend.adapter_problem(check_adapter(Path(cfg.adapter)), config)
         reason = problem and f"{cfg.adapter}: {problem}"
@@ -121,6 +124,10 @@ def _vllm_can_run(cfg, profile, backend: str) -> bool:
     if backend == "vllm":
         raise ConfigError("backend", f"vllm cannot run this: {reason}; use --backend transformers")
     log.info("backend auto: transformers (%s)", reason)
+    if getattr(cfg, "tensor_parallel", 1) > 1:
+        log.warning(
+            "backend auto: --tensor-parallel %d ignored, transformers runs the model on one GPU", cfg.tensor_parallel
+        )
     return False
 
 
@@ -129,7 +136,8 @@ def _load_task(cfg, comp, df):
     engine's default for the device and the kind of task)."""
     from ..infer.primitives import default_batch_tokens
 
-    model, tok, batch_tokens = _load(cfg, cfg.max_new_tokens or getattr(comp.settings, "max_new_tokens", None))
+    new_tokens = cfg.max_new_tokens or getattr(comp.settings, "max_new_tokens", None)
+    model, tok, batch_tokens = _load(cfg, new_tokens, len(comp.labels))
     task = _task(comp, model, tok, df, cfg, cfg.max_length)
     return model, tok, task, batch_tokens or default_batch_tokens(model, task.kind)
 

@@ -184,3 +184,23 @@ def test_vllm_sampled_solutions_are_voted_into_the_submission(standin_vllm, tmp_
     )
     sub = pd.read_csv(out)
     assert len(sub) == len(pd.read_csv(data)) and sub["answer"].iloc[0] == 7
+
+
+def test_rehearse_times_the_engine_the_run_will_use(standin_vllm, monkeypatch):
+    """Regression: rehearse had no --backend, so a run on vLLM was rehearsed (and its budget judged) on
+    transformers. Now the rehearsal's timing batches go through the engine named, with predict's refusals."""
+    from kaggle_kit import jobs
+    from kaggle_kit.config import RehearseConfig
+    from kaggle_kit.errors import ConfigError
+
+    prompts = []
+    generate = StandInLLM.generate
+    monkeypatch.setattr(
+        StandInLLM, "generate", lambda self, p, *a, **k: prompts.extend(p) or generate(self, p, *a, **k)
+    )
+    data = str(ROOT / "data" / "lmsys" / "test.csv")
+    kw = dict(rows=1000, max_length=256, device="cpu", dtype="float32")
+    rep = jobs.rehearse(RehearseConfig("lmsys", data, backend="vllm", **kw))
+    assert prompts and rep["predicted_s"] > 0 and all(v > 0 for v in rep["throughput"].values())
+    with pytest.raises(ConfigError, match="tensor_parallel"):
+        jobs.rehearse(RehearseConfig("lmsys", data, backend="vllm", tensor_parallel=2, workers=2, **kw))

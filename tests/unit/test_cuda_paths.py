@@ -5,6 +5,7 @@ another GPU count, chunked perplexity logits."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -151,7 +152,7 @@ def test_vllm_refuses_gemma_in_fp16_and_int8_and_quantises_nf4_in_flight(fake_vl
     assert kw["dtype"] == "half" and kw["quantization"] == "bitsandbytes" and kw["enforce_eager"] is True
 
 
-def test_backend_auto_falls_back_to_transformers_where_vllm_cannot_run(fake_vllm, monkeypatch, tmp_path):
+def test_backend_auto_falls_back_to_transformers_where_vllm_cannot_run(fake_vllm, monkeypatch, tmp_path, caplog):
     from kaggle_kit.config import PredictConfig
     from kaggle_kit.jobs import work
 
@@ -163,6 +164,17 @@ def test_backend_auto_falls_back_to_transformers_where_vllm_cannot_run(fake_vllm
     assert work._vllm_can_run(auto, t4(), "auto") is False
     with pytest.raises(ConfigError, match="gemma2 in float16"):
         work._vllm_can_run(PredictConfig("lmsys", "x.csv", model=str(folder), backend="vllm"), t4(), "vllm")
+    llama = tmp_path / "llama"
+    conftest.tiny_llama().config.save_pretrained(llama)
+    cfg = PredictConfig("lmsys", "x.csv", model=str(llama), backend="auto")
+    assert work._vllm_can_run(cfg, t4(), "auto", labels=256) is True
+    assert work._vllm_can_run(cfg, t4(), "auto", labels=257) is False  # vLLM would refuse after loading
+    split = PredictConfig("lmsys", "x.csv", model=str(folder), backend="auto", tensor_parallel=2)
+    with caplog.at_level(logging.WARNING, logger="kaggle_kit"):
+        assert work._vllm_can_run(split, t4(), "auto") is False
+    assert "--tensor-parallel 2 ignored" in caplog.text
+    with pytest.raises(ConfigError, match="257 labels, vLLM returns at most 256"):
+        work._vllm_can_run(PredictConfig("lmsys", "x.csv", model=str(llama), backend="vllm"), t4(), "vllm", 257)
 
 
 def saved_adapter(monkeypatch, folder, model=None, **lora):
