@@ -50,6 +50,13 @@ def measure(step, lengths: list[int], batch_tokens: int, n_buckets: int = 3, ste
     return Throughput([p[0] for p in points], [p[1] for p in points])
 
 
+def worth_planning(lengths: list[int], batch_tokens: int, n_buckets: int = 3, steps: int = 1) -> bool:
+    """Whether the run is large enough to plan: more than twice the batches `measure` times. A smaller
+    one (Kaggle's three public test rows) would spend half its time or more being timed, and its deadline
+    still guards it: rows it does not reach keep the fallback."""
+    return len(plan_batches(lengths, batch_tokens, steps=steps)) > 2 * n_buckets
+
+
 def predict_seconds(lengths: list[int], batch_tokens: int, tp: Throughput, steps: int = 1) -> float:
     """Predicted seconds for all rows of `lengths` under the plan and the measured throughput."""
     total = 0.0

@@ -161,12 +161,14 @@ def _load_vllm(cfg, profile, new_tokens: int | None = None):
 def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[int, int]):
     """Load the model and compute one shard (all rows when (0, 1)): (outputs, stats, max_length, planned)."""
     from ..infer import run_task
-    from ..infer.planner import fit_max_length, measure, predict_seconds
+    from ..infer.planner import fit_max_length, measure, predict_seconds, worth_planning
 
     model, tok, task, batch_tokens = _load_task(cfg, comp, df)
     max_length, planned = cfg.max_length, None
-    # Plan only when the budget is large enough for three timing batches to be noise.
-    if cfg.plan and deadline.seconds is not None and deadline.remaining() > 60:
+    # Plan only when the budget is large enough for three timing batches to be noise, and the run for them
+    # to be a small part of it.
+    big = worth_planning(task.lengths, batch_tokens, steps=task.steps)
+    if cfg.plan and deadline.seconds is not None and deadline.remaining() > 60 and big:
         tp = measure(task.step, task.lengths, batch_tokens, steps=task.steps)
         lengths = task.lengths
         share = deadline.remaining() * shard[1]  # shards run side by side

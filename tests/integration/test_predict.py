@@ -10,12 +10,21 @@ from kaggle_kit.jobs import predict, score, validate
 from ..conftest import DATA, write_subset
 
 
-@pytest.mark.parametrize("name,n", [("science_exam", 12), ("lmsys", 6), ("prompt_recovery", 6)])
-def test_predict_writes_valid_scored_submission(name, n, tmp_path):
+@pytest.mark.parametrize(
+    "name,n,batch_tokens", [("science_exam", 12, 400), ("lmsys", 6, None), ("prompt_recovery", 6, None)]
+)
+def test_predict_writes_valid_scored_submission(name, n, batch_tokens, tmp_path):
+    """Under a budget the rows fit: the planner times three batches of a run of more than six (Science Exam,
+    one row a batch), and leaves a run of a few batches unplanned, not timed for half its length."""
     data = write_subset(name, tmp_path, n, labelled=True)
     out = tmp_path / "submission.csv"
-    res = predict(PredictConfig(name, str(data), out=str(out), max_length=768, progress=False))
+    res = predict(
+        PredictConfig(
+            name, str(data), out=str(out), max_length=768, budget="1h", batch_tokens=batch_tokens, progress=False
+        )
+    )
     assert (res.rows, res.predicted, res.fallback) == (n, n, 0)
+    assert (res.planned_seconds is not None) == (batch_tokens is not None)
     assert validate(ValidateConfig(name, str(out), str(data))) == []
     value = score(ScoreConfig(name, str(out), str(data)))
     assert -1.0 <= value <= 1.0 if name != "lmsys" else 0 < value < 10

@@ -405,7 +405,9 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
     and every LoRA gradient equal those of the model's own `labels=` loss over full logits. On both real
     architectures: SmolLM2 (49k vocabulary) and Gemma-3-270M (262k, tied, sliding windows), with the
     last layer's per-position work on the labelled positions only and no padding mask (train/fast.py);
-    Gemma-3 also on two rows past its 512-token window (a long context before the instruction)."""
+    Gemma-3 also on two rows past its 512-token window (a long context before the instruction), there
+    against the model's own forward and head at the labelled positions (labelled_loss: the full logits of
+    the 96-token rows, at 700 tokens, would be most of the test's time)."""
     from kaggle_kit.infer.fast.last_position import last_layer
     from kaggle_kit.train import data, fast
 
@@ -432,7 +434,9 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
     hook = last_mlp.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
     for way in ("full", "label positions", "chunks"):
         model.zero_grad()
-        if way == "full":
+        if way == "full" and length > 96:  # the same over the labelled positions' logits (labelled_loss)
+            loss = labelled_loss(model, ids, mask, labels)
+        elif way == "full":
             loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items).loss
         elif way == "chunks":
             hidden, targets = data.labelled_hidden(model, model, ids, mask, labels)
@@ -459,11 +463,23 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
         assert (by_chunk[n] - g).abs().max() <= 2e-5 * g.abs().max(), n
 
 
+def labelled_loss(model, ids, mask, labels):
+    """The model's mean next-token loss over the labelled positions, from its own forward and head with
+    logits only at the positions some row has a label for (logits_to_keep as indices): the positions the
+    loop's loss reads, not Gemma-3's 262k-vocabulary logits at every position (most of the time of a
+    700-token pair, and nothing flows back from an unlabelled position either way)."""
+    keep = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    assert logits.shape[1] == len(keep) < ids.shape[1] - 1
+    targets = labels[:, keep + 1]
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
 @pytest.mark.parametrize("name, length", [("demo", 96), ("demo:gemma3", 96), ("demo:gemma3", 700)])
 def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name, length):
     """The training fast paths on the real models, fp32: with them (the fused LoRA forward, the norms'
-    closed-form backward, Gemma-3's q/k norms among them, the MLPs' recomputed activation) the model's own
-    `labels=` loss and every LoRA gradient are those of peft's forward, autograd's norms and the MLPs' own
+    closed-form backward, Gemma-3's q/k norms among them, the MLPs' recomputed activation) the model's loss
+    over its labelled positions and every LoRA gradient are those of peft's forward, autograd's norms and the MLPs' own
     forward (fast_paths: false), in training mode after an evaluation's switch; Gemma-3 also on two rows
     past its 512-token window."""
     runs = []
@@ -482,7 +498,7 @@ def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name,
                 if "lora_B" in n:
                     p.normal_(0, 0.02)  # B=0 at init would give A no gradient
         ids, mask, labels = alpaca_batch(tok, length)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = labelled_loss(model, ids, mask, labels)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         runs.append((patched, float(loss.detach()), grads))

@@ -145,3 +145,12 @@ def test_plan_cuts_the_sorted_rows_where_padding_plus_batches_costs_least():
     lengths = [610, 600, 330, 320, 310, 300]
     assert plan_batches(lengths, 2048) == [[0, 1], [2, 3, 4, 5]]
     assert greedy(lengths, 2048) == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_a_run_of_a_few_batches_is_not_planned():
+    """Timing three batches (and a warm-up) of a run of six or fewer would cost half of it or more."""
+    from kaggle_kit.infer.planner import worth_planning
+
+    assert not worth_planning([500] * 6, 500)  # six batches of one row
+    assert worth_planning([500] * 7, 500)
+    assert not worth_planning([100] * 40, 4000)  # one batch
