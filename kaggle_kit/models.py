@@ -103,16 +103,21 @@ def adapter_defaults(adapters: list, name=None, quant=None, chat_format=None, te
     )
 
 
-def adapted_tokenizer(adapters: list, name=None, quant=None, chat_format=None, template_kwargs=None) -> tuple:
+def adapted_tokenizer(
+    adapters: list, name=None, quant=None, chat_format=None, template_kwargs=None, tokenizer=None
+) -> tuple:
     """(model folder, quant, transformers config, tokenizer with its chat format applied) for a base model
     and its adapters: each None filled from the adapters' kit_config.json as adapter_defaults does. The
-    config is read first: an architecture transformers does not know is a ConfigError naming it."""
+    config is read first: an architecture transformers does not know is a ConfigError naming it.
+    `tokenizer`: one this function returned for the same arguments, returned again instead of a new read."""
     from .templates import apply_chat_format
 
     name, quant, chat_format, template_kwargs = adapter_defaults(adapters, name, quant, chat_format, template_kwargs)
     path = resolve_model(name)
     config = load_config(path)
-    return path, quant, config, apply_chat_format(load_tokenizer(path), chat_format, template_kwargs)
+    if tokenizer is None:
+        tokenizer = apply_chat_format(load_tokenizer(path), chat_format, template_kwargs)
+    return path, quant, config, tokenizer
 
 
 def load_model(
@@ -123,6 +128,7 @@ def load_model(
     chat_format: str | None = None,
     fast_paths: bool = True,
     chat_template_kwargs: dict | None = None,
+    tokenizer=None,
 ):
     """(model, tokenizer) from a local folder or 'demo', in the profile's device and dtype, eval mode.
 
@@ -134,14 +140,16 @@ def load_model(
     `chat_format` likewise: None = the adapter's (kit_config.json), else the tokenizer's own ('auto');
     and `chat_template_kwargs` ({'enable_thinking': False}): None = the adapter's, else the template's defaults.
     `fast_paths=False` computes as plain transformers does (infer/fast/: no prefix cache, pruning,
-    fp32 label head, CPU attention, packed weights, 4-bit weights in training's layout).
+    fp32 label head, CPU attention, packed weights, 4-bit weights in training's layout). `tokenizer`: one
+    adapted_tokenizer made for the same model, adapters and chat format (predict's label check reads it
+    before the model loads; a 262k vocabulary takes seconds to read again).
     """
 
     from .hardware import detect, guard_half
     from .infer.fast.output_layer import contiguous_head
 
     adapters = adapter if isinstance(adapter, dict) else ({"default": adapter} if adapter is not None else {})
-    found = adapted_tokenizer(list(adapters.values()), name, quant, chat_format, chat_template_kwargs)
+    found = adapted_tokenizer(list(adapters.values()), name, quant, chat_format, chat_template_kwargs, tokenizer)
     path, quant, config, tok = found
     profile = guard_half(profile or detect(), config.model_type)
     bnb = profile.quantization(quant)

@@ -100,9 +100,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
     if cfg.shard is None:
         write_csv_atomic(_finish(comp, cfg, comp.fallback(df[comp.id_column].tolist(), df)), cfg.out)
         log.info("%s: %d rows read; fallback submission written to %s", comp.name, len(df), cfg.out)
-    _check_labels(comp, cfg, df)  # with the tokenizer alone, before the model loads
+    tok = _check_labels(comp, cfg, df)  # with the tokenizer alone, before the model loads
     rows_df = limited(df, cfg)
-    outputs, stats, rows_done, max_length, planned, leftovers = _predict_rows(cfg, comp, rows_df, deadline)
+    outputs, stats, rows_done, max_length, planned, leftovers = _predict_rows(cfg, comp, rows_df, deadline, tok)
     outputs = padded(outputs, len(df))
     # the engine counts task items; rank_candidates has several (row, candidate) items per row
     per_row = len(rows_df) / max(comp.items(rows_df, str(Path(cfg.data).parent)), 1)
@@ -127,9 +127,10 @@ def predict(cfg: PredictConfig) -> PredictResult:
     return result
 
 
-def _predict_rows(cfg, comp, df, deadline):
-    """The model work of a run: an ensemble, worker processes or one shard, then the cascade;
-    (outputs, stats, rows with an output, max_length used, planned seconds, checkpoint files to clear)."""
+def _predict_rows(cfg, comp, df, deadline, tok=None):
+    """The model work of a run: an ensemble, worker processes or one shard (with `tok`, the tokenizer the
+    label check read), then the cascade; (outputs, stats, rows with an output, max_length used, planned
+    seconds, checkpoint files to clear)."""
     if cfg.ensemble:
         from .ensemble import predict_members
 
@@ -140,7 +141,7 @@ def _predict_rows(cfg, comp, df, deadline):
         outputs = outputs_from_results(comp, df, results, str(Path(cfg.data).parent))
         rows_done, leftovers = _rows_with_output(outputs), [p.checkpoint_path() for p in parts]
     else:
-        outputs, st, max_length, planned = _run_shard(cfg, comp, df, deadline, cfg.shard_tuple())
+        outputs, st, max_length, planned = _run_shard(cfg, comp, df, deadline, cfg.shard_tuple(), tok)
         stats, rows_done, leftovers = asdict(st), st.rows_done, [cfg.checkpoint_path()]
     if cfg.cascades():
         from .ensemble import cascade

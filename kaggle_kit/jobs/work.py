@@ -36,13 +36,14 @@ def _check_context(comp, cfg) -> None:
     read_passages(cfg.context, cfg.context_column)
 
 
-def _check_labels(comp, cfg, df) -> None:
+def _check_labels(comp, cfg, df):
     """A label that is not a single token for the model's tokenizer, or a prompt ending that the
     tokenizer merges with a label (infer/labels.py), stops the run before the model loads (the tokenizer
     alone is read), naming the label or the ending. The first row's prompt stands for the template's end
-    where the rows' prompts are the ones scored; other task types are checked as their work starts."""
+    where the rows' prompts are the ones scored; other task types are checked as their work starts.
+    Returns the tokenizer it read, for the model's load (Gemma's 262k vocabulary: 3 s a read), or None."""
     if not comp.labels or cfg.ensemble:
-        return
+        return None
     from ..infer import label_token_ids
     from ..models import adapted_tokenizer
 
@@ -53,6 +54,7 @@ def _check_labels(comp, cfg, df) -> None:
         context = {"context": [""]} if getattr(cfg, "context", None) else {}
         prompts = comp.examples(df.iloc[:1].reset_index(drop=True), tok, cfg.max_length, **context)
     label_token_ids(tok, list(comp.labels), prompts)
+    return tok
 
 
 def check_tta(comp, tta: int) -> None:
@@ -87,9 +89,10 @@ def _task(comp, model, tok, df, cfg, max_length: int):
     return comp.work(model, tok, df, run)
 
 
-def _load(cfg, new_tokens: int | None = None, labels: int = 0):
+def _load(cfg, new_tokens: int | None = None, labels: int = 0, tok=None):
     """(model, tokenizer, cfg.batch_tokens) by cfg's backend; `new_tokens` is what a generation adds to a
-    prompt (vLLM sizes its context for it), `labels` how many label tokens a row is scored over."""
+    prompt (vLLM sizes its context for it), `labels` how many label tokens a row is scored over, `tok` the
+    tokenizer _check_labels read for cfg (None: read it)."""
     from ..hardware import detect
     from ..models import load_model
 
@@ -101,6 +104,7 @@ def _load(cfg, new_tokens: int | None = None, labels: int = 0):
         *(cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None)),
         fast_paths=getattr(cfg, "fast_paths", True),
         chat_template_kwargs=getattr(cfg, "chat_template_kwargs", None),
+        tokenizer=tok,
     )
     return model, tok, cfg.batch_tokens  # None: the engine's default for the device and task
 
@@ -131,13 +135,13 @@ def _vllm_can_run(cfg, profile, backend: str, labels: int = 0) -> bool:
     return False
 
 
-def _load_task(cfg, comp, df):
+def _load_task(cfg, comp, df, tok=None):
     """(model, tokenizer, the Task for df's rows at cfg.max_length, padded tokens per batch: cfg's, else the
-    engine's default for the device and the kind of task)."""
+    engine's default for the device and the kind of task); `tok`: the tokenizer already read for cfg."""
     from ..infer.primitives import default_batch_tokens
 
     new_tokens = cfg.max_new_tokens or getattr(comp.settings, "max_new_tokens", None)
-    model, tok, batch_tokens = _load(cfg, new_tokens, len(comp.labels))
+    model, tok, batch_tokens = _load(cfg, new_tokens, len(comp.labels), tok)
     task = _task(comp, model, tok, df, cfg, cfg.max_length)
     return model, tok, task, batch_tokens or default_batch_tokens(model, task.kind)
 
@@ -158,12 +162,13 @@ def _load_vllm(cfg, profile, new_tokens: int | None = None):
     return model, tok, cfg.batch_tokens or vllm_backend.BATCH_TOKENS
 
 
-def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[int, int]):
-    """Load the model and compute one shard (all rows when (0, 1)): (outputs, stats, max_length, planned)."""
+def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[int, int], tok=None):
+    """Load the model and compute one shard (all rows when (0, 1)): (outputs, stats, max_length, planned);
+    `tok`: the tokenizer already read for cfg (None: read it)."""
     from ..infer import run_task
     from ..infer.planner import fit_max_length, measure, predict_seconds, worth_planning
 
-    model, tok, task, batch_tokens = _load_task(cfg, comp, df)
+    model, tok, task, batch_tokens = _load_task(cfg, comp, df, tok)
     max_length, planned = cfg.max_length, None
     # Plan only when the budget is large enough for three timing batches to be noise, and the run for them
     # to be a small part of it.

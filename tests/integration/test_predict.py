@@ -34,12 +34,18 @@ def test_predict_writes_valid_scored_submission(name, n, batch_tokens, tmp_path)
     assert sub["id"].tolist() == pd.read_csv(data, dtype=str)["id"].tolist()
 
 
-def test_lmsys_real_test_file(tmp_path):
+def test_lmsys_real_test_file(tmp_path, monkeypatch):
+    """And the tokenizer is read once: the label check's read serves the model's load (Gemma's 262k
+    vocabulary took 3 s a read)."""
+    from kaggle_kit import models
+
+    reads, read = [], models.load_tokenizer
+    monkeypatch.setattr(models, "load_tokenizer", lambda path: reads.append(path) or read(path))
     out = tmp_path / "submission.csv"
     res = predict(
         PredictConfig("lmsys", str(DATA / "lmsys" / "test.csv"), out=str(out), max_length=512, progress=False)
     )
-    assert res.predicted == 3
+    assert res.predicted == 3 and len(reads) == 1
     sub = pd.read_csv(out)
     assert sub["id"].tolist() == [136060, 211333, 1233961]
     assert (sub[["winner_model_a", "winner_model_b", "winner_tie"]].sum(axis=1) - 1).abs().max() < 1e-9
