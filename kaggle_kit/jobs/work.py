@@ -99,7 +99,7 @@ def _load(cfg, new_tokens: int | None = None, labels: int = 0, tok=None):
     profile = detect(cfg.dtype, cfg.device)
     backend = getattr(cfg, "backend", "transformers")
     if backend != "transformers" and _vllm_can_run(cfg, profile, backend, labels):
-        return _load_vllm(cfg, profile, new_tokens)
+        return _load_vllm(cfg, profile, new_tokens, tok)
     model, tok = load_model(
         *(cfg.model, profile, cfg.adapter, cfg.quant, getattr(cfg, "chat_format", None)),
         fast_paths=getattr(cfg, "fast_paths", True),
@@ -146,13 +146,16 @@ def _load_task(cfg, comp, df, tok=None):
     return model, tok, task, batch_tokens or default_batch_tokens(model, task.kind)
 
 
-def _load_vllm(cfg, profile, new_tokens: int | None = None):
-    """(vLLM engine, tokenizer, tokens per step) for cfg's model / adapter (see infer/vllm_backend.py)."""
+def _load_vllm(cfg, profile, new_tokens: int | None = None, tok=None):
+    """(vLLM engine, tokenizer, tokens per step) for cfg's model / adapter (see infer/vllm_backend.py);
+    `tok`: the tokenizer already read for cfg (None: read it)."""
     from ..infer import vllm_backend
     from ..models import adapted_tokenizer
 
     adapters = [cfg.adapter] if cfg.adapter else []
-    path, quant, config, tok = adapted_tokenizer(adapters, cfg.model, None, cfg.chat_format, cfg.chat_template_kwargs)
+    path, quant, config, tok = adapted_tokenizer(
+        adapters, cfg.model, None, cfg.chat_format, cfg.chat_template_kwargs, tok
+    )
     positions = getattr(config.get_text_config(decoder=True), "max_position_embeddings", None)
     model = vllm_backend.load(
         *(path, profile, cfg.adapter, cfg.max_length, cfg.tensor_parallel, cfg.quant or quant),
@@ -171,9 +174,9 @@ def _run_shard(cfg: PredictConfig, comp, df, deadline: Deadline, shard: tuple[in
     model, tok, task, batch_tokens = _load_task(cfg, comp, df, tok)
     max_length, planned = cfg.max_length, None
     # Plan only when the budget is large enough for three timing batches to be noise, and the run for them
-    # to be a small part of it.
-    big = worth_planning(task.lengths, batch_tokens, steps=task.steps)
-    if cfg.plan and deadline.seconds is not None and deadline.remaining() > 60 and big:
+    # to be a small part of it (asked last: it plans the batches).
+    budgeted = cfg.plan and deadline.seconds is not None and deadline.remaining() > 60
+    if budgeted and worth_planning(task.lengths, batch_tokens, steps=task.steps):
         tp = measure(task.step, task.lengths, batch_tokens, steps=task.steps)
         lengths = task.lengths
         share = deadline.remaining() * shard[1]  # shards run side by side

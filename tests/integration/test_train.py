@@ -406,8 +406,8 @@ def test_label_position_logits_give_the_models_own_loss_and_gradients(tmp_path, 
     architectures: SmolLM2 (49k vocabulary) and Gemma-3-270M (262k, tied, sliding windows), with the
     last layer's per-position work on the labelled positions only and no padding mask (train/fast.py);
     Gemma-3 also on two rows past its 512-token window (a long context before the instruction), there
-    against the model's own forward and head at the labelled positions (labelled_loss: the full logits of
-    the 96-token rows, at 700 tokens, would be most of the test's time)."""
+    against the model's own forward and head at the labelled positions only (labelled_loss: full logits
+    at 700 tokens would be most of the test's time)."""
     from kaggle_kit.infer.fast.last_position import last_layer
     from kaggle_kit.train import data, fast
 
@@ -468,11 +468,13 @@ def labelled_loss(model, ids, mask, labels):
     logits only at the positions some row has a label for (logits_to_keep as indices): the positions the
     loop's loss reads, not Gemma-3's 262k-vocabulary logits at every position (most of the time of a
     700-token pair, and nothing flows back from an unlabelled position either way)."""
-    keep = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
+    from kaggle_kit.train.data import IGNORE
+
+    keep = (labels[:, 1:] != IGNORE).any(0).nonzero().squeeze(1)
     logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
     assert logits.shape[1] == len(keep) < ids.shape[1] - 1
     targets = labels[:, keep + 1]
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
 
 @pytest.mark.parametrize("name, length", [("demo", 96), ("demo:gemma3", 96), ("demo:gemma3", 700)])
