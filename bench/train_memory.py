@@ -121,7 +121,7 @@ def instrument(kept: Kept):
     step 0 runs the same loss without grad)."""
     import torch
 
-    from kaggle_kit.train import loop, recompute
+    from kaggle_kit.train import recompute, step
 
     def enter(module, args):
         kept.stack.append(id(module))
@@ -143,7 +143,7 @@ def instrument(kept: Kept):
         return packed
 
     recompute._pack = counted_pack
-    plain, calls = loop._loss, []
+    plain, calls = step.loss, []
 
     def first_loss(model, core, *args, **kwargs):
         if calls or not torch.is_grad_enabled():  # evaluations compute their loss without grad
@@ -160,7 +160,7 @@ def instrument(kept: Kept):
         kept.on = False
         return loss
 
-    loop._loss = first_loss
+    step.loss = first_loss
 
 
 def main():

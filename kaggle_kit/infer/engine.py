@@ -119,8 +119,10 @@ def left_pad(rows: list[list[int]], pad_id: int, device, width: int = 0):
 
 
 def is_oom(exc: BaseException) -> bool:
-    """An out-of-memory error from torch (CUDA or CPU allocator)."""
-    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+    """An out-of-memory error: CUDA's ("out of memory"), torch's CPU allocator's (a RuntimeError, "can't
+    allocate memory"), or Python's MemoryError."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _step_with_backoff(step, batch: list[int], stats: RunStats, whole: list[int] | None = None) -> list:

@@ -321,6 +321,23 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, le
     return [batches[k] for k in sorted(largest)] + [b for k, b in enumerate(batches) if k not in largest]
 
 
+def pieces(examples: list[Example], cap: int | None) -> list[list[Example]]:
+    """A micro-batch cut, in order, into the fewest consecutive pieces whose padded tokens (rows x longest
+    row) stay within `cap` (None: the whole micro-batch); a row longer than `cap` is a piece of its own.
+    An epoch's batches hold rows of sorted lengths, so consecutive rows pad alike."""
+    if cap is None:
+        return [examples]
+    out, cur, width = [], [], 0
+    for e in examples:
+        n = len(e.input_ids)
+        if cur and max(width, n) * (len(cur) + 1) > cap:
+            out.append(cur)
+            cur, width = [], 0
+        cur.append(e)
+        width = max(width, n)
+    return out + [cur]
+
+
 def collate(examples: list[Example], pad_id: int):
     """Right-padded (input_ids, attention_mask, labels) tensors."""
     import torch

@@ -5,6 +5,7 @@ no competition: the job (kaggle_kit.jobs.training) hands it tokenised examples a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ import numpy as np
 from ..budget import Deadline
 from ..config import TrainConfig
 from ..progress import bar, loss_curve
-from . import checkpoint, data, recompute
+from . import checkpoint, data, step
 
 log = logging.getLogger("kaggle_kit")
 HEAP_GROWTH = 1.0  # RSS growth past the first steps' peak that hands a CPU run's heap back (infer/fast/heap.py)
@@ -93,7 +94,7 @@ def evaluate(model, tok, split: Split, cfg: TrainConfig, precision=contextlib.nu
                 batch_nll, probs[rows] = _answer_and_label_probs(model, head, scoring, rows, ids, mask, labels)
                 nll += batch_nll
             else:
-                nll += float(_loss(model, model, cfg, split, ids, mask, labels, n_items)) * n_items
+                nll += float(step.loss(model, model, cfg, split, ids, mask, labels, n_items)) * n_items
             n += n_items
     result = {"eval_loss": nll / max(n, 1), "perplexity": math.exp(min(nll / max(n, 1), 50))}
     if want_metric and probs is not None:
@@ -137,25 +138,6 @@ def _answer_and_label_probs(model, head, scoring: LabelScoring, rows: list, ids,
     nll = float(F.cross_entropy(logits.float(), targets, reduction="sum"))
     allowed = None if scoring.masks is None else torch.as_tensor(np.asarray(scoring.masks)[rows])
     return nll, label_probs(head.of_hidden(hidden, logits), allowed)
-
-
-def _loss(model, core, cfg, split: Split, ids, mask, labels, n_items: int, soft=None):
-    """The loss of one micro-batch, divided by the labelled items of the whole step: the classification
-    head's cross-entropy (head: classifier), the teacher's (soft labels), or the label tokens' NLL. Its
-    forward keeps recipes for what backward can make again (train/recompute.py)."""
-    with recompute.recomputing(core):
-        return _micro_batch_loss(model, core, cfg, split, ids, mask, labels, n_items, soft)
-
-
-def _micro_batch_loss(model, core, cfg, split: Split, ids, mask, labels, n_items: int, soft=None):
-    if cfg.head == "classifier":
-        return data.class_loss(*data.class_logits(model, core, ids, mask, labels, split.label_ids), n_items)
-    if soft is None and data.head_is_exact(core, ids):  # logits at labelled positions only, in chunks
-        return data.chunked_token_loss(core, *data.labelled_hidden(model, core, ids, mask, labels), n_items)
-    logits, targets = data.label_logits(model, ids, mask, labels, core)
-    if soft is None:
-        return data.token_loss(logits, targets, n_items)
-    return data.distill_loss(logits, targets, soft, split.label_ids, cfg.distill_weight, n_items)
 
 
 def _any_process(accelerator, flag: bool) -> bool:
@@ -214,8 +196,6 @@ def fit(
     cfg, accelerator, model, tok, opt, sched, split: Split, total: int, state: dict, deadline: Deadline
 ) -> TrainResult:
     """The loop: budget check, micro-batches with accumulation, clip, step, schedule, log, eval, save."""
-    import torch
-
     from ..infer.fast import heap
 
     out = Path(cfg.out)
@@ -233,7 +213,7 @@ def fit(
     stopped, step_seconds, window = "done", 0.0, []
     core = accelerator.unwrap_model(model)
     precision = _precision(cfg, accelerator, core)
-    distill = bool(cfg.soft_labels)  # a teacher's probabilities on each label's token
+    forward_backward = functools.partial(step.forward_backward, accelerator, model, core, cfg, split, precision, tok)
     watch = heap.HeapWatch(HEAP_GROWTH) if accelerator.device.type == "cpu" else None
 
     def record(entry: dict):
@@ -299,16 +279,7 @@ def fit(
         t0 = deadline.clock()
         examples = [[split.train[i] for i in b] for b in micro]
         n_items = sum(len(e.input_ids) - 1 - e.labels[1:].count(data.IGNORE) for ex in examples for e in ex)
-        loss_sum = 0.0
-        for k, ex in enumerate(examples):
-            ids, mask, labels = (t.to(accelerator.device) for t in data.collate(ex, tok.pad_token_id))
-            sync = contextlib.nullcontext() if k == len(examples) - 1 else accelerator.no_sync(model)
-            with sync, precision():
-                # logits only where a label is; loss = their NLL / labelled tokens of the whole step
-                soft = torch.tensor([e.soft for e in ex], device=accelerator.device) if distill else None
-                loss = _loss(model, core, cfg, split, ids, mask, labels, n_items, soft)
-                accelerator.backward(loss)
-            loss_sum += float(loss.detach()) * n_items
+        loss_sum = step.accumulate(forward_backward, examples, n_items, state, opt, world)
         grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
         opt.step()
         if not accelerator.optimizer_step_was_skipped:  # fp16: an overflowed step leaves the schedule too

@@ -154,7 +154,7 @@ def test_classifier_training_gives_plain_sequence_classifications_loss_and_gradi
     gradient of plain transformers' AutoModelForSequenceClassification + peft, fp32, eager attention, one
     prompt at a time. On both real models (Gemma-3 on rows past its 512-token window beside a short one) and a
     tiny Gemma 2 (soft-capped attention, eager; rows past its 64-token window)."""
-    from kaggle_kit.train import data, loop
+    from kaggle_kit.train import data, step
 
     cfg, tok, split, kit, plain = classifier_pair(tmp_path, name, max_length)
     by_length = sorted(split.train, key=lambda e: len(e.input_ids))
@@ -163,7 +163,7 @@ def test_classifier_training_gives_plain_sequence_classifications_loss_and_gradi
         assert len(rows[0].input_ids) < 512 < len(rows[1].input_ids)
     ids, mask, labels = data.collate(rows, tok.pad_token_id)
     kit.train()
-    loss = loop._loss(kit, kit, cfg, split, ids, mask, labels, len(rows))
+    loss = step.loss(kit, kit, cfg, split, ids, mask, labels, len(rows))
     loss.backward()
     plain.train()
     want = 0.0

@@ -139,6 +139,42 @@ def test_batch4_accum1_equals_batch1_accum4(tmp_path, dtype):
     assert ea == pytest.approx(eb, rel=tol[1])
 
 
+def test_an_out_of_memory_step_runs_again_in_pieces(tmp_path, monkeypatch, caplog):
+    """A step whose second micro-batch runs out of memory (injected, as on a T4: the first one's gradients
+    are already summed) starts again in pieces, and every later step runs in pieces: each step's loss,
+    gradient norm and the final evaluation equal a run that had the memory (fp32)."""
+    from kaggle_kit.train import step
+
+    recs = json.loads(ALPACA.read_text())[:4]
+    four = tmp_path / "four.json"
+    four.write_text(json.dumps(recs, ensure_ascii=False))
+    kw = dict(train=str(four), valid=str(alpaca_valid(tmp_path, 4)), max_steps=2, eval_every=2, dtype="float32")
+    kw.update(batch_size=2, grad_accum=2)
+    ref = train(small(tmp_path, out=str(tmp_path / "ref"), **kw))
+
+    shapes, loss = [], step.loss
+
+    def short_of_memory(model, core, cfg, split, ids, *args):
+        if model.training:  # not the evaluations
+            if ids.shape[0] > 1 and shapes:  # any batch of two rows but the run's first
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            shapes.append(tuple(ids.shape))
+        return loss(model, core, cfg, split, ids, *args)
+
+    monkeypatch.setattr(step, "loss", short_of_memory)
+    with caplog.at_level("WARNING", logger="kaggle_kit"):
+        res = train(small(tmp_path, out=str(tmp_path / "oom"), **kw))
+    assert "tokens out of memory" in caplog.text and res.steps == 2
+    assert shapes[0][0] == 2 and all(s[0] == 1 for s in shapes[1:])  # the first step again, then step 2: rows
+    assert len(shapes) == 1 + 4 + 4
+    steps = [[h for h in r.history if "train_loss" in h] for r in (ref, res)]
+    for a, b in zip(*steps, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    evals = [[h["eval_loss"] for h in r.history if "eval_loss" in h][-1] for r in (ref, res)]
+    assert evals[1] == pytest.approx(evals[0], rel=1e-3)
+
+
 def test_torchrun_two_cpu_processes_train_to_completion(tmp_path):
     """accelerate MULTI_CPU (gloo) under torchrun: both processes finish, rank 0 writes the checkpoints."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")

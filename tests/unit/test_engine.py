@@ -65,6 +65,20 @@ def test_oom_splits_batch_and_isolates_the_failing_row():
     assert padded_as[0] is None and padded_as[1:] and all(p == list(range(8)) for p in padded_as[1:])
 
 
+def test_the_cpu_allocators_refusal_is_out_of_memory():
+    """torch's CPU allocator refuses with a RuntimeError that never says "out of memory" (an exabyte
+    here, past any address space); the back-off must take it as one, and leave other errors alone."""
+    import pytest
+    import torch
+
+    from kaggle_kit.infer.engine import is_oom
+
+    with pytest.raises(RuntimeError) as refused:
+        torch.empty(2**60, dtype=torch.uint8)
+    assert is_oom(refused.value) and is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+
+
 def test_other_errors_are_not_swallowed():
     import pytest
 

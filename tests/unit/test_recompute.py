@@ -11,7 +11,7 @@ import torch
 
 from kaggle_kit.train import data, recompute
 from kaggle_kit.train.fast import fast_paths
-from kaggle_kit.train.loop import _loss
+from kaggle_kit.train.step import loss as step_loss
 
 from .test_train_fast import SIZE, as_built, right_padded, tiny, with_lora
 
@@ -36,7 +36,7 @@ def kept_and_grads(model, on: bool, monkeypatch):
     model.zero_grad(set_to_none=True)
     # off: no hooks of the kit's, so these count what is kept (on: the kit's, inside, take every tensor)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: counting(None, t), lambda t: t):
-        loss = _loss(model, model, SimpleNamespace(head=None), None, x, mask, labels, n_items)
+        loss = step_loss(model, model, SimpleNamespace(head=None), None, x, mask, labels, n_items)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return loss.item(), grads, kept[0], len(recipes)

@@ -575,11 +575,11 @@ def test_a_left_padded_batch_a_bidirectional_model_and_experts_keep_the_mask():
 
 
 def loop_and_peft(fast, plain):
-    """((loss, LoRA gradients) of the training loop's loss (train/loop.py `_loss`) on `fast`, the same of
+    """((loss, LoRA gradients) of the training loop's loss (train/step.py `loss`) on `fast`, the same of
     the model's plain label logits on `plain`), on right_padded() rows."""
     from types import SimpleNamespace
 
-    from kaggle_kit.train.loop import _loss
+    from kaggle_kit.train.step import loss as step_loss
 
     x, mask, labels = right_padded()
     n_items = int((labels[:, 1:] != data.IGNORE).sum())
@@ -587,7 +587,7 @@ def loop_and_peft(fast, plain):
     for model in (fast, plain):
         model.zero_grad(set_to_none=True)
         if model is fast:
-            loss = _loss(model, model, SimpleNamespace(head=None), None, x, mask, labels, n_items)
+            loss = step_loss(model, model, SimpleNamespace(head=None), None, x, mask, labels, n_items)
         else:
             loss = data.token_loss(*data.label_logits(model, x, mask, labels), n_items)
         loss.backward()
@@ -618,7 +618,7 @@ def test_every_fast_path_on_qwen3_and_its_experts_gives_pefts_loss_and_gradients
 
 @pytest.mark.parametrize("family", ["gpt_oss", "gemma4", "qwen3_5", "deepseek_v3"])
 def test_every_fast_path_on_the_newer_families_gives_pefts_loss_and_gradients(family):
-    """The training loop's loss (train/loop.py `_loss`) with every fast path against plain peft's, on
+    """The training loop's loss (train/step.py `loss`) with every fast path against plain peft's, on
     tests/tiny_models.py's gpt-oss (attention sinks, experts), Gemma 4 (KV-shared layers, per-layer
     embeddings), Qwen3.5 (linear-attention layers) and DeepSeek-V3 (latent attention, experts): the same loss
     and LoRA gradients in fp32."""

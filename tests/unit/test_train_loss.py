@@ -79,3 +79,15 @@ def test_each_epoch_starts_with_its_largest_batches(lead):
     # padded size, not the longest row, leads: 60, 61 and 90 (270 tokens padded) before 91 alone
     assert [lengths[i] for i in data.epoch_batches(lengths, 3, seed=1, epoch=0)[0]] == [60, 61, 90]
     assert len({str(data.epoch_batches(lengths, 3, seed=s, epoch=0)[1:]) for s in range(4)}) > 1
+
+
+def test_pieces_keep_order_and_stay_within_the_padded_tokens():
+    """An out-of-memory step's micro-batch is cut into consecutive pieces of at most `cap` padded tokens
+    (rows x longest row); a row longer than `cap` goes alone; None keeps the micro-batch whole."""
+    rows = [data.Example(list(range(n)), list(range(n))) for n in (3, 4, 4, 9, 10)]
+    assert data.pieces(rows, None) == [rows]
+    cut = data.pieces(rows, 8)
+    assert [[len(e.input_ids) for e in p] for p in cut] == [[3, 4], [4], [9], [10]]
+    assert [e for p in cut for e in p] == rows
+    assert all(len(p) == 1 or len(p) * max(len(e.input_ids) for e in p) <= 8 for p in cut)
+    assert [len(p) for p in data.pieces(rows, 30)] == [3, 2]  # 3 x 4 <= 30, 4 x 9 > 30, then 2 x 10
