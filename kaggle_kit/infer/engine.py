@@ -136,7 +136,7 @@ def _step_with_backoff(step, batch: list[int], stats: RunStats, whole: list[int]
     except (RuntimeError, MemoryError) as exc:
         if not is_oom(exc):
             raise
-    _free_cuda_cache()
+    free_cuda_cache()
     if len(batch) == 1:
         log.warning("row %d is out of memory on its own; it gets the fallback", batch[0])
         stats.oom_rows.append(batch[0])
@@ -166,7 +166,8 @@ def check_finite(batch: list[int], outs: list) -> None:
         raise NonFiniteOutput(bad)
 
 
-def _free_cuda_cache():
+def free_cuda_cache():
+    """CUDA's cached blocks handed back after an out-of-memory error (nothing without CUDA)."""
     import sys
 
     torch = sys.modules.get("torch")

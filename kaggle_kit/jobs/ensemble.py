@@ -309,12 +309,11 @@ def cascade(cfg, comp, df, probs, deadline):
 
 def _free_cuda() -> None:
     import gc
-    import sys
+
+    from ..infer.engine import free_cuda_cache
 
     gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_cuda_cache()
 
 
 def fit(cfg) -> EnsembleSpec:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from ..infer.engine import is_oom
+from ..infer.engine import free_cuda_cache, is_oom
 from . import data, recompute
 
 log = logging.getLogger("kaggle_kit")
@@ -33,31 +33,31 @@ def _micro_batch_loss(model, core, cfg, split, ids, mask, labels, n_items: int, 
 
 
 def accumulate(run, examples: list, n_items: int, state: dict, opt, processes: int) -> float:
-    """`run(pieces, n_items, shape)` (`forward_backward`) over a step's micro-batches; the step's loss sum.
+    """`run(piece, n_items, last)` (`forward_backward`) over a step's micro-batches; the step's loss sum.
     A step out of memory (one process) starts again with its micro-batches cut into pieces of at most half
     the padded tokens that failed, as is every later forward (`state['forward_tokens']`, checkpointed):
     the same gradient to rounding, each piece's loss being divided by the step's labelled tokens. A row
     that does not fit alone, or an OOM under DDP (the other processes would wait), stops the run."""
-    import torch
-
     while True:
         parts = [p for ex in examples for p in data.pieces(ex, state.get("forward_tokens"))]
-        shape = []  # (rows, width) of each piece run
+        loss_sum = 0.0
         try:
-            return run(parts, n_items, shape)
+            for k, piece in enumerate(parts):
+                loss_sum += run(piece, n_items, k == len(parts) - 1) * n_items
+            return loss_sum
         except (RuntimeError, MemoryError) as exc:
-            if not is_oom(exc) or processes > 1 or shape[-1][0] == 1:
+            rows, width = len(piece), max(len(e.input_ids) for e in piece)
+            if not is_oom(exc) or processes > 1 or rows == 1:
                 if is_oom(exc):
                     log.error(
                         "out of memory at %d rows x %d tokens: lower batch_size or max_length, or set "
                         "gradient_checkpointing: true",
-                        *shape[-1],
+                        rows,
+                        width,
                     )
                 raise
-            rows, width = shape[-1]
         opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_cuda_cache()
         cap = state["forward_tokens"] = rows * width // 2
         log.warning(
             "step %d: %d rows x %d tokens out of memory; the step runs again, every forward from now on in "
@@ -69,20 +69,16 @@ def accumulate(run, examples: list, n_items: int, state: dict, opt, processes: i
         )
 
 
-def forward_backward(accelerator, model, core, cfg, split, precision, tok, parts, n_items: int, shape) -> float:
-    """Forward and backward of each piece (a list of examples), DDP's all-reduce on the last; appends each
-    piece's (rows, width) to `shape` before it runs; returns the loss sum."""
+def forward_backward(accelerator, model, core, cfg, split, precision, tok, piece: list, n_items: int, last: bool):
+    """Forward and backward of one piece (a list of examples), DDP's all-reduce only on the step's `last`;
+    returns its loss (already divided by the step's labelled tokens) as a float."""
     import torch
 
-    loss_sum = 0.0
-    for k, ex in enumerate(parts):
-        shape.append((len(ex), max(len(e.input_ids) for e in ex)))
-        ids, mask, labels = (t.to(accelerator.device) for t in data.collate(ex, tok.pad_token_id))
-        sync = contextlib.nullcontext() if k == len(parts) - 1 else accelerator.no_sync(model)
-        with sync, precision():
-            # logits only where a label is; loss = their NLL / labelled tokens of the whole step
-            soft = torch.tensor([e.soft for e in ex], device=accelerator.device) if cfg.soft_labels else None
-            value = loss(model, core, cfg, split, ids, mask, labels, n_items, soft)
-            accelerator.backward(value)
-        loss_sum += float(value.detach()) * n_items
-    return loss_sum
+    ids, mask, labels = (t.to(accelerator.device) for t in data.collate(piece, tok.pad_token_id))
+    sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+    with sync, precision():
+        # logits only where a label is; loss = their NLL / labelled tokens of the whole step
+        soft = torch.tensor([e.soft for e in piece], device=accelerator.device) if cfg.soft_labels else None
+        value = loss(model, core, cfg, split, ids, mask, labels, n_items, soft)
+        accelerator.backward(value)
+    return float(value.detach())
