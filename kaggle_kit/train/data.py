@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -165,13 +166,20 @@ LOGIT_CHUNK = 1 << 24  # fp32 logit values a chunk of the loss holds (64 MB): 64
 _HEAD_EXACT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its head reproduces its logits
 
 
-def labelled_hidden(model, core, ids, mask, labels):
+def labelled_hidden(model, core, ids, mask, labels, share: bool = True):
     """(hidden (N, H), targets (N,)): the final hidden state the output layer reads at each of the batch's
     N labelled positions, and the token it should predict there. The output layer itself runs on none of
-    the positions (infer/fast/output_layer.py), so no (batch, length, vocabulary) logits exist.
+    the positions (infer/fast/output_layer.py), so no (batch, length, vocabulary) logits exist; the
+    tokens the rows start with run once where `share` and train/shared_head.py let them.
     `model` runs the forward (DDP-wrapped or not), `core` is the (peft) model inside it."""
     from ..infer.fast.output_layer import skipped
+    from . import shared_head
     from .fast import on_labels, padding_mask
+
+    batch = shared_head.packed(core, ids, mask, labels, padding_mask(core, mask) is not None) if share else None
+    unshared = functools.partial(labelled_hidden, share=False)
+    if batch is not None and shared_head.checked(model, core, ids, mask, labels, batch, unshared):
+        return shared_head.labelled_hidden(model, core, batch)
 
     targets = labels[:, 1:]
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)

@@ -41,8 +41,9 @@
 - The norms' and MLPs' outputs are made again in backward instead of kept by the LoRA layers that read
   them (train/recompute.py), where layers are not checkpointed.
 
-All six are on in `train.model.build` unless `fast_paths: false`; a layer, norm or MLP they do not fit keeps
-its own forward (tests/unit/test_train_fast.py holds them to peft's numbers).
+All six are on in `train.model.build` unless `fast_paths: false`, as is train/shared_head.py (the tokens
+a batch's rows start with run once); a layer, norm or MLP they do not fit keeps its own forward
+(tests/unit/test_train_fast.py and test_shared_head.py hold them to peft's numbers).
 """
 
 from __future__ import annotations

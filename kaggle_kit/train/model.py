@@ -32,6 +32,7 @@ def build(cfg, profile, label_ids: list[int] | None = None, tok=None):
     from ..infer.fast.output_layer import contiguous_head
     from ..infer.fast.packed import keep_4bit_layout
     from ..models import attention_implementation, device_map, load_config, pretrained, quiet_peft, resolve_model
+    from . import shared_head
     from .fast import fast_paths
 
     path = resolve_model(cfg.model)
@@ -69,6 +70,8 @@ def build(cfg, profile, label_ids: list[int] | None = None, tok=None):
     fast = "fast paths off"
     if cfg.fast_paths:  # one addmm per LoRA layer; norms keep their input, not fp32 copies, for a closed-form backward
         fast = fast_paths(model, layers_checkpointed=checkpointing(cfg, profile))
+        if not checkpointing(cfg, profile) and shared_head.enable(model):
+            fast += ", the tokens a batch's rows start with run once"
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()

@@ -380,6 +380,9 @@ def _distil_cfg(tmp_path, name, **kw):
         valid_fraction=0.3,
         loss="answer",
         quant="none",  # the objective is what is compared; plain LoRA builds and steps faster on a CPU
+        # fp32: the hard labels' batches share their head (train/shared_head.py) and distillation's do not,
+        # whose forwards round apart in bf16 (2e-4 of the loss)
+        dtype="float32",
         max_length=192,
         max_steps=1,
         eval_every=1,
@@ -553,11 +556,54 @@ def test_training_fast_paths_give_plain_pefts_loss_and_gradients(tmp_path, name,
         assert (grads[n] - g).abs().max() <= 5e-5 * g.abs().max(), n
 
 
-def test_the_eval_loss_is_the_same_at_any_eval_batch_size(tmp_path):
+@pytest.mark.parametrize("name, head", [("demo", 56), ("demo:gemma3", 31)])
+def test_a_batchs_shared_head_runs_once_with_the_rows_loss_and_gradients(tmp_path, name, head):
+    """train/shared_head.py on the real models, fp32: four Science Exam rows start with the same chat turn
+    and instruction (SmolLM2: 56 tokens, Gemma-3-270M: 31 with its BOS); packed around it, the batch runs those tokens
+    once and gives the loss and every LoRA gradient of the same rows unshared (all of the step's other fast
+    paths on, as the loop runs them)."""
+    from kaggle_kit.jobs import training
+    from kaggle_kit.train import data, shared_head
+
+    train_csv = str(DATA / "science_exam" / "train.csv")
+    cfg = small(tmp_path, competition="science_exam", train=train_csv, valid=None, quant="none", dtype="float32")
+    cfg = replace(cfg, model=name, max_length=512, loss="answer")
+    torch.manual_seed(0)
+    model, tok = model_lib.build(cfg, detect("float32"))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    ids, mask, labels = data.collate(training.prepare_data(cfg, tok).train[:4], tok.pad_token_id)
+    assert shared_head.head_length(ids, mask, labels) == head
+    n_items = int((labels[:, 1:] != data.IGNORE).sum())
+    runs, shapes = [], []
+    decoder = model.get_base_model().get_decoder()
+    hook = decoder.register_forward_pre_hook(lambda m, a, kw: shapes.append(kw["input_ids"].shape), with_kwargs=True)
+    for share in (True, False):
+        model.zero_grad(set_to_none=True)
+        loss = data.chunked_token_loss(model, *data.labelled_hidden(model, model, ids, mask, labels, share), n_items)
+        loss.backward()
+        runs.append(
+            (float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        )
+    hook.remove()
+    packed = head + int((mask.sum(dim=1) - head).sum())
+    assert shapes[2] == (1, packed) and shapes[3] == ids.shape  # after the check of the first two rows
+    (loss, grads), (want_loss, want_grads) = runs
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+    assert grads.keys() == want_grads.keys() and grads
+    for n, g in want_grads.items():  # measured up to 3.8e-6 (SmolLM2) and 4.2e-6 (Gemma-3) of a tensor's largest
+        assert (grads[n] - g).abs().max() <= 2e-5 * g.abs().max(), n
+
+
+def test_the_eval_loss_is_the_same_at_any_eval_batch_size(tmp_path, monkeypatch):
     """`eval_batch_size` (Trainer's `per_device_eval_batch_size`; None: batch_size) sets the eval-loss
     batches: 5 validation rows run one at a time, in 2 + 2 + 1, or all at once, and in fp32 the eval loss
-    is the same."""
-    from kaggle_kit.train import data, loop
+    is the same; also with the rows' shared head run once (train/shared_head.py: then a batch is one
+    packed row, so the batches are counted with it off)."""
+    from kaggle_kit.train import data, loop, shared_head
 
     demo = str(ROOT / "configs" / "science_exam_demo.yaml")
     assert load_yaml_config(TrainConfig, demo).eval_batch_size is None
@@ -567,8 +613,10 @@ def test_the_eval_loss_is_the_same_at_any_eval_batch_size(tmp_path):
     prompts, outputs = data.alpaca_pairs(json.loads(ALPACA.read_text())[:5], tok)
     split = loop.Split(train=[], valid=data.tokenize(tok, prompts, outputs, 160)[0])
     loop.evaluate(model, tok, split, cfg)  # its first batch also checks the head once (data.head_is_exact)
+    shared = loop.evaluate(model, tok, split, replace(cfg, eval_batch_size=5))["eval_loss"]
     rows = []
     hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    monkeypatch.setattr(shared_head, "MIN_HEAD", 10**9)
     losses = {}
     for size in (1, 2, 5):
         rows.clear()
@@ -576,6 +624,7 @@ def test_the_eval_loss_is_the_same_at_any_eval_batch_size(tmp_path):
         assert rows == {1: [1] * 5, 2: [2, 2, 1], 5: [5]}[size]
     hook.remove()
     assert losses[2] == pytest.approx(losses[1], rel=1e-6) and losses[5] == pytest.approx(losses[1], rel=1e-6)
+    assert shared == pytest.approx(losses[1], rel=1e-6)
 
 
 def test_an_evaluation_does_not_change_the_training_numbers(tmp_path):
