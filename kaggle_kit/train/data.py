@@ -178,7 +178,7 @@ def labelled_hidden(model, core, ids, mask, labels, share: bool = True):
 
     batch = shared_head.packed(core, ids, mask, labels, padding_mask(core, mask) is not None) if share else None
     unshared = functools.partial(labelled_hidden, share=False)
-    if batch is not None and shared_head.checked(model, core, ids, mask, labels, batch, unshared):
+    if batch is not None and shared_head.checked(core, ids, mask, labels, batch, unshared):
         return shared_head.labelled_hidden(model, core, batch)
 
     targets = labels[:, 1:]

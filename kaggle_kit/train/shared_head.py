@@ -147,26 +147,27 @@ def labelled_hidden(model, core, batch: Packed):
     return caught["h"][0], batch.targets[0, keep]
 
 
-def checked(model, core, ids, mask, labels, batch: Packed, rows) -> bool:
-    """Whether the packed forward of `core` agrees with `rows(model, core, ids, mask, labels)`, the rows'
+def checked(core, ids, mask, labels, batch: Packed, rows) -> bool:
+    """Whether the packed forward of `core` agrees with `rows(core, core, ids, mask, labels)`, the rows'
     (hidden, targets) (checked once per model, without grad, on this batch's first two rows); a model where
-    it does not keeps its batches as rows and the log says why."""
+    it does not keeps its batches as rows and the log says why. `core` runs both, never a DDP wrapper
+    around it: the check's extra forwards would be collective calls the other processes do not make."""
     found = _CHECKED.get(core)
     if found is None:
         width = int(mask[:2].sum(dim=1).max())
         two = ids[:2, :width], mask[:2, :width], labels[:2, :width]
-        found = _CHECKED[core] = _agrees(model, core, two, pack(*two, batch.head), rows)
+        found = _CHECKED[core] = _agrees(core, two, pack(*two, batch.head), rows)
         if not found:
             log.info("training runs each row's head: this model's packed forward differs from its rows'")
     return found
 
 
-def _agrees(model, core, two: tuple, batch: Packed, rows) -> bool:
+def _agrees(core, two: tuple, batch: Packed, rows) -> bool:
     import torch
 
     with torch.no_grad():
-        mine, targets = labelled_hidden(model, core, batch)
-        rows, rows_targets = rows(model, core, *two)
+        mine, targets = labelled_hidden(core, core, batch)
+        rows, rows_targets = rows(core, core, *two)
     if mine.shape != rows.shape or not torch.equal(targets, rows_targets):
         return False
     tol = 1e-5 if mine.dtype == torch.float32 else 2e-2  # relative: the rounding of another batch shape
