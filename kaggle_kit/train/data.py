@@ -142,7 +142,7 @@ def read_soft_labels(
     return [by_id[str(x)] for x in ids]
 
 
-def label_logits(model, ids, mask, labels, core=None):
+def label_logits(model, ids, mask, labels, core=None, share: bool = True):
     """(logits, targets) at the positions whose next token is labelled in some row of the batch: logits
     (batch, K, vocab), targets (batch, K), IGNORE where a row has no label at that position.
 
@@ -150,13 +150,20 @@ def label_logits(model, ids, mask, labels, core=None):
     (Science Exam, completion loss: the answer letter and EOS, 2 positions of ~250): no (batch, length,
     vocab) logits tensor, its copies or its gradient. The same tokens and weights as the model's own
     `labels=` loss, so the same loss and gradients. `model` runs the forward (DDP-wrapped or not), `core`
-    is the (peft) model inside it (default: `model`).
+    is the (peft) model inside it (default: `model`). Where `share` and train/shared_head.py let them, the
+    tokens the rows start with run once, and a row's unlabelled positions among the K get zeros.
     """
+    from . import shared_head
     from .fast import on_labels, padding_mask
 
     core = model if core is None else core
     targets = labels[:, 1:]
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    batch = _packed(core, ids, mask, labels) if share else None
+    if batch is not None:  # the labelled positions' logits, in the rows' order, put where the rows have them
+        found = shared_head.label_logits(model, core, batch)
+        where = (targets[:, keep] != IGNORE).nonzero(as_tuple=True)
+        return found.new_zeros(len(ids), len(keep), found.shape[-1]).index_put(where, found), targets[:, keep]
     with on_labels(core, keep):
         logits = model(input_ids=ids, attention_mask=padding_mask(core, mask), logits_to_keep=keep).logits
     return logits, targets[:, keep]
@@ -176,9 +183,8 @@ def labelled_hidden(model, core, ids, mask, labels, share: bool = True):
     from . import shared_head
     from .fast import on_labels, padding_mask
 
-    batch = shared_head.packed(core, ids, mask, labels, padding_mask(core, mask) is not None) if share else None
-    unshared = functools.partial(labelled_hidden, share=False)
-    if batch is not None and shared_head.checked(core, ids, mask, labels, batch, unshared):
+    batch = _packed(core, ids, mask, labels) if share else None
+    if batch is not None:
         return shared_head.labelled_hidden(model, core, batch)
 
     targets = labels[:, 1:]
@@ -188,6 +194,17 @@ def labelled_hidden(model, core, ids, mask, labels, share: bool = True):
     kept = targets[:, keep]
     rows, cols = (kept != IGNORE).nonzero(as_tuple=True)
     return caught["h"][rows, cols], kept[rows, cols]
+
+
+def _packed(core, ids, mask, labels):
+    """The batch packed around the tokens its rows start with (train/shared_head.py), or None where it runs
+    as rows (or the model's packed forward failed its check against labelled_hidden's rows)."""
+    from . import shared_head
+    from .fast import padding_mask
+
+    batch = shared_head.packed(core, ids, mask, labels, padding_mask(core, mask) is not None)
+    unshared = functools.partial(labelled_hidden, share=False)
+    return batch if batch is not None and shared_head.checked(core, ids, mask, labels, batch, unshared) else None
 
 
 def head_logits(core, hidden):

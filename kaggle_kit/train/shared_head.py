@@ -139,12 +139,25 @@ def labelled_hidden(model, core, batch: Packed):
     """(hidden (K, H), targets (K,)) of a packed batch, as `data.labelled_hidden` gives the rows': the final
     hidden state at each labelled position, in the rows' order."""
     from ..infer.fast.output_layer import skipped
-    from .fast import on_labels
 
     keep = (batch.targets[0] != IGNORE).nonzero().squeeze(1)
-    with skipped(core.get_output_embeddings()) as caught, on_labels(core, keep), _attention(core):
-        model(input_ids=batch.ids, position_ids=batch.positions, logits_to_keep=keep, kit_rows=batch)
+    with skipped(core.get_output_embeddings()) as caught:
+        _forward(model, core, batch, keep)
     return caught["h"][0], batch.targets[0, keep]
+
+
+def label_logits(model, core, batch: Packed):
+    """(K, vocab): the model's own logits at each labelled position of a packed batch, in the rows' order."""
+    keep = (batch.targets[0] != IGNORE).nonzero().squeeze(1)
+    return _forward(model, core, batch, keep).logits[0]
+
+
+def _forward(model, core, batch: Packed, keep):
+    """The packed forward, logits (or the output layer's input) at packed positions `keep` only."""
+    from .fast import on_labels
+
+    with on_labels(core, keep), _attention(core):
+        return model(input_ids=batch.ids, position_ids=batch.positions, logits_to_keep=keep, kit_rows=batch)
 
 
 def checked(core, ids, mask, labels, batch: Packed, rows) -> bool:

@@ -380,9 +380,6 @@ def _distil_cfg(tmp_path, name, **kw):
         valid_fraction=0.3,
         loss="answer",
         quant="none",  # the objective is what is compared; plain LoRA builds and steps faster on a CPU
-        # fp32: the hard labels' batches share their head (train/shared_head.py) and distillation's do not,
-        # whose forwards round apart in bf16 (2e-4 of the loss)
-        dtype="float32",
         max_length=192,
         max_steps=1,
         eval_every=1,

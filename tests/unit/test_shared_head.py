@@ -192,3 +192,29 @@ def test_the_packed_batch_is_the_rows_tokens_positions_and_targets():
     # the targets, in the order the rows' labelled positions come (row by row, left to right)
     want = labels[:, 1:][labels[:, 1:] != data.IGNORE]
     assert torch.equal(batch.targets[0][batch.targets[0] != data.IGNORE], want)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_label_logits_of_a_shared_head_give_the_rows_distillation_loss_and_gradients(family):
+    """data.label_logits (distillation's path, and a model whose output layer alone is not its logits) packs
+    its batches too: the logits at each labelled position are the rows', zeros at the positions a row has no
+    label at (which no loss reads), so a teacher's KL and the hard NLL, and their gradients, are the rows'."""
+    fast, plain = model(family)
+    x, mask, labels = rows()
+    n_items = int((labels[:, 1:] != data.IGNORE).sum())
+    soft = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    out = []
+    for m in (fast, plain):
+        shapes = []
+        decoder = m.get_base_model().get_decoder()
+        hook = decoder.register_forward_pre_hook(
+            lambda mod, a, kw, seen=shapes: seen.append(_rows(kw)), with_kwargs=True
+        )
+        m.zero_grad(set_to_none=True)
+        logits, targets = data.label_logits(m, x, mask, labels)
+        loss = data.distill_loss(logits, targets, soft, [5, 6, 7], 0.5, n_items)
+        loss.backward()
+        hook.remove()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}, shapes))
+    assert out[0][2] == [(1, 51), (2, 40), (1, 67)] and out[1][2] == [(3, 40)]
+    assert_same(out[0], out[1])
