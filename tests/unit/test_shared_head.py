@@ -56,13 +56,23 @@ def model(family: str, dropout: float = 0.0, checkpointed: bool = False):
     return fast, plain
 
 
-def loss_and_grads(fast, plain, batch):
-    """((loss, LoRA gradients, the decoder's input shapes) of the loop's label-position loss on `fast`, the
-    same of plain peft's label logits on `plain`)."""
+def label_position_loss(m, x, mask, labels, n_items):
+    """The loop's label-position loss: the labelled positions' hidden states through the output layer."""
+    return data.chunked_token_loss(m, *data.labelled_hidden(m, m, x, mask, labels), n_items)
+
+
+def plain_loss(m, x, mask, labels, n_items):
+    """Plain peft's label logits (a model that never shares: not enabled)."""
+    return data.token_loss(*data.label_logits(m, x, mask, labels), n_items)
+
+
+def loss_and_grads(fast, plain, batch, fast_loss=label_position_loss, plain_loss=plain_loss):
+    """((loss, LoRA gradients, the decoder's input shapes) of `fast_loss` on `fast`, the same of `plain_loss`
+    on `plain`)."""
     x, mask, labels = batch
     n_items = int((labels[:, 1:] != data.IGNORE).sum())
     out = []
-    for m in (fast, plain):
+    for m, loss_of in ((fast, fast_loss), (plain, plain_loss)):
         shapes = []
         decoder = m.get_base_model().get_decoder()
         hook = decoder.register_forward_pre_hook(
@@ -70,10 +80,7 @@ def loss_and_grads(fast, plain, batch):
         )
         m.zero_grad(set_to_none=True)
         try:
-            if m is fast:
-                loss = data.chunked_token_loss(m, *data.labelled_hidden(m, m, x, mask, labels), n_items)
-            else:
-                loss = data.token_loss(*data.label_logits(m, x, mask, labels), n_items)
+            loss = loss_of(m, x, mask, labels, n_items)
             loss.backward()
         finally:
             hook.remove()
@@ -200,21 +207,11 @@ def test_label_logits_of_a_shared_head_give_the_rows_distillation_loss_and_gradi
     its batches too: the logits at each labelled position are the rows', zeros at the positions a row has no
     label at (which no loss reads), so a teacher's KL and the hard NLL, and their gradients, are the rows'."""
     fast, plain = model(family)
-    x, mask, labels = rows()
-    n_items = int((labels[:, 1:] != data.IGNORE).sum())
     soft = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
-    out = []
-    for m in (fast, plain):
-        shapes = []
-        decoder = m.get_base_model().get_decoder()
-        hook = decoder.register_forward_pre_hook(
-            lambda mod, a, kw, seen=shapes: seen.append(_rows(kw)), with_kwargs=True
-        )
-        m.zero_grad(set_to_none=True)
-        logits, targets = data.label_logits(m, x, mask, labels)
-        loss = data.distill_loss(logits, targets, soft, [5, 6, 7], 0.5, n_items)
-        loss.backward()
-        hook.remove()
-        out.append((loss.item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}, shapes))
-    assert out[0][2] == [(1, 51), (2, 40), (1, 67)] and out[1][2] == [(3, 40)]
-    assert_same(out[0], out[1])
+
+    def distilled(m, x, mask, labels, n_items):
+        return data.distill_loss(*data.label_logits(m, x, mask, labels), soft, [5, 6, 7], 0.5, n_items)
+
+    got, want = loss_and_grads(fast, plain, rows(), distilled, distilled)
+    assert got[2] == [(1, 51), (2, 40), (1, 67)] and want[2] == [(3, 40)]
+    assert_same(got, want)
