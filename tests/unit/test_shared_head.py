@@ -57,8 +57,13 @@ def model(family: str, dropout: float = 0.0, checkpointed: bool = False):
 
 
 def label_position_loss(m, x, mask, labels, n_items):
-    """The loop's label-position loss: the labelled positions' hidden states through the output layer."""
-    return data.chunked_token_loss(m, *data.labelled_hidden(m, m, x, mask, labels), n_items)
+    """The loop's label-position loss (train/step.py `loss`: the labelled positions' hidden states through the
+    output layer, its forward keeping recipes for backward, train/recompute.py)."""
+    from types import SimpleNamespace
+
+    from kaggle_kit.train.step import loss
+
+    return loss(m, m, SimpleNamespace(head=None), None, x, mask, labels, n_items)
 
 
 def plain_loss(m, x, mask, labels, n_items):
@@ -111,7 +116,7 @@ def test_a_shared_head_runs_once_with_the_rows_loss_and_gradients(family):
     projections are fused."""
     fast, plain = model(family)
     got, want = loss_and_grads(fast, plain, rows())
-    assert got[2] == [(1, 51), (2, 40), (1, 67)] and want[2] == [(3, 40)]
+    assert got[2] == [(1, 32), (1, 51), (2, 40), (1, 67)] and want[2] == [(3, 40)]
     assert_same(got, want)
     got, _ = loss_and_grads(fast, plain, rows())
     assert got[2] == [(1, 67)]  # checked once
@@ -145,7 +150,8 @@ def test_the_rows_run_as_rows_where_a_shared_head_would_not_be_exact(family, why
     got = loss_and_grads(fast, plain, batch)[0]
     torch.manual_seed(3)
     want = loss_and_grads(fast, plain, batch)[1]
-    assert all(shape[0] == len(batch[0]) for shape in got[2])  # no packed forward
+    # the step ran as rows, and no forward was a packed row (longer than the batch's rows)
+    assert got[2][-1] == tuple(batch[0].shape) and all(n <= batch[0].shape[1] for _, n in got[2])
     if "dropout" not in why:
         assert_same(got, want)
 
@@ -168,7 +174,7 @@ def test_a_packed_forward_that_differs_keeps_the_rows(caplog):
             got, want = loss_and_grads(fast, plain, rows())
     finally:
         AttentionInterface.register(shared_head.NAME, shared_head.rows_sdpa)
-    assert got[2] == [(1, 51), (2, 40), (3, 40)]  # checked, then rows
+    assert got[2] == [(1, 32), (1, 51), (2, 40), (3, 40)]  # the head checked, the pack checked, rows
     assert "packed forward differs" in caplog.text
     assert_same(got, want)
 
