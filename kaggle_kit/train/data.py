@@ -200,9 +200,8 @@ def _packed(core, ids, mask, labels):
     """The batch packed around the tokens its rows start with (train/shared_head.py), or None where it runs
     as rows (or the model's packed forward failed its check against labelled_hidden's rows)."""
     from . import shared_head
-    from .fast import padding_mask
 
-    batch = shared_head.packed(core, ids, mask, labels, padding_mask(core, mask) is not None)
+    batch = shared_head.packed(core, ids, mask, labels)
     unshared = functools.partial(labelled_hidden, share=False)
     return batch if batch is not None and shared_head.checked(core, ids, mask, labels, batch, unshared) else None
 

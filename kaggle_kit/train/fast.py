@@ -116,16 +116,17 @@ def on_labels(model, keep):
     (LoRA dropout in training: the pruned layer would draw other masks than the whole one), else nothing."""
     from ..infer.fast.last_position import last_layer, positions_only
 
-    if model not in _ON_LABELS or (model.training and _draws_dropout(last_layer(model))):
+    if model not in _ON_LABELS or (model.training and draws_dropout(last_layer(model))):
         return nullcontext([])
     return positions_only(model, keep)
 
 
-def _draws_dropout(layer) -> bool:
-    """Whether a dropout module of `layer` (peft's lora_dropout among them) has a probability above 0."""
+def draws_dropout(module) -> bool:
+    """Whether a dropout module of `module` (a layer, or a whole model; peft's lora_dropout among them) has
+    a probability above 0."""
     import torch
 
-    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in layer.modules())
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in module.modules())
 
 
 def fused_lora(model) -> int:

@@ -90,16 +90,14 @@ def head_length(ids, mask, labels) -> int:
     return max(0, min(common, int(first.min()) - 1, shortest - 1))
 
 
-def packed(core, ids, mask, labels, masked: bool) -> Packed | None:
-    """The batch packed around its shared head, or None where it runs as rows (module docstring); `masked`:
-    the rows' forward would pass the padding mask (train/fast.py `padding_mask`)."""
-    import torch
+def packed(core, ids, mask, labels) -> Packed | None:
+    """The batch packed around its shared head, or None where it runs as rows (module docstring)."""
+    from .fast import draws_dropout, padding_mask
 
-    if core not in _ON or len(ids) < 2 or masked:
+    if core not in _ON or len(ids) < 2 or padding_mask(core, mask) is not None:
         return None
     text = core.config.get_text_config(decoder=True)
-    drawn = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in core.modules())  # peft's lora_dropout
-    if core.training and (drawn or getattr(text, "attention_dropout", 0)):
+    if core.training and (draws_dropout(core) or getattr(text, "attention_dropout", 0)):
         return None
     head = head_length(ids, mask, labels)
     window = _narrowest_window(core)
