@@ -16,6 +16,7 @@ import numpy as np
 
 from ..budget import Deadline
 from ..config import TrainConfig
+from ..infer.engine import free_cuda_cache, is_oom
 from ..progress import bar, loss_curve
 from . import checkpoint, data, step
 
@@ -62,10 +63,12 @@ class Split:
     label_ids: list | None = None  # each label's own token (distillation, classification head)
     dropped: int = 0
     scoring: LabelScoring | None = None  # the metric from the eval-loss forward (None: through `metric`)
+    eval_rows: int | None = None  # the evaluation batch an out-of-memory error left (None: the config's)
 
 
 def evaluate(model, tok, split: Split, cfg: TrainConfig, precision=contextlib.nullcontext) -> dict:
-    """Eval loss and token perplexity on the valid split, in batches of cfg.eval_batch_size rows, plus
+    """Eval loss and token perplexity on the valid split, in batches of cfg.eval_batch_size rows (a batch
+    out of memory runs again in halves, and so does every later one: split.eval_rows), plus
     split.metric (the competition's, through the inference engine) when cfg.eval_metric. Under
     `precision()`, the training steps' autocast, as Trainer evaluates (12 Science Exam rows on SmolLM2,
     bf16 CPU: 6.4 s against 13.0 without it). With split.scoring the metric comes from the eval-loss
@@ -79,23 +82,34 @@ def evaluate(model, tok, split: Split, cfg: TrainConfig, precision=contextlib.nu
     probs = None if scoring is None else np.full((len(split.valid), len(scoring.token_ids)), np.nan)
     # batches of rows of like length (the loss is a sum, so the order is free): less padding to run
     order = sorted(range(len(split.valid)), key=lambda i: len(split.valid[i].input_ids))
-    size = cfg.eval_batch_size or cfg.batch_size
+    size = split.eval_rows or cfg.eval_batch_size or cfg.batch_size
     with torch.inference_mode(), precision():
-        head = None
-        for k in range(0, len(order), size):
+        head, k = None, 0
+        while k < len(order):
             rows = order[k : k + size]
             dev = model.device
             ids, mask, labels = (t.to(dev) for t in data.collate([split.valid[i] for i in rows], tok.pad_token_id))
-            n_items = int((labels[:, 1:] != data.IGNORE).sum())
             if probs is not None and head is None:
                 head = _label_head(model, ids, scoring)
                 probs = None if head is None else probs
-            if probs is not None:
-                batch_nll, probs[rows] = _answer_and_label_probs(model, head, scoring, rows, ids, mask, labels)
-                nll += batch_nll
-            else:
-                nll += float(step.loss(model, model, cfg, split, ids, mask, labels, n_items)) * n_items
-            n += n_items
+            try:
+                nll += _eval_nll(model, cfg, split, head, scoring, probs, rows, ids, mask, labels)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_oom(exc) or len(rows) == 1:
+                    raise
+                del ids, mask, labels
+                free_cuda_cache()
+                size = split.eval_rows = len(rows) // 2
+                log.warning(
+                    "evaluation: %d rows x %d tokens out of memory; the batch runs again, every evaluation batch "
+                    "from now on of at most %d rows (the same loss)",
+                    len(rows),
+                    max(len(split.valid[i].input_ids) for i in rows),
+                    size,
+                )
+                continue
+            n += int((labels[:, 1:] != data.IGNORE).sum())
+            k += len(rows)
     result = {"eval_loss": nll / max(n, 1), "perplexity": math.exp(min(nll / max(n, 1), 50))}
     if want_metric and probs is not None:
         cut = [i for i, ok in enumerate(scoring.exact) if not ok]  # rows the engine reads otherwise
@@ -108,6 +122,16 @@ def evaluate(model, tok, split: Split, cfg: TrainConfig, precision=contextlib.nu
             result["metric"] = split.metric(model, tok)
     model.train()
     return result
+
+
+def _eval_nll(model, cfg, split, head, scoring, probs, rows, ids, mask, labels) -> float:
+    """The NLL sum of one evaluation batch; with `probs` (the label head's metric) its rows' label
+    probabilities go there too."""
+    if probs is not None:
+        batch_nll, probs[rows] = _answer_and_label_probs(model, head, scoring, rows, ids, mask, labels)
+        return batch_nll
+    n_items = int((labels[:, 1:] != data.IGNORE).sum())
+    return float(step.loss(model, model, cfg, split, ids, mask, labels, n_items)) * n_items
 
 
 def _label_head(model, ids, scoring: LabelScoring):

@@ -142,7 +142,8 @@ def test_batch4_accum1_equals_batch1_accum4(tmp_path, dtype):
 def test_an_out_of_memory_step_runs_again_in_pieces(tmp_path, monkeypatch, caplog):
     """A step whose second micro-batch runs out of memory (injected, as on a T4: the first one's gradients
     are already summed) starts again in pieces, and every later step runs in pieces: each step's loss,
-    gradient norm and the final evaluation equal a run that had the memory (fp32)."""
+    gradient norm and the final evaluation equal a run that had the memory (fp32). An evaluation batch out
+    of memory runs again in halves (one row here), and so does every later one."""
     from kaggle_kit.train import step
 
     recs = json.loads(ALPACA.read_text())[:4]
@@ -152,21 +153,26 @@ def test_an_out_of_memory_step_runs_again_in_pieces(tmp_path, monkeypatch, caplo
     kw.update(batch_size=2, grad_accum=2)
     ref = train(small(tmp_path, out=str(tmp_path / "ref"), **kw))
 
-    shapes, loss = [], step.loss
+    shapes, evals, loss = [], [], step.loss
 
     def short_of_memory(model, core, cfg, split, ids, *args):
-        if model.training:  # not the evaluations
-            if ids.shape[0] > 1 and shapes:  # any batch of two rows but the run's first
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-            shapes.append(tuple(ids.shape))
+        seen = shapes if model.training else evals
+        if ids.shape[0] > 1 and (shapes or not model.training):  # any batch of two rows but the run's first
+            seen.append("oom")
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        seen.append(tuple(ids.shape))
         return loss(model, core, cfg, split, ids, *args)
 
     monkeypatch.setattr(step, "loss", short_of_memory)
     with caplog.at_level("WARNING", logger="kaggle_kit"):
         res = train(small(tmp_path, out=str(tmp_path / "oom"), **kw))
     assert "tokens out of memory" in caplog.text and res.steps == 2
+    assert "evaluation: 2 rows" in caplog.text
+    shapes = [s for s in shapes if s != "oom"]
     assert shapes[0][0] == 2 and all(s[0] == 1 for s in shapes[1:])  # the first step again, then step 2: rows
     assert len(shapes) == 1 + 4 + 4
+    assert evals[0] == "oom" and evals.count("oom") == 1 and all(s[0] == 1 for s in evals[1:])
+    assert len(evals) - 1 == 4 * sum("eval_loss" in h for h in res.history)  # every row, once per evaluation
     steps = [[h for h in r.history if "train_loss" in h] for r in (ref, res)]
     for a, b in zip(*steps, strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
