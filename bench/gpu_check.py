@@ -227,6 +227,80 @@ def train_resume(ctx):
 
 
 @step
+def shared_head(ctx):
+    """Training's shared head (kaggle_kit/train/shared_head.py) under the T4 profile's fp16 autocast on
+    tiny Llama and Gemma 3: its once-per-model check keeps it on, the packed forward runs, and the loss and
+    LoRA gradients match the same rows unshared (fp32 on the CPU dry run)."""
+    import copy
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kaggle_kit.train import data, fast, shared_head, step
+
+    dtype = torch.float16 if ctx["cuda"] else torch.float32
+    torch.manual_seed(4)
+    lengths, head = (40, 31, 36), 20
+    x = torch.randint(3, 1000, (3, 40))
+    x[:, :head] = x[0, :head]
+    mask = (torch.arange(40) < torch.tensor(lengths)[:, None]).long()
+    labels = torch.full_like(x, data.IGNORE)
+    for row, end in enumerate(lengths):
+        labels[row, end - 1] = x[row, end - 1]
+    x, mask, labels = (t.to(ctx["device"]) for t in (x, mask, labels))
+    n_items = len(lengths)
+    out = {}
+    for fam in ("llama", "gemma3"):
+        base = AutoModelForCausalLM.from_pretrained(ctx["tiny"][fam], dtype=dtype, attn_implementation="sdpa")
+        base.to(ctx["device"]).requires_grad_(False)
+        lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        plain = get_peft_model(base, lora).train()
+        for name, p in plain.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.05)
+        shared = copy.deepcopy(plain)
+        fast.fast_paths(shared, layers_checkpointed=False)
+        enabled = shared_head.enable(shared)
+        results, seen = [], []
+        for m, shares in ((shared, True), (plain, False)):
+            hook = (
+                m.get_base_model()
+                .get_decoder()
+                .register_forward_pre_hook(
+                    lambda mod, a, kw, seen=seen: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+                )
+            )
+            amp = torch.autocast("cuda", dtype=torch.float16) if ctx["cuda"] else torch.autocast("cpu", enabled=False)
+            with amp:
+                if shares:
+                    value = step.loss(m, m, SimpleNamespace(head=None), None, x, mask, labels, n_items)
+                else:
+                    value = data.token_loss(*data.label_logits(m, x, mask, labels), n_items)
+            value.backward()
+            hook.remove()
+            grads = {n: p.grad.float() for n, p in m.named_parameters() if p.grad is not None}
+            results.append((float(value.detach()), grads))
+        (loss, grads), (want, want_grads) = results
+        gap = max(float((grads[n] - g).abs().max() / g.abs().max().clamp_min(1e-12)) for n, g in want_grads.items())
+        out[fam] = {
+            "enabled": enabled,
+            "check_kept_it_on": shared_head._CHECKED.get(shared),
+            "packed_ran": (1, sum(lengths) - 2 * head) in seen,
+            "loss": loss,
+            "loss_rows": want,
+            "loss_rel_gap": abs(loss - want) / abs(want),
+            "max_grad_gap_of_tensor_max": gap,
+        }
+        tol = (1e-5, 1e-4) if dtype == torch.float32 else (2e-2, 5e-2)
+        if not (out[fam]["check_kept_it_on"] and out[fam]["packed_ran"]) or out[fam]["loss_rel_gap"] > tol[0]:
+            raise AssertionError(f"{fam}: {out[fam]}")
+        if gap > tol[1]:
+            raise AssertionError(f"{fam}: {out[fam]}")
+    return out
+
+
+@step
 def t4_memory_estimate(ctx):
     """A Gemma-2-9B-shaped model (4 of its 42 layers) at 2,048 tokens: forward + backward peak with
     gradient checkpointing on and off, extrapolated to 42 layers beside ~5 GB of NF4 weights."""

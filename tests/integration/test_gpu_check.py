@@ -14,6 +14,7 @@ def test_gpu_check_dry_run_passes_every_cpu_step(tmp_path):
         "fp16_overflow",
         "perplexity_memory",
         "train_resume",
+        "shared_head",
         "t4_memory_estimate",
         "benches",
     ]
@@ -27,6 +28,7 @@ def test_gpu_check_dry_run_passes_every_cpu_step(tmp_path):
     assert set(only) == set(steps)
     assert steps["fp16_overflow"]["result"]["planted_overflow"].startswith("NonFiniteOutput")
     assert steps["train_resume"]["result"]["equal"] is True
+    assert all(r["packed_ran"] and r["check_kept_it_on"] for r in steps["shared_head"]["result"].values())
     assert steps["gemma2_attention"]["result"]["kit_chooses"] == "eager"
     benches = steps["benches"]["result"]  # both benches ran on the tiny Llama and wrote their JSON
     assert {"run", "rows/s", "vs best peer"} <= set(benches["infer"][0])
