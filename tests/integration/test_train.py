@@ -564,7 +564,9 @@ def test_a_batchs_shared_head_runs_once_with_the_rows_loss_and_gradients(tmp_pat
     """train/shared_head.py on the real models, fp32: four Science Exam rows start with the same chat turn
     and instruction (SmolLM2: 56 tokens, Gemma-3-270M: 31 with its BOS); packed around it, the batch runs those tokens
     once and gives the loss and every LoRA gradient of the same rows unshared (all of the step's other fast
-    paths on, as the loop runs them)."""
+    paths on, as the loop runs them). Past Gemma-3's sliding window the batch stays rows."""
+    import torch.nn.functional as F
+
     from kaggle_kit.jobs import training
     from kaggle_kit.train import data, shared_head
 
@@ -599,6 +601,10 @@ def test_a_batchs_shared_head_runs_once_with_the_rows_loss_and_gradients(tmp_pat
     assert grads.keys() == want_grads.keys() and grads
     for n, g in want_grads.items():  # measured up to 3.8e-6 (SmolLM2) and 4.2e-6 (Gemma-3) of a tensor's largest
         assert (grads[n] - g).abs().max() <= 2e-5 * g.abs().max(), n
+    # the same rows padded past Gemma-3-270M's 512-token sliding window run as rows (SmolLM2 has none)
+    fill = ((ids, tok.pad_token_id), (mask, 0), (labels, data.IGNORE))
+    wide = [F.pad(t, (0, 600 - t.shape[1]), value=v) for t, v in fill]
+    assert (shared_head.packed(model, *wide) is None) == (name == "demo:gemma3")
 
 
 def test_the_eval_loss_is_the_same_at_any_eval_batch_size(tmp_path, monkeypatch):
